@@ -1,0 +1,16 @@
+"""Backbones: one contract (named feature maps + their channels and strides)."""
+
+from backbones.base import Backbone, FeatureSpec
+from backbones.fpn import FeaturePyramid
+from backbones.resnet import RESNETS, ResNetBackbone
+from backbones.weights import WeightsError, load_state_dict_file
+
+__all__ = [
+    "RESNETS",
+    "Backbone",
+    "FeaturePyramid",
+    "FeatureSpec",
+    "ResNetBackbone",
+    "WeightsError",
+    "load_state_dict_file",
+]

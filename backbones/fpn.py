@@ -1,0 +1,63 @@
+"""Feature pyramid on top of any contract backbone (torchvision's FPN)."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from torch import Tensor
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from backbones.base import Backbone, FeatureSpec
+
+
+class FeaturePyramid(Backbone):
+    """Wraps ``body`` with a top-down FPN; outputs ``p<k>`` where stride is 2**k.
+
+    Module names (``body``, ``fpn``) follow torchvision's ``BackboneWithFPN``, so the
+    state dicts of torchvision's FPN detectors load key for key.
+
+    Args:
+        body: the backbone; its declared channels and strides size the pyramid.
+        out_channels: width of every pyramid level.
+        in_features: which body outputs feed the pyramid (default: all of them).
+        extra_maxpool: add one more level by max-pooling the coarsest output (P6).
+    """
+
+    def __init__(
+        self,
+        body: Backbone,
+        *,
+        out_channels: int = 256,
+        in_features: Sequence[str] | None = None,
+        extra_maxpool: bool = True,
+    ) -> None:
+        super().__init__()
+        shapes = body.output_shape()
+        self.in_features = list(in_features) if in_features is not None else list(shapes)
+        missing = [f for f in self.in_features if f not in shapes]
+        if missing:
+            raise ValueError(f"FPN in_features {missing} are not outputs of the backbone ({list(shapes)})")
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(
+            [shapes[f].channels for f in self.in_features],
+            out_channels,
+            extra_blocks=LastLevelMaxPool() if extra_maxpool else None,
+        )
+        strides = [shapes[f].stride for f in self.in_features]
+        if extra_maxpool:
+            strides.append(strides[-1] * 2)
+        self._shapes = OrderedDict((f"p{int(math.log2(s))}", FeatureSpec(out_channels, s)) for s in strides)
+        if len(self._shapes) != len(strides):
+            raise ValueError(f"FPN inputs must have distinct strides, got {strides}")
+        self.levels = list(self._shapes)[: len(self.in_features)]  # levels excluding the pooled extra one
+
+    def output_shape(self) -> OrderedDict[str, FeatureSpec]:
+        return OrderedDict(self._shapes)
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        features = self.body(x)
+        pyramid = self.fpn(OrderedDict((f, features[f]) for f in self.in_features))
+        return OrderedDict(zip(self._shapes, pyramid.values(), strict=True))

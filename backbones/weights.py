@@ -1,0 +1,97 @@
+"""Loading weight files safely, and fetching torchvision's published weights.
+
+Files are always read with ``torch.load(weights_only=True)``: tensors and plain
+containers load, anything that would execute code while unpickling is refused.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.error import URLError
+from urllib.parse import urlparse
+
+import torch
+from torch import Tensor
+from torchvision.models import WeightsEnum
+
+# Keys under which common training frameworks nest the model's state dict.
+_NESTED_STATE_KEYS = ("state_dict", "model", "model_state_dict", "module")
+
+
+class WeightsError(RuntimeError):
+    """A weights file or published checkpoint could not be loaded."""
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
+    """Read a state dict from ``path`` (raw, or nested under a framework's usual key)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist: pass the path of a .pth/.pt/.ckpt file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise WeightsError(
+            f"{path} was refused: it contains pickled objects other than tensors and plain containers, "
+            f"which could run code when loaded ({err.args[0].splitlines()[0] if err.args else err}). "
+            "Re-save it as a plain state dict: torch.save(model.state_dict(), path)"
+        ) from err
+    return _unwrap_state_dict(obj, path)
+
+
+def _unwrap_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
+    while isinstance(obj, Mapping):
+        nested = next((obj[k] for k in _NESTED_STATE_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if nested is None:
+            break
+        obj = nested
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return dict(obj)
+
+
+def hub_cache_path(weights: WeightsEnum) -> Path:
+    """Where torchvision looks for (and downloads) the file of ``weights``."""
+    filename = Path(urlparse(weights.url).path).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def torchvision_state_dict(weights: WeightsEnum) -> dict[str, Tensor]:
+    """Fetch ``weights`` through torchvision's own API, with a useful error when offline."""
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except (URLError, OSError) as err:
+        cached = hub_cache_path(weights)
+        raise WeightsError(
+            f"could not download {weights} from {weights.url} ({err}). Without network access, "
+            f"copy that file to {cached} (torch hub cache; TORCH_HOME moves it), "
+            f"or pass the local file path instead of the weights name."
+        ) from err
+
+
+def strip_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """Keep the entries under ``prefix`` with the prefix removed; all entries when none match."""
+    if not prefix or not any(k.startswith(prefix) for k in state_dict):
+        return dict(state_dict)
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def match_state_dict(
+    module: torch.nn.Module, state_dict: Mapping[str, Tensor], prefixes: tuple[str, ...]
+) -> tuple[dict[str, Tensor], list[str], list[str]]:
+    """Pick the prefix under which ``state_dict`` best fits ``module``.
+
+    Returns the entries to load (shape-checked), the module keys left at their
+    initial values, and the file's keys that found no place (or a wrong shape).
+    """
+    own = module.state_dict()
+    best: dict[str, Tensor] = {}
+    best_unused: list[str] = []
+    for prefix in ("", *prefixes):
+        candidate = strip_prefix(state_dict, prefix) if prefix else dict(state_dict)
+        fits = {k: v for k, v in candidate.items() if k in own and own[k].shape == v.shape}
+        if len(fits) > len(best):
+            best, best_unused = fits, [k for k in candidate if k not in fits]
+    missing = [k for k in own if k not in best and not k.endswith("num_batches_tracked")]
+    return best, missing, best_unused

@@ -1,0 +1,127 @@
+"""Faster R-CNN assembled from torchvision's detection parts on any contract backbone.
+
+``num_classes`` counts object categories only. The box predictor adds the background
+class at index 0, so dataset label ``k`` (1-based, contiguous) is predictor row ``k``.
+With a ResNet50 body, 256-wide FPN and ``representation_size=1024`` the state dict is
+key for key that of torchvision's ``fasterrcnn_resnet50_fpn`` (which counts 91 classes
+with background, i.e. ``num_classes=90`` here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign
+
+from backbones import Backbone, FeaturePyramid
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class FasterRCNN(GeneralizedRCNN):
+    """torchvision's two-stage detector; ``num_classes`` excludes background."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        rpn: RegionProposalNetwork,
+        roi_heads: RoIHeads,
+        transform: GeneralizedRCNNTransform,
+        *,
+        num_classes: int,
+    ) -> None:
+        super().__init__(backbone, rpn, roi_heads, transform)
+        self.num_classes = num_classes
+
+
+def build_faster_rcnn(
+    backbone: Backbone,
+    *,
+    num_classes: int,
+    fpn_channels: int = 256,
+    min_size: int | Sequence[int] = 800,
+    max_size: int = 1333,
+    image_mean: Sequence[float] = IMAGENET_MEAN,
+    image_std: Sequence[float] = IMAGENET_STD,
+    anchor_sizes: Sequence[int | Sequence[int]] = (32, 64, 128, 256, 512),
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    rpn_pre_nms_top_n_train: int = 2000,
+    rpn_pre_nms_top_n_test: int = 1000,
+    rpn_post_nms_top_n_train: int = 2000,
+    rpn_post_nms_top_n_test: int = 1000,
+    rpn_nms_thresh: float = 0.7,
+    rpn_fg_iou_thresh: float = 0.7,
+    rpn_bg_iou_thresh: float = 0.3,
+    rpn_batch_size_per_image: int = 256,
+    rpn_positive_fraction: float = 0.5,
+    roi_output_size: int = 7,
+    roi_canonical_scale: int = 224,
+    representation_size: int = 1024,
+    box_fg_iou_thresh: float = 0.5,
+    box_bg_iou_thresh: float = 0.5,
+    box_batch_size_per_image: int = 512,
+    box_positive_fraction: float = 0.25,
+    box_score_thresh: float = 0.05,
+    box_nms_thresh: float = 0.5,
+    box_detections_per_img: int = 100,
+) -> FasterRCNN:
+    """Build Faster R-CNN; a backbone that is not a pyramid yet gets a FPN of ``fpn_channels``.
+
+    ``anchor_sizes`` gives one entry per pyramid level (an int or a tuple of sizes in
+    input pixels, after the transform's resize); every level shares ``aspect_ratios``.
+    ``roi_canonical_scale`` is the box size pooled from the 4th pyramid level (stride 16):
+    a box half that size comes from the level below, twice that size from the one above.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes={num_classes} must count at least one object category")
+    features = backbone if isinstance(backbone, FeaturePyramid) else FeaturePyramid(backbone, out_channels=fpn_channels)
+    shapes = features.output_shape()
+    channels = {spec.channels for spec in shapes.values()}
+    if len(channels) != 1:
+        raise ValueError(f"the RPN head is shared across levels, so all levels need one width; got {shapes}")
+    (width,) = channels
+    sizes = tuple((s,) if isinstance(s, int) else tuple(s) for s in anchor_sizes)
+    if len(sizes) != len(shapes):
+        raise ValueError(
+            f"anchor_sizes has {len(sizes)} entries but the pyramid has {len(shapes)} levels "
+            f"({list(shapes)}): give one size per level"
+        )
+    anchors = AnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
+    rpn = RegionProposalNetwork(
+        anchors,
+        RPNHead(width, anchors.num_anchors_per_location()[0]),
+        rpn_fg_iou_thresh,
+        rpn_bg_iou_thresh,
+        rpn_batch_size_per_image,
+        rpn_positive_fraction,
+        dict(training=rpn_pre_nms_top_n_train, testing=rpn_pre_nms_top_n_test),
+        dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test),
+        rpn_nms_thresh,
+    )
+    roi_heads = RoIHeads(
+        MultiScaleRoIAlign(
+            featmap_names=features.levels,
+            output_size=roi_output_size,
+            sampling_ratio=2,
+            canonical_scale=roi_canonical_scale,
+        ),
+        TwoMLPHead(width * roi_output_size**2, representation_size),
+        FastRCNNPredictor(representation_size, num_classes + 1),
+        box_fg_iou_thresh,
+        box_bg_iou_thresh,
+        box_batch_size_per_image,
+        box_positive_fraction,
+        None,
+        box_score_thresh,
+        box_nms_thresh,
+        box_detections_per_img,
+    )
+    min_sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
+    transform = GeneralizedRCNNTransform(min_sizes, max_size, list(image_mean), list(image_std))
+    return FasterRCNN(features, rpn, roi_heads, transform, num_classes=num_classes)

@@ -1,0 +1,93 @@
+"""LightningModule that trains a torchvision-style detector and scores it with COCO mAP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from tasks.metrics.coco_eval import CocoEvaluator
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
+SchedulerFactory = Callable[..., LRScheduler]
+
+
+def to_float_images(images: list[Tensor]) -> list[Tensor]:
+    """uint8 CHW images from the loader become float in [0, 1] (the detector normalises them)."""
+    return [image.float().div_(255) if image.dtype == torch.uint8 else image for image in images]
+
+
+def rescale_to_original(detections: list[dict[str, Tensor]], images: list[Tensor], targets: list[dict]) -> None:
+    """Map boxes from the size the model saw to the size of the file on disk, in place."""
+    for det, image, target in zip(detections, images, targets, strict=True):
+        (orig_h, orig_w), (h, w) = target["orig_size"], image.shape[-2:]
+        scale = det["boxes"].new_tensor([orig_w / w, orig_h / h, orig_w / w, orig_h / h])
+        det["boxes"] = det["boxes"] * scale
+
+
+class DetectionModule(L.LightningModule):
+    """Logs every loss component; validation reports the 12 COCO stats as ``val/<name>``.
+
+    Args:
+        model: a detector returning a loss dict in training and detections in eval.
+        optimizer: partial optimizer, called with the trainable parameters.
+        scheduler: partial scheduler, called with the optimizer and ``total_steps``;
+            it is stepped every optimizer step.
+        evaluator: scores validation detections; ``None`` skips mAP.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        evaluator: CocoEvaluator | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.evaluator = evaluator
+
+    def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        return self.model(to_float_images(images))
+
+    def training_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> Tensor:
+        images, targets = batch
+        losses = self.model(to_float_images(images), targets)
+        total = sum(losses.values())
+        batch_size = len(images)
+        self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=batch_size)
+        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        return total
+
+    def on_validation_epoch_start(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.reset()
+
+    def validation_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> None:
+        images, targets = batch
+        detections = self(images)
+        rescale_to_original(detections, images, targets)
+        if self.evaluator is not None:
+            self.evaluator.update(detections, [t["image_id"] for t in targets])
+
+    def on_validation_epoch_end(self) -> None:
+        if self.evaluator is None:
+            return
+        stats = self.evaluator.compute()  # identical on every rank: computed from gathered results
+        for name, value in stats.items():
+            self.log(f"val/{name}", value, prog_bar=name in ("map", "map_50"))
+
+    def configure_optimizers(self) -> dict:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

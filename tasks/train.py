@@ -1,0 +1,20 @@
+"""Train a task: ``python tasks/train.py task=detection [backbone=...] [dataset=...] [trainer=...]``."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script from any directory
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from tasks.runner import train  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> dict[str, float]:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

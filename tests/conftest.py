@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny generated shapes dataset and Hydra config composition."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from tasks import PROJECT_ROOT
+from tasks.data.shapes import ShapesSpec, ensure_shapes
+
+CONF_DIR = PROJECT_ROOT / "conf"
+BACKBONE_CONFIGS = sorted(p.stem for p in (CONF_DIR / "backbone").glob("*.yaml"))
+TINY_SHAPES = ShapesSpec(num_train=16, num_val=8, image_size=64, min_object_size=10, max_object_size=28, max_objects=3)
+
+# Overrides that make any detection run tiny: 64 px images, few proposals, a small head.
+TINY_DETECTION = [
+    "task.model.min_size=64",
+    "task.model.max_size=64",
+    "task.model.anchor_sizes=[8,16,32,64,128]",
+    "task.model.fpn_channels=32",
+    "task.model.representation_size=64",
+    "task.model.rpn_pre_nms_top_n_train=100",
+    "task.model.rpn_post_nms_top_n_train=50",
+    "task.model.rpn_pre_nms_top_n_test=100",
+    "task.model.rpn_post_nms_top_n_test=50",
+    "task.model.box_batch_size_per_image=16",
+]
+
+
+@pytest.fixture(autouse=True)
+def _few_threads() -> None:
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_shapes(tmp_path_factory.mktemp("data") / "shapes", TINY_SHAPES)
+
+
+def shapes_overrides(root: Path) -> list[str]:
+    spec = TINY_SHAPES
+    return [
+        f"dataset.root={root}",
+        f"dataset.num_train={spec.num_train}",
+        f"dataset.num_val={spec.num_val}",
+        f"dataset.image_size={spec.image_size}",
+        f"dataset.min_object_size={spec.min_object_size}",
+        f"dataset.max_object_size={spec.max_object_size}",
+        f"dataset.max_objects={spec.max_objects}",
+        "dataset.batch_size=4",
+        "dataset.val_batch_size=4",
+        "dataset.num_workers=0",
+    ]
+
+
+def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The config ``tasks/train.py`` would see, with the run directory pinned to ``output_dir``."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[*overrides, f"paths.output_dir={output_dir}"])

@@ -1,0 +1,79 @@
+"""Every backbone config: contract matches real tensors, detection losses train, freezing works.
+
+Parametrized over ``conf/backbone/*.yaml``: a new backbone yaml is tested without editing this file.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from heads import build_faster_rcnn
+from tests.conftest import BACKBONE_CONFIGS, CONF_DIR
+
+TINY_HEAD = dict(
+    min_size=64,
+    max_size=64,
+    anchor_sizes=[8, 16, 32, 64, 128],
+    fpn_channels=32,
+    representation_size=64,
+    rpn_pre_nms_top_n_train=100,
+    rpn_post_nms_top_n_train=50,
+    box_batch_size_per_image=16,
+)
+
+
+def _backbone(name: str, **overrides):
+    cfg = OmegaConf.load(CONF_DIR / "backbone" / f"{name}.yaml")
+    return instantiate(OmegaConf.merge(cfg, overrides))
+
+
+def _targets() -> list[dict[str, torch.Tensor]]:
+    return [
+        {"boxes": torch.tensor([[4.0, 6.0, 30.0, 28.0], [30.0, 30.0, 60.0, 62.0]]), "labels": torch.tensor([1, 2])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},  # an image without objects
+    ]
+
+
+@pytest.mark.parametrize("name", BACKBONE_CONFIGS)
+def test_contract_matches_tensors(name: str) -> None:
+    backbone = _backbone(name).eval()
+    x = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        features = backbone(x)
+    shapes = backbone.output_shape()
+    assert list(features) == list(shapes)
+    for feature_name, feature in features.items():
+        spec = shapes[feature_name]
+        assert feature.shape[1] == spec.channels
+        assert (x.shape[-2] / feature.shape[-2], x.shape[-1] / feature.shape[-1]) == (spec.stride, spec.stride)
+
+
+@pytest.mark.parametrize("name", BACKBONE_CONFIGS)
+def test_detection_training_step(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_faster_rcnn(_backbone(name), num_classes=3, **TINY_HEAD).train()
+    losses = model([torch.rand(3, 64, 64), torch.rand(3, 48, 64)], _targets())
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    body = model.backbone.body
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in body.parameters())
+
+
+@pytest.mark.parametrize("name", BACKBONE_CONFIGS)
+@pytest.mark.parametrize("trainable_stages", [0, 2])
+def test_frozen_stages_get_no_gradient(name: str, trainable_stages: int) -> None:
+    backbone = _backbone(name, trainable_stages=trainable_stages).train()
+    image = torch.rand(2, 3, 64, 64, requires_grad=True)  # so a graph exists even when all is frozen
+    sum(f.mean() for f in backbone(image).values()).backward()
+    trainable = {n.split(".")[0] for n, p in backbone.named_parameters() if p.grad is not None}
+    frozen = {n.split(".")[0] for n, p in backbone.named_parameters() if p.grad is None}
+    expected_trainable = {"layer4", "layer3"} if trainable_stages == 2 else set()
+    assert trainable == expected_trainable
+    assert all(not p.requires_grad for n, p in backbone.named_parameters() if n.split(".")[0] in frozen)
+    # frozen stages also keep their normalisation statistics
+    assert not backbone.layer1.training and not backbone.bn1.training

@@ -1,0 +1,119 @@
+"""The module's reported COCO stats equal pycocotools run directly on the same predictions."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from pycocotools.cocoeval import COCOeval
+
+from tasks.data.coco import load_coco
+from tasks.data.datamodule import CocoDataModule
+from tasks.detection.module import DetectionModule
+from tasks.metrics.coco_eval import COCO_STAT_NAMES, coco_stats
+from tests.coco_folder import CATEGORY_IDS, write_coco_folder
+
+
+def _ground_truth(rng: np.random.Generator) -> tuple[list[dict], list[dict]]:
+    images, annotations = [], []
+    for image_id in range(1, 13):
+        width, height = int(rng.integers(60, 200)), int(rng.integers(60, 200))
+        images.append({"id": image_id * 7, "width": width, "height": height})
+        for _ in range(rng.integers(0, 4)):
+            w, h = rng.uniform(4, width / 2), rng.uniform(4, height / 2)
+            x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
+            annotations.append(
+                {"image_id": image_id * 7, "category_id": int(rng.choice(CATEGORY_IDS)), "bbox": [x, y, w, h]}
+            )
+    return images, annotations
+
+
+def _predictions(rng: np.random.Generator, images: list[dict], annotations: list[dict]) -> list[dict]:
+    """Jittered true boxes (sometimes with the wrong class) plus random false positives, in COCO results format."""
+    rows = []
+    for ann in annotations:
+        x, y, w, h = ann["bbox"]
+        jitter = rng.normal(0, 0.08, 4) * [w, h, w, h]
+        category = ann["category_id"] if rng.random() < 0.8 else int(rng.choice(CATEGORY_IDS))
+        rows.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": category,
+                "bbox": list(np.array([x, y, w, h]) + jitter),
+                "score": float(rng.random()),
+            }
+        )
+    for image in images:
+        for _ in range(rng.integers(0, 3)):
+            w, h = rng.uniform(4, 30, 2)
+            rows.append(
+                {
+                    "image_id": image["id"],
+                    "category_id": int(rng.choice(CATEGORY_IDS)),
+                    "bbox": [rng.uniform(0, image["width"] - w), rng.uniform(0, image["height"] - h), w, h],
+                    "score": float(rng.random()),
+                }
+            )
+    return rows
+
+
+class ReplayDetector(torch.nn.Module):
+    """Returns precomputed detections, in the coordinates and labels the model itself would use."""
+
+    def __init__(self, rows: list[dict], images: list[dict]) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.queue = [(image, [r for r in rows if r["image_id"] == image["id"]]) for image in images]
+
+    def forward(self, batch: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for tensor in batch:
+            image, rows = self.queue.pop(0)
+            sx, sy = tensor.shape[-1] / image["width"], tensor.shape[-2] / image["height"]
+            boxes = torch.tensor(
+                [[x * sx, y * sy, (x + w) * sx, (y + h) * sy] for x, y, w, h in (r["bbox"] for r in rows)],
+                dtype=torch.float32,
+            ).reshape(-1, 4)
+            labels = torch.tensor([CATEGORY_IDS.index(r["category_id"]) + 1 for r in rows], dtype=torch.int64)
+            out.append({"boxes": boxes, "labels": labels, "scores": torch.tensor([r["score"] for r in rows])})
+        return out
+
+
+def test_module_stats_equal_pycocotools(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    images, annotations = _ground_truth(rng)
+    for split in ("train2017", "val2017"):
+        ann_file = write_coco_folder(tmp_path, [dict(i) for i in images], [dict(a) for a in annotations], split)
+    rows = _predictions(rng, images, annotations)
+    # images go through a data-side resize, so predictions must be mapped back to the file size
+    datamodule = CocoDataModule(tmp_path, batch_size=3, num_workers=0, augment="none", resize_longest=64)
+    datamodule.setup()
+    module = DetectionModule(
+        ReplayDetector(rows, images), optimizer=torch.optim.SGD, evaluator=datamodule.build_evaluator()
+    )
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    reported = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+
+    coco_gt = load_coco(ann_file)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluation = COCOeval(coco_gt, coco_gt.loadRes(rows), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    assert evaluation.stats[1] > 0.1  # a non-trivial case
+    for name, expected in zip(COCO_STAT_NAMES, evaluation.stats, strict=True):
+        assert reported[f"val/{name}"] == pytest.approx(expected, abs=1e-6), name
+
+
+def test_no_detections_give_zeros_with_a_warning(tmp_path: Path) -> None:
+    ann_file = write_coco_folder(
+        tmp_path, [{"id": 1, "width": 32, "height": 32}], [{"image_id": 1, "category_id": 3, "bbox": [1, 1, 10, 10]}]
+    )
+    with pytest.warns(UserWarning, match="no detections"):
+        stats = coco_stats(load_coco(ann_file), [])
+    assert stats == dict.fromkeys(COCO_STAT_NAMES, 0.0)

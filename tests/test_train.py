@@ -1,0 +1,156 @@
+"""End to end: the train command, resume, config composition, and start-up errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from tasks import PROJECT_ROOT
+from tasks.metrics.coco_eval import COCO_STAT_NAMES
+from tasks.runner import build_datamodule, build_module, build_trainer
+from tests.conftest import TINY_DETECTION, compose_config, shapes_overrides
+
+TRAIN = [sys.executable, str(PROJECT_ROOT / "tasks" / "train.py")]
+
+
+def _tiny(shapes_root: Path, *extra: str) -> list[str]:
+    return ["backbone=resnet18", *TINY_DETECTION, *shapes_overrides(shapes_root), *extra]
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    return subprocess.run([*TRAIN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_train_command_writes_metrics_checkpoint_and_logs(shapes_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    # started from another directory: paths are anchored on the project root, not the working directory
+    result = _run(
+        [
+            "task=detection",
+            *_tiny(shapes_root, "trainer.max_steps=2", "trainer.log_every_n_steps=1"),
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(COCO_STAT_NAMES) <= set(metrics)
+    assert all(-1 <= metrics[name] <= 1 for name in COCO_STAT_NAMES)
+    assert "map_50" in result.stdout
+    assert Path(metrics["checkpoint"]).is_file() and Path(metrics["checkpoint"]).parent == run_dir / "checkpoints"
+    rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
+    assert any(row.get("train/loss_classifier") for row in rows)
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "data").exists()
+
+
+def test_coco_layout_folder_trains(shapes_root: Path, tmp_path: Path) -> None:
+    # the generated shapes folder is a COCO 2017 layout, so dataset=coco reads it as it would real COCO
+    args = [
+        "task=detection",
+        "dataset=coco",
+        f"dataset.root={shapes_root}",
+        "dataset.num_workers=0",
+        "backbone=resnet18",
+        *TINY_DETECTION,
+        "trainer.max_steps=2",
+        "trainer.limit_val_batches=2",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    result = _run(args, PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "map_50" in result.stdout
+
+
+def test_wrong_root_stops_before_training_naming_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "no_coco_here"
+    result = _run(["dataset=coco", f"dataset.root={missing}", f"hydra.run.dir={tmp_path / 'run'}"], PROJECT_ROOT)
+    assert result.returncode != 0
+    assert f"dataset.root={missing} does not exist" in result.stderr
+    assert "instances_train2017.json" in result.stderr
+    assert "Epoch" not in result.stdout + result.stderr
+
+
+def test_cfg_job_prints_the_composed_config() -> None:
+    result = _run(["--cfg", "job", "backbone=resnet18", "trainer.max_steps=7"], PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "name: resnet18" in result.stdout and "max_steps: 7" in result.stdout
+
+
+def test_config_paths_overrides_and_recipe(tmp_path: Path) -> None:
+    cfg = compose_config(["dataset.batch_size=3", "seed=5", "trainer.max_epochs=2"], tmp_path)
+    assert cfg.paths.root_dir == str(PROJECT_ROOT)
+    assert cfg.dataset.root == str(PROJECT_ROOT / "data" / "shapes")
+    assert (cfg.dataset.batch_size, cfg.seed, cfg.trainer.max_epochs) == (3, 5, 2)
+    assert cfg.task.model.min_size == 128  # the shapes recipe
+    coco = compose_config(["dataset=coco"], tmp_path)
+    assert coco.task.model.min_size == 800 and coco.task.model.anchor_sizes == [32, 64, 128, 256, 512]
+
+
+def test_num_classes_is_checked_against_the_dataset(shapes_root: Path, tmp_path: Path) -> None:
+    cfg = compose_config(_tiny(shapes_root, "task.model.num_classes=7"), tmp_path)
+    with pytest.raises(ValueError, match="num_classes=7 but the dataset declares 4 categories"):
+        build_module(cfg, build_datamodule(cfg))
+    cfg = compose_config(_tiny(shapes_root, "task.model.num_classes=4"), tmp_path)
+    assert build_module(cfg, build_datamodule(cfg)).model.num_classes == 4
+
+
+class _StopAt(L.Callback):
+    """Simulates an interrupted run: saves a checkpoint at ``step`` and stops."""
+
+    def __init__(self, step: int, path: Path) -> None:
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+            trainer.should_stop = True
+
+
+class _RecordStart(L.Callback):
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        optimizer = trainer.optimizers[0]
+        self.step = trainer.global_step
+        self.weights = {k: v.clone() for k, v in module.state_dict().items()}
+        self.momentum = [optimizer.state[p]["momentum_buffer"].clone() for p in optimizer.param_groups[0]["params"]]
+        self.lr = optimizer.param_groups[0]["lr"]
+
+
+def _fit(cfg, *callbacks: L.Callback) -> L.Trainer:
+    L.seed_everything(cfg.seed)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    trainer = build_trainer(cfg)
+    trainer.callbacks.extend(callbacks)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    return trainer
+
+
+def test_resume_restores_model_optimizer_scheduler_and_step(shapes_root: Path, tmp_path: Path) -> None:
+    steps = ["trainer.max_steps=6", "trainer.enable_progress_bar=false"]
+    interrupted = tmp_path / "interrupted.ckpt"
+    _fit(compose_config(_tiny(shapes_root, *steps), tmp_path / "a"), _StopAt(3, interrupted))
+    saved = torch.load(interrupted, map_location="cpu", weights_only=False)
+
+    record = _RecordStart()
+    resumed = _fit(compose_config(_tiny(shapes_root, *steps, f"ckpt_path={interrupted}"), tmp_path / "b"), record)
+    straight = _fit(compose_config(_tiny(shapes_root, *steps), tmp_path / "c"))
+
+    assert record.step == saved["global_step"] == 3
+    for key, value in saved["state_dict"].items():
+        torch.testing.assert_close(record.weights[key], value, rtol=0, atol=0)
+    saved_momentum = [s["momentum_buffer"] for s in saved["optimizer_states"][0]["state"].values()]
+    assert len(record.momentum) == len(saved_momentum) > 0
+    for restored, expected in zip(record.momentum, saved_momentum, strict=True):
+        torch.testing.assert_close(restored, expected, rtol=0, atol=0)
+    assert record.lr == pytest.approx(saved["optimizer_states"][0]["param_groups"][0]["lr"])
+    assert resumed.global_step == straight.global_step == 6
+    assert resumed.optimizers[0].param_groups[0]["lr"] == pytest.approx(straight.optimizers[0].param_groups[0]["lr"])
