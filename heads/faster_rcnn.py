@@ -45,6 +45,7 @@ def build_faster_rcnn(
     *,
     num_classes: int,
     fpn_channels: int = 256,
+    fpn_norm: str = "none",
     min_size: int | Sequence[int] = 800,
     max_size: int = 1333,
     image_mean: Sequence[float] = IMAGENET_MEAN,
@@ -71,7 +72,8 @@ def build_faster_rcnn(
     box_nms_thresh: float = 0.5,
     box_detections_per_img: int = 100,
 ) -> FasterRCNN:
-    """Build Faster R-CNN; a backbone that is not a pyramid yet gets a FPN of ``fpn_channels``.
+    """Build Faster R-CNN; a backbone that is not a pyramid yet gets a FPN of ``fpn_channels``
+    (normalised with ``fpn_norm``).
 
     ``anchor_sizes`` gives one entry per pyramid level (an int or a tuple of sizes in
     input pixels, after the transform's resize); every level shares ``aspect_ratios``.
@@ -80,7 +82,10 @@ def build_faster_rcnn(
     """
     if num_classes < 1:
         raise ValueError(f"num_classes={num_classes} must count at least one object category")
-    features = backbone if isinstance(backbone, FeaturePyramid) else FeaturePyramid(backbone, out_channels=fpn_channels)
+    if isinstance(backbone, FeaturePyramid):
+        features = backbone
+    else:
+        features = FeaturePyramid(backbone, out_channels=fpn_channels, norm=fpn_norm)
     shapes = features.output_shape()
     channels = {spec.channels for spec in shapes.values()}
     if len(channels) != 1:

@@ -77,3 +77,14 @@ def test_frozen_stages_get_no_gradient(name: str, trainable_stages: int) -> None
     assert all(not p.requires_grad for n, p in backbone.named_parameters() if n.split(".")[0] in frozen)
     # frozen stages also keep their normalisation statistics
     assert not backbone.layer1.training and not backbone.bn1.training
+
+
+def test_fpn_norm_adds_batchnorm_without_changing_the_contract() -> None:
+    plain = build_faster_rcnn(_backbone("resnet18"), num_classes=3, **TINY_HEAD)
+    normed = build_faster_rcnn(_backbone("resnet18"), num_classes=3, fpn_norm="bn", **TINY_HEAD)
+    fpn_norms = [m for m in normed.backbone.fpn.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(fpn_norms) == 8  # one after each lateral and each output conv of the 4 levels
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.backbone.fpn.modules())
+    assert normed.backbone.output_shape() == plain.backbone.output_shape()
+    with pytest.raises(ValueError, match="'gn'"):
+        build_faster_rcnn(_backbone("resnet18"), num_classes=3, fpn_norm="gn", **TINY_HEAD)

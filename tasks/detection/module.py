@@ -82,7 +82,7 @@ class DetectionModule(L.LightningModule):
             return
         stats = self.evaluator.compute()  # identical on every rank: computed from gathered results
         for name, value in stats.items():
-            self.log(f"val/{name}", value, prog_bar=name in ("map", "map_50"))
+            self.log(f"val/{name}", value, prog_bar=name in ("map", "map_50"), sync_dist=True)
 
     def configure_optimizers(self) -> dict:
         params = [p for p in self.parameters() if p.requires_grad]
