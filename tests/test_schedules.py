@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from tasks.optim import build_optimizer
 from tasks.schedules import warmup_then_decay
 
 
@@ -35,3 +36,13 @@ def test_step_decay_at_fractions_of_training() -> None:
 def test_unknown_decay_is_explained() -> None:
     with pytest.raises(ValueError, match="'linear'"):
         _lrs(5, decay="linear")
+
+
+def test_optimizers_by_name() -> None:
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    sgd = build_optimizer(params, name="sgd", lr=0.1, momentum=0.8)
+    adamw = build_optimizer(params, name="adamw", lr=0.001, momentum=0.8, betas=[0.8, 0.9])
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.8
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.8, 0.9)
+    with pytest.raises(ValueError, match="'adam'"):
+        build_optimizer(params, name="adam", lr=0.1)
