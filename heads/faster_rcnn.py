@@ -9,8 +9,10 @@ with background, i.e. ``num_classes=90`` here).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
+from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
@@ -19,6 +21,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from backbones import Backbone, FeaturePyramid
+from heads.detector_weights import load_detector_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,6 +41,37 @@ class FasterRCNN(GeneralizedRCNN):
     ) -> None:
         super().__init__(backbone, rpn, roi_heads, transform)
         self.num_classes = num_classes
+
+    def losses_and_detections(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
+        """Validation in one backbone pass: the training losses and the inference detections.
+
+        The backbone runs in eval mode (running norm statistics); the RPN and box head
+        run once as in training (proposal sampling, losses) and once as in inference.
+        """
+        original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+        batch, targets = self.transform(images, targets)
+        features = self.backbone(batch.tensors)
+        with _training_mode(self.rpn, self.roi_heads):
+            proposals, rpn_losses = self.rpn(batch, features, targets)
+            _, box_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
+        proposals, _ = self.rpn(batch, features)
+        detections, _ = self.roi_heads(features, proposals, batch.image_sizes)
+        detections = self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+        return {**box_losses, **rpn_losses}, detections
+
+
+@contextmanager
+def _training_mode(*modules: nn.Module) -> Iterator[None]:
+    previous = [m.training for m in modules]
+    for module in modules:
+        module.train()
+    try:
+        yield
+    finally:
+        for module, mode in zip(modules, previous, strict=True):
+            module.train(mode)
 
 
 def build_faster_rcnn(
@@ -71,6 +105,9 @@ def build_faster_rcnn(
     box_score_thresh: float = 0.05,
     box_nms_thresh: float = 0.5,
     box_detections_per_img: int = 100,
+    resize_in_training: bool = True,
+    weights: str = "none",
+    class_names: Sequence[str] | None = None,
 ) -> FasterRCNN:
     """Build Faster R-CNN; a backbone that is not a pyramid yet gets a FPN of ``fpn_channels``
     (normalised with ``fpn_norm``).
@@ -79,6 +116,10 @@ def build_faster_rcnn(
     input pixels, after the transform's resize); every level shares ``aspect_ratios``.
     ``roi_canonical_scale`` is the box size pooled from the 4th pyramid level (stride 16):
     a box half that size comes from the level below, twice that size from the one above.
+    ``resize_in_training=False`` leaves training images at the size the data pipeline chose
+    (multi-scale or large-scale-jitter augmentation); evaluation always resizes.
+    ``weights``: ``"none"``, ``"coco"`` (torchvision's COCO_V1 Faster R-CNN R50-FPN) or a file;
+    a COCO predictor is remapped by name onto ``class_names`` (this model's labels 1..K).
     """
     if num_classes < 1:
         raise ValueError(f"num_classes={num_classes} must count at least one object category")
@@ -128,5 +169,10 @@ def build_faster_rcnn(
         box_detections_per_img,
     )
     min_sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
-    transform = GeneralizedRCNNTransform(min_sizes, max_size, list(image_mean), list(image_std))
-    return FasterRCNN(features, rpn, roi_heads, transform, num_classes=num_classes)
+    transform = GeneralizedRCNNTransform(
+        min_sizes, max_size, list(image_mean), list(image_std), _skip_resize=not resize_in_training
+    )
+    model = FasterRCNN(features, rpn, roi_heads, transform, num_classes=num_classes)
+    if weights != "none":
+        load_detector_weights(model, weights, class_names)
+    return model

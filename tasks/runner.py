@@ -11,6 +11,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from backbones.weights import load_state_dict_file
+
 log = logging.getLogger(__name__)
 
 
@@ -34,9 +36,15 @@ def resolve_num_classes(configured: int | None, datamodule: L.LightningDataModul
 
 
 def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
-    num_classes = resolve_num_classes(cfg.task.model.get("num_classes"), datamodule)
-    model = instantiate(cfg.task.model, num_classes=num_classes)
-    return instantiate(cfg.task.module, model=model, evaluator=datamodule.build_evaluator())
+    model_options = {"num_classes": resolve_num_classes(cfg.task.model.get("num_classes"), datamodule)}
+    if "resize_in_training" in cfg.task.model and cfg.task.model.resize_in_training is None:
+        # auto: the detector resizes unless the augmentation preset already chose the size
+        model_options["resize_in_training"] = not getattr(datamodule, "resizes_training_images", False)
+    if "class_names" in cfg.task.model and cfg.task.model.class_names is None:
+        model_options["class_names"] = list(datamodule.class_names)
+    model = instantiate(cfg.task.model, **model_options)
+    evaluator = datamodule.build_evaluator(**cfg.task.get("evaluator", {}))
+    return instantiate(cfg.task.module, model=model, evaluator=evaluator)
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
@@ -58,6 +66,52 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
     return callback.best_model_path or callback.last_model_path or None
 
 
+def load_weights(module: L.LightningModule, checkpoint: str) -> None:
+    """Load a checkpoint's model weights only (tensors; nothing else is unpickled)."""
+    state = load_state_dict_file(checkpoint)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"{checkpoint} does not fit the model this config builds ({str(err).splitlines()[0]}). "
+            "Pass the task/backbone/dataset overrides used for training: they are listed in the "
+            "run's .hydra/overrides.yaml"
+        ) from err
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Score ``cfg.ckpt_path`` on the validation split; write metrics and COCO-format predictions."""
+    if not cfg.ckpt_path:
+        raise ValueError("evaluation needs a checkpoint: pass ckpt_path=PATH/TO/best.ckpt")
+    checkpoint = existing_checkpoint(cfg.ckpt_path)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    load_weights(module, checkpoint)
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    metrics = validation_metrics(trainer, module, datamodule)
+    evaluator = module.evaluator
+    output_dir = Path(cfg.paths.output_dir)
+    report(metrics, output_dir, checkpoint, evaluator.per_class_table())
+    write_predictions(evaluator.last_predictions, output_dir / "predictions.json")
+    return metrics
+
+
+@rank_zero_only
+def write_predictions(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows))
+    log.info("%d predictions written to %s", len(rows), path)
+
+
+def validation_metrics(
+    trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule, checkpoint: str | None = None
+) -> dict[str, float]:
+    """Validate once; logged values (losses) plus the evaluator's metrics at full precision."""
+    results = trainer.validate(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
+    logged = {name.removeprefix("val/"): float(value) for name, value in results[0].items()}
+    return {**logged, **getattr(module, "last_metrics", {})}
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then evaluate the best checkpoint on the validation split and write ``metrics.json``."""
     L.seed_everything(cfg.seed, workers=True)
@@ -66,17 +120,37 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=existing_checkpoint(cfg.ckpt_path))
     checkpoint = best_checkpoint(trainer)
-    results = trainer.validate(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
-    metrics = {name.removeprefix("val/"): float(value) for name, value in results[0].items()}
+    metrics = validation_metrics(trainer, module, datamodule, checkpoint)
     report(metrics, Path(cfg.paths.output_dir), checkpoint)
     return metrics
 
 
 @rank_zero_only
-def report(metrics: dict[str, float], output_dir: Path, checkpoint: str | None) -> None:
+def report(
+    metrics: dict[str, float],
+    output_dir: Path,
+    checkpoint: str | None,
+    per_class: dict[str, dict[str, float]] | None = None,
+) -> None:
     width = max(map(len, metrics), default=0)
     lines = [f"{name:<{width}}  {value:.4f}" for name, value in metrics.items()]
     print(f"\nValidation metrics ({checkpoint or 'final weights'}):\n" + "\n".join(lines))
+    if per_class:
+        print(per_class_table(per_class))
+    content = {**metrics, "checkpoint": checkpoint}
+    if per_class:
+        content["per_class"] = per_class
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps({**metrics, "checkpoint": checkpoint}, indent=2))
+    (output_dir / "metrics.json").write_text(json.dumps(content, indent=2))
     log.info("metrics written to %s", output_dir / "metrics.json")
+
+
+def per_class_table(per_class: dict[str, dict[str, float]]) -> str:
+    columns = list(dict.fromkeys(key for row in per_class.values() for key in row))
+    width = max(len("class"), *map(len, per_class))
+    header = f"{'class':<{width}}" + "".join(f"  {c:>8}" for c in columns)
+    rows = [
+        f"{name:<{width}}" + "".join(f"  {row.get(c, float('nan')):8.4f}" for c in columns)
+        for name, row in per_class.items()
+    ]
+    return "\n".join(["", header, *rows])

@@ -61,3 +61,9 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     """The config ``tasks/train.py`` would see, with the run directory pinned to ``output_dir``."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+
+
+@pytest.fixture(scope="session")
+def shapes_voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny shapes data in VOCdevkit layout (VOC2007 + VOC2012 trainval, VOC2007 test)."""
+    return ensure_shapes(tmp_path_factory.mktemp("data") / "VOCdevkit", TINY_SHAPES, layout="voc")

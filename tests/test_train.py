@@ -43,7 +43,7 @@ def test_train_command_writes_metrics_checkpoint_and_logs(shapes_root: Path, tmp
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(COCO_STAT_NAMES) <= set(metrics)
+    assert set(COCO_STAT_NAMES) <= set(metrics) and metrics["loss"] > 0  # validation loss next to mAP
     assert all(-1 <= metrics[name] <= 1 for name in COCO_STAT_NAMES)
     assert "map_50" in result.stdout
     assert Path(metrics["checkpoint"]).is_file() and Path(metrics["checkpoint"]).parent == run_dir / "checkpoints"
@@ -68,6 +68,25 @@ def test_coco_layout_folder_trains(shapes_root: Path, tmp_path: Path) -> None:
     result = _run(args, PROJECT_ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "map_50" in result.stdout
+
+
+def test_voc_layout_folder_trains(shapes_voc_root: Path, tmp_path: Path) -> None:
+    args = [
+        "task=detection",
+        "dataset=voc",
+        f"dataset.root={shapes_voc_root}",
+        "dataset.num_workers=0",
+        "dataset.class_names=[circle,square,triangle,cross]",
+        "dataset.resize_longest=null",
+        "backbone=resnet18",
+        *TINY_DETECTION,
+        "trainer.max_steps=2",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    result = _run(args, PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert {"voc07_map", "voc_map", "map_50"} <= set(metrics)
 
 
 def test_wrong_root_stops_before_training_naming_the_path(tmp_path: Path) -> None:
@@ -120,7 +139,10 @@ class _RecordStart(L.Callback):
         optimizer = trainer.optimizers[0]
         self.step = trainer.global_step
         self.weights = {k: v.clone() for k, v in module.state_dict().items()}
-        self.momentum = [optimizer.state[p]["momentum_buffer"].clone() for p in optimizer.param_groups[0]["params"]]
+        self.optimizer_state = [
+            {k: v.clone() for k, v in optimizer.state[p].items() if torch.is_tensor(v)}
+            for p in optimizer.param_groups[0]["params"]
+        ]
         self.lr = optimizer.param_groups[0]["lr"]
 
 
@@ -147,10 +169,12 @@ def test_resume_restores_model_optimizer_scheduler_and_step(shapes_root: Path, t
     assert record.step == saved["global_step"] == 3
     for key, value in saved["state_dict"].items():
         torch.testing.assert_close(record.weights[key], value, rtol=0, atol=0)
-    saved_momentum = [s["momentum_buffer"] for s in saved["optimizer_states"][0]["state"].values()]
-    assert len(record.momentum) == len(saved_momentum) > 0
-    for restored, expected in zip(record.momentum, saved_momentum, strict=True):
-        torch.testing.assert_close(restored, expected, rtol=0, atol=0)
+    saved_state = list(saved["optimizer_states"][0]["state"].values())
+    assert len(record.optimizer_state) == len(saved_state) > 0
+    for restored, expected in zip(record.optimizer_state, saved_state, strict=True):
+        assert set(restored) == {k for k, v in expected.items() if torch.is_tensor(v)} != set()
+        for key, value in restored.items():  # e.g. AdamW's moments (the shapes recipe), SGD's momentum
+            torch.testing.assert_close(value, expected[key], rtol=0, atol=0)
     assert record.lr == pytest.approx(saved["optimizer_states"][0]["param_groups"][0]["lr"])
     assert resumed.global_step == straight.global_step == 6
     assert resumed.optimizers[0].param_groups[0]["lr"] == pytest.approx(straight.optimizers[0].param_groups[0]["lr"])

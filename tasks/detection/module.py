@@ -53,6 +53,7 @@ class DetectionModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.evaluator = evaluator
+        self.last_metrics: dict[str, float] = {}
 
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         return self.model(to_float_images(images))
@@ -72,7 +73,20 @@ class DetectionModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> None:
         images, targets = batch
-        detections = self(images)
+        images = to_float_images(images)
+        if hasattr(self.model, "losses_and_detections"):
+            # proposal sampling draws random numbers: a private, per-batch seeded stream keeps the
+            # validation loss repeatable and leaves the training random state untouched
+            devices = [self.device.index] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(batch_idx)
+                losses, detections = self.model.losses_and_detections(images, targets)
+            total = sum(losses.values())
+            batch_size = len(images)
+            self.log_dict({f"val/{name}": v for name, v in losses.items()}, batch_size=batch_size, sync_dist=True)
+            self.log("val/loss", total, batch_size=batch_size, sync_dist=True)
+        else:
+            detections = self.model(images)
         rescale_to_original(detections, images, targets)
         if self.evaluator is not None:
             self.evaluator.update(detections, [t["image_id"] for t in targets])
@@ -81,6 +95,7 @@ class DetectionModule(L.LightningModule):
         if self.evaluator is None:
             return
         stats = self.evaluator.compute()  # identical on every rank: computed from gathered results
+        self.last_metrics = dict(stats)  # full precision (logging rounds to float32)
         for name, value in stats.items():
             self.log(f"val/{name}", value, prog_bar=name in ("map", "map_50"), sync_dist=True)
 

@@ -1,4 +1,4 @@
-"""COCO box mAP with pycocotools' COCOeval, gathered across DDP ranks."""
+"""COCO box mAP with pycocotools' COCOeval (reference) or faster_coco_eval, gathered across DDP ranks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import copy
 import io
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from pycocotools.coco import COCO
@@ -27,26 +29,70 @@ COCO_STAT_NAMES = (
     "mar_medium",
     "mar_large",
 )
+BACKENDS = ("pycocotools", "faster_coco_eval")
 
 
-def coco_stats(coco_gt: COCO, results: list[dict], image_ids: Sequence[int] | None = None) -> dict[str, float]:
-    """The 12 numbers of ``COCOeval.summarize()`` for bbox ``results`` (COCO results format).
+@dataclass
+class CocoResult:
+    stats: dict[str, float]
+    ap_per_class: dict[int, float] = field(default_factory=dict)  # category id -> AP@[.5:.95], if it has gt
+
+
+def _quiet(*args: object, **kwargs: object) -> None:
+    """Print function for faster_coco_eval: its progress lines are not wanted."""
+
+
+def _run_cocoeval(coco_gt: COCO, results: list[dict], image_ids: Sequence[int] | None, backend: str):
+    if backend == "faster_coco_eval":
+        from faster_coco_eval import COCO as FastCOCO
+        from faster_coco_eval import COCOeval_faster
+
+        fast_gt = FastCOCO(coco_gt.dataset, print_function=_quiet)
+        evaluation = COCOeval_faster(fast_gt, fast_gt.loadRes(copy.deepcopy(results)), "bbox", print_function=_quiet)
+    else:
+        evaluation = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(results)), iouType="bbox")
+    if image_ids is not None:
+        evaluation.params.imgIds = sorted(image_ids)
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    return evaluation
+
+
+def coco_evaluate(
+    coco_gt: COCO, results: list[dict], image_ids: Sequence[int] | None = None, backend: str = "pycocotools"
+) -> CocoResult:
+    """The 12 numbers of ``COCOeval.summarize()`` for bbox ``results`` (COCO results format),
+    and AP per category.
 
     ``image_ids`` restricts evaluation to the images that were predicted on. pycocotools
-    reports -1 for an area range without ground truth; that convention is kept.
+    reports -1 for an area range without ground truth; that convention is kept. With no
+    results at all (where pycocotools itself fails) every stat is 0, with a warning.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"COCO evaluation backend {backend!r} must be one of {BACKENDS}")
     if not results:
         warnings.warn("no detections to evaluate: every COCO stat is reported as 0", stacklevel=2)
-        return dict.fromkeys(COCO_STAT_NAMES, 0.0)
+        return CocoResult(dict.fromkeys(COCO_STAT_NAMES, 0.0))
     with contextlib.redirect_stdout(io.StringIO()):
-        detections = coco_gt.loadRes(copy.deepcopy(results))  # loadRes edits the dicts it is given
-        evaluation = COCOeval(coco_gt, detections, iouType="bbox")
-        if image_ids is not None:
-            evaluation.params.imgIds = sorted(image_ids)
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    return {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluation.stats, strict=True)}
+        evaluation = _run_cocoeval(coco_gt, results, image_ids, backend)
+    stats = {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluation.stats[:12], strict=True)}
+    precision = np.asarray(evaluation.eval["precision"])[:, :, :, 0, -1]  # IoUs x recalls x classes, all areas
+    per_class, absent = {}, []
+    for k, category_id in enumerate(evaluation.params.catIds):
+        valid = precision[:, :, k][precision[:, :, k] > -1]
+        if valid.size:
+            per_class[int(category_id)] = float(valid.mean())
+        else:
+            absent.append(int(category_id))
+    if absent:
+        warnings.warn(f"categories {absent} have no ground truth in the evaluated images: no AP for them", stacklevel=2)
+    return CocoResult(stats, per_class)
+
+
+def coco_stats(coco_gt: COCO, results: list[dict], image_ids: Sequence[int] | None = None, backend="pycocotools"):
+    """Only the 12 summary stats of :func:`coco_evaluate`."""
+    return coco_evaluate(coco_gt, results, image_ids, backend).stats
 
 
 def to_coco_results(detections: dict[str, torch.Tensor], image_id: int, category_ids: Sequence[int]) -> list[dict]:
@@ -68,9 +114,14 @@ class CocoEvaluator:
     repeated to even out the ranks are counted once.
     """
 
-    def __init__(self, coco_gt: COCO, category_ids: Sequence[int]) -> None:
+    def __init__(self, coco_gt: COCO, category_ids: Sequence[int], backend: str = "pycocotools") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"COCO evaluation backend {backend!r} must be one of {BACKENDS}")
         self.coco_gt = coco_gt
         self.category_ids = list(category_ids)
+        self.backend = backend
+        self.last_result: CocoResult | None = None
+        self.last_predictions: list[dict] = []  # gathered rows of the last compute, original ids
         self._results: dict[int, list[dict]] = {}
 
     def reset(self) -> None:
@@ -93,5 +144,14 @@ class CocoEvaluator:
 
     def compute(self) -> dict[str, float]:
         per_image = self.gathered_results()
-        rows = [row for image_rows in per_image.values() for row in image_rows]
-        return coco_stats(self.coco_gt, rows, image_ids=list(per_image))
+        rows = [row for _, image_rows in sorted(per_image.items()) for row in image_rows]
+        self.last_predictions = rows
+        self.last_result = coco_evaluate(self.coco_gt, rows, image_ids=list(per_image), backend=self.backend)
+        return dict(self.last_result.stats)
+
+    def per_class_table(self) -> dict[str, dict[str, float]]:
+        """Per-class AP of the last ``compute``, keyed by class name."""
+        if self.last_result is None:
+            return {}
+        names = {c["id"]: c["name"] for c in self.coco_gt.dataset.get("categories", [])}
+        return {names.get(cid, str(cid)): {"ap": ap} for cid, ap in self.last_result.ap_per_class.items()}

@@ -13,11 +13,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from pycocotools.coco import COCO
+
+from tasks.metrics.coco_eval import CocoEvaluator
 
 
 @dataclass
 class VocGroundTruth:
-    boxes: np.ndarray  # (N, 4) xyxy
+    boxes: np.ndarray  # (N, 4) xyxy, inclusive pixel coordinates (x2 is the last pixel column)
     labels: np.ndarray  # (N,) class index 0..K-1
     difficult: np.ndarray  # (N,) bool
 
@@ -100,3 +103,46 @@ def voc_map(
         "voc07_ap_per_class": per_class07,
         "voc_ap_per_class": per_class,
     }
+
+
+class VocEvaluator(CocoEvaluator):
+    """COCO-style stats plus VOC07 11-point and VOC2010+ area mAP (difficult boxes ignored)."""
+
+    def __init__(
+        self,
+        coco_gt: COCO,
+        category_ids: Sequence[int],
+        ground_truth: Mapping[int, VocGroundTruth],
+        class_names: Sequence[str],
+        backend: str = "pycocotools",
+    ) -> None:
+        super().__init__(coco_gt, category_ids, backend=backend)
+        self.ground_truth = ground_truth
+        self.class_names = list(class_names)
+        self.last_voc: dict = {}
+
+    def compute(self) -> dict[str, float]:
+        per_image = self.gathered_results()
+        stats = super().compute()
+        index_of = {cid: i for i, cid in enumerate(self.category_ids)}
+        detections = [
+            (row["image_id"], index_of[row["category_id"]], row["score"], _xywh_to_xyxy(row["bbox"]))
+            for rows in per_image.values()
+            for row in rows
+        ]
+        seen = {image_id: self.ground_truth[image_id] for image_id in per_image}
+        self.last_voc = voc_map(detections, seen, self.class_names)
+        return {**stats, "voc07_map": self.last_voc["voc07_map"], "voc_map": self.last_voc["voc_map"]}
+
+    def per_class_table(self) -> dict[str, dict[str, float]]:
+        table = super().per_class_table()
+        for name in self.class_names:
+            table.setdefault(name, {})["voc07_ap"] = self.last_voc.get("voc07_ap_per_class", {}).get(name, float("nan"))
+            table[name]["voc_ap"] = self.last_voc.get("voc_ap_per_class", {}).get(name, float("nan"))
+        return table
+
+
+def _xywh_to_xyxy(box: Sequence[float]) -> np.ndarray:
+    x, y, w, h = box
+    # VOC AP counts pixels inclusively: a box covering pixels x1..x2 has width x2 - x1 + 1
+    return np.array([x, y, x + w - 1, y + h - 1])

@@ -1,0 +1,82 @@
+"""Loading whole-detector weights (torchvision's COCO Faster R-CNN or a file) with label remapping."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+from backbones.weights import WeightsError, load_state_dict_file, strip_prefix, torchvision_state_dict
+
+log = logging.getLogger(__name__)
+
+COCO_WEIGHTS = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
+# torchvision's COCO detectors predict 91 indices: background, then COCO category ids 1..90 ("N/A" for gaps)
+COCO_91_NAMES: list[str] = list(COCO_WEIGHTS.meta["categories"])
+_PREDICTOR = "roi_heads.box_predictor."
+
+
+def _predictor_rows(source_names: Sequence[str], class_names: Sequence[str]) -> tuple[list[int | None], list[str]]:
+    """Source row for background and each class (None where the class is unknown), and the unknown names."""
+    rows: list[int | None] = [0]
+    missing = []
+    for name in class_names:
+        if name in source_names[1:]:
+            rows.append(source_names.index(name, 1))
+        else:
+            rows.append(None)
+            missing.append(name)
+    return rows, missing
+
+
+def _remap_predictor(state: dict[str, Tensor], own: dict[str, Tensor], rows: list[int | None]) -> None:
+    """Pick predictor rows by class (4 box-regression rows per class), keeping ours where unknown."""
+    for key, per_class in (("cls_score", 1), ("bbox_pred", 4)):
+        for suffix in ("weight", "bias"):
+            name = f"{_PREDICTOR}{key}.{suffix}"
+            source, target = state[name], own[name].clone()
+            for k, row in enumerate(rows):
+                if row is not None:
+                    target[k * per_class : (k + 1) * per_class] = source[row * per_class : (row + 1) * per_class]
+            state[name] = target
+
+
+def load_detector_weights(model: nn.Module, weights: str, class_names: Sequence[str] | None = None) -> None:
+    """Load ``weights`` (``"coco"``: torchvision's COCO_V1 through its weights API; or a file path).
+
+    A predictor trained on torchvision's 91 COCO indices is remapped by class name onto
+    ``class_names`` (this model's labels 1..K); classes it does not know keep their
+    initialisation. Every other tensor must match in shape, else the error names them.
+    """
+    if weights == "coco":
+        state, source = torchvision_state_dict(COCO_WEIGHTS), str(COCO_WEIGHTS)
+    else:
+        state, source = strip_prefix(load_state_dict_file(weights), "model."), weights
+    own = model.state_dict()
+    predictor_keys = [k for k in own if k.startswith(_PREDICTOR)]
+    if any(k not in state for k in predictor_keys):
+        raise WeightsError(f"{source} has no Faster R-CNN box predictor ({_PREDICTOR}*): is it a detector checkpoint?")
+    source_rows = state[f"{_PREDICTOR}cls_score.weight"].shape[0]
+    if source_rows != own[f"{_PREDICTOR}cls_score.weight"].shape[0] or class_names is not None:
+        if source_rows != len(COCO_91_NAMES) and source_rows != len(class_names or []) + 1:
+            raise WeightsError(f"{source} predicts {source_rows - 1} classes; cannot map them onto {class_names}")
+        source_names = COCO_91_NAMES if source_rows == len(COCO_91_NAMES) else ["__background__", *class_names]
+        rows, missing = _predictor_rows(source_names, class_names or source_names[1:])
+        if missing:
+            log.warning("%s knows no class named %s: their predictor rows stay at initialisation", source, missing)
+        _remap_predictor(state, own, rows)
+    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if mismatched:
+        raise WeightsError(
+            f"{source} does not fit this detector: shapes differ for {mismatched[:6]}. COCO weights need "
+            "backbone=resnet50, task.model.fpn_channels=256, task.model.fpn_norm=none, representation_size=1024"
+        )
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise WeightsError(
+            f"{source} does not fit this detector: missing {missing[:6]}, unexpected {result.unexpected_keys[:6]}"
+        )
+    log.info("loaded %d tensors from %s", len(state), source)

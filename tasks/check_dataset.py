@@ -1,0 +1,33 @@
+"""Dataset doctor: ``python tasks/check_dataset.py dataset=... [dataset.root=...]``.
+
+Reads every annotation and image of both splits and reports problems with file names and
+annotation ids; exits with status 1 when a problem would stop training.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script from any directory
+
+import hydra  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from tasks.data.doctor import ERROR, check_num_classes, format_report  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    datamodule = instantiate(cfg.dataset)
+    datamodule.prepare_data()
+    findings, class_names = datamodule.inspect(read_images=True)
+    findings += check_num_classes(cfg.task.model.get("num_classes"), class_names)
+    print(format_report(findings))
+    errors = sum(f.severity == ERROR for f in findings)
+    print(f"\n{errors} error(s)" + (": training would stop at start-up" if errors else ": ready to train"))
+    if errors:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

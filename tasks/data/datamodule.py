@@ -1,0 +1,230 @@
+"""LightningDataModules for detection: COCO-format data and PASCAL VOC behind one interface."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import albumentations as A
+import lightning as L
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+
+from tasks.data.coco import CocoDetection
+from tasks.data.doctor import ERROR, Finding, inspect_coco, inspect_voc
+from tasks.data.detection_dataset import DetectionDataset, collate_detection
+from tasks.data.sampling import GroupedBatchSampler, aspect_ratio_groups
+from tasks.data.transforms import RESIZING_PRESETS, detection_transforms
+from tasks.data.voc import VOC_CLASSES, VocDetection
+from tasks.metrics.coco_eval import CocoEvaluator
+from tasks.metrics.voc_eval import VocEvaluator
+
+
+class DetectionDataModule(L.LightningDataModule):
+    """Loaders, augmentation and evaluator shared by every detection dataset.
+
+    Subclasses say how to build a split (``_build_split``). ``augment`` names a preset of
+    ``tasks.data.transforms``; ``preset_options`` passes its sizes (e.g. ``multiscale_sizes``).
+    ``group_aspect_ratio`` batches wide and tall images apart so batches pad little.
+    """
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 2,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        augment: str = "hflip",
+        resize_longest: int | None = None,
+        preset_options: dict | None = None,
+        group_aspect_ratio: bool = False,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.augment = augment
+        self.resize_longest = resize_longest
+        self.preset_options = dict(preset_options or {})
+        self.group_aspect_ratio = group_aspect_ratio
+        self.pin_memory = pin_memory
+        self.train_set: DetectionDataset | None = None
+        self.val_set: DetectionDataset | None = None
+
+    @property
+    def resizes_training_images(self) -> bool:
+        """True when the training preset chooses image sizes itself (the detector must not resize again)."""
+        return self.augment in RESIZING_PRESETS
+
+    def _build_split(self, split: str, transforms: A.Compose) -> DetectionDataset:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def inspect(self, *, read_images: bool = True) -> tuple[list[Finding], list[str]]:  # pragma: no cover
+        """Every doctor finding for both splits, and the class names (abstract)."""
+        raise NotImplementedError
+
+    def _transforms(self, train: bool) -> A.Compose:
+        return detection_transforms(
+            self.augment, train=train, resize_longest=self.resize_longest, **self.preset_options
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        self.train_set = self._build_split("train", self._transforms(train=True))
+        self.val_set = self._build_split("val", self._transforms(train=False))
+        if self.train_set.category_ids != self.val_set.category_ids:
+            raise ValueError(
+                f"train and val declare different categories: {self.train_set.source} has ids "
+                f"{self.train_set.category_ids}, {self.val_set.source} has {self.val_set.category_ids}"
+            )
+
+    def _require_setup(self) -> DetectionDataset:
+        if self.train_set is None:
+            self.setup()
+        return self.train_set
+
+    @property
+    def num_classes(self) -> int:
+        return self._require_setup().num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return self._require_setup().class_names
+
+    @property
+    def category_ids(self) -> list[int]:
+        return self._require_setup().category_ids
+
+    def build_evaluator(self, backend: str = "pycocotools") -> CocoEvaluator:
+        """COCO mAP against the validation ground truth itself (crowd regions included)."""
+        self._require_setup()
+        return CocoEvaluator(self.val_set.coco, self.val_set.category_ids, backend=backend)
+
+    def _loader(self, dataset: DetectionDataset, batch_size: int, train: bool) -> DataLoader:
+        options = dict(
+            num_workers=self.num_workers,
+            collate_fn=collate_detection,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+        if train and self.group_aspect_ratio:
+            groups = aspect_ratio_groups([r.aspect_ratio for r in dataset.records])
+            sampler = GroupedBatchSampler(RandomSampler(dataset), groups, batch_size)
+            return DataLoader(dataset, batch_sampler=sampler, **options)
+        sampler = RandomSampler(dataset) if train else SequentialSampler(dataset)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **options)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.val_batch_size, train=False)
+
+
+class CocoDataModule(DetectionDataModule):
+    """Train/val splits given as image folders and instances jsons, relative to ``root``
+    (absolute paths are taken as they are, so any COCO-format pair works).
+    """
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        *,
+        train_images: str = "train2017",
+        train_annotations: str = "annotations/instances_train2017.json",
+        val_images: str = "val2017",
+        val_annotations: str = "annotations/instances_val2017.json",
+        **options,
+    ) -> None:
+        super().__init__(**options)
+        self.root = Path(root).expanduser() if root else Path()
+        self.splits = {"train": (train_images, train_annotations), "val": (val_images, val_annotations)}
+
+    def _layout(self) -> str:
+        return ", ".join(f"{images}/ and {ann}" for images, ann in self.splits.values())
+
+    def _split_paths(self, split: str) -> tuple[Path, Path]:
+        images, annotations = (self.root / p for p in self.splits[split])
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"dataset.root={self.root} does not exist; expected a folder holding {self._layout()}"
+            )
+        if not annotations.is_file():
+            raise FileNotFoundError(
+                f"annotation file {annotations} not found (dataset.root={self.root}); expected the {split} "
+                f"instances json there (COCO format), or set dataset.{split}_annotations"
+            )
+        if not images.is_dir():
+            raise FileNotFoundError(
+                f"image folder {images} not found (dataset.root={self.root}); expected the {split} images "
+                f"there, or set dataset.{split}_images"
+            )
+        return images, annotations
+
+    def _build_split(self, split: str, transforms: A.Compose) -> DetectionDataset:
+        return CocoDetection(*self._split_paths(split), transforms)
+
+    def inspect(self, *, read_images: bool = True) -> tuple[list[Finding], list[str]]:
+        findings, class_names = [], []
+        for split in self.splits:
+            try:
+                images, annotations = self._split_paths(split)
+                dataset = json.loads(annotations.read_text())
+            except (FileNotFoundError, json.JSONDecodeError) as err:
+                findings.append(Finding(ERROR, "layout", str(err)))
+                continue
+            findings += inspect_coco(dataset, images, str(annotations), read_images=read_images)
+            categories = sorted(dataset.get("categories", []), key=lambda c: c["id"])
+            class_names = class_names or [c["name"] for c in categories]
+        return findings, class_names
+
+
+class VocDataModule(DetectionDataModule):
+    """PASCAL VOC under ``root`` (the ``VOCdevkit`` folder), e.g. VOC07+12 trainval / VOC07 test.
+
+    Reports VOC07 11-point and VOC2010+ area mAP next to the COCO-style stats.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        train_years: Sequence[str | int] = (2007, 2012),
+        train_split: str = "trainval",
+        val_years: Sequence[str | int] = (2007,),
+        val_split: str = "test",
+        class_names: Sequence[str] = VOC_CLASSES,
+        use_difficult: bool = False,
+        **options,
+    ) -> None:
+        super().__init__(**options)
+        self.root = Path(root).expanduser()
+        self.splits = {"train": (list(train_years), train_split), "val": (list(val_years), val_split)}
+        self.voc_class_names = list(class_names)
+        self.use_difficult = use_difficult
+
+    def _build_split(self, split: str, transforms: A.Compose) -> DetectionDataset:
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"dataset.root={self.root} does not exist; expected a VOCdevkit folder holding "
+                "VOC<year>/Annotations, VOC<year>/JPEGImages and VOC<year>/ImageSets/Main"
+            )
+        years, image_set = self.splits[split]
+        # difficult objects are never trained on in evaluation splits; they are ignore regions there
+        use_difficult = self.use_difficult and split == "train"
+        return VocDetection(
+            self.root, years, image_set, transforms, class_names=self.voc_class_names, use_difficult=use_difficult
+        )
+
+    def inspect(self, *, read_images: bool = True) -> tuple[list[Finding], list[str]]:
+        findings = []
+        for years, image_set in self.splits.values():
+            findings += inspect_voc(self.root, years, image_set, self.voc_class_names, read_images=read_images)
+        return findings, self.voc_class_names
+
+    def build_evaluator(self, backend: str = "pycocotools") -> VocEvaluator:
+        self._require_setup()
+        val = self.val_set
+        return VocEvaluator(val.coco, val.category_ids, val.voc_ground_truth, val.class_names, backend=backend)

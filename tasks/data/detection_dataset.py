@@ -1,0 +1,97 @@
+"""The item format every detection dataset shares, whatever its annotation format."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+
+from tasks.data.images import read_rgb
+
+
+@dataclass
+class ImageRecord:
+    image_id: int
+    path: Path
+    height: int
+    width: int
+    boxes: np.ndarray  # (N, 4) float32 xyxy in pixels: the objects trained on
+    labels: np.ndarray  # (N,) int64, contiguous 1..num_classes
+    ignored: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # crowd / difficult
+
+    @property
+    def aspect_ratio(self) -> float:
+        return self.width / self.height
+
+
+def clip_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Clip xyxy boxes to the image; returns (clipped boxes, mask of boxes at least one pixel wide
+    and high, number of boxes that clipping changed)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    clipped = np.clip(boxes, 0, [width, height, width, height])
+    keep = (clipped[:, 2] - clipped[:, 0] >= 1) & (clipped[:, 3] - clipped[:, 1] >= 1)
+    changed = int((np.any(clipped != boxes, axis=1) & keep).sum())
+    return clipped.astype(np.float32), keep, changed
+
+
+class DetectionDataset(Dataset):
+    """Items are ``(uint8 CHW image, target)`` with target keys ``boxes`` (xyxy), ``labels``
+    (1..K), ``image_id`` and ``orig_size`` (h, w of the file on disk).
+
+    ``category_ids[label - 1]`` is the annotation file's id of label ``label``, and
+    ``coco`` is the ground truth that COCO-style evaluation scores against.
+    """
+
+    def __init__(
+        self,
+        records: list[ImageRecord],
+        *,
+        category_ids: Sequence[int],
+        class_names: Sequence[str],
+        coco: COCO,
+        transforms: A.Compose | None = None,
+        source: str = "",
+    ) -> None:
+        self.records = records
+        self.category_ids = list(category_ids)
+        self.class_names = list(class_names)
+        self.coco = coco
+        self.transforms = transforms
+        self.source = source
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        record = self.records[index]
+        try:
+            image = read_rgb(record.path)
+        except (OSError, ValueError) as err:
+            raise OSError(f"cannot read image {record.path} (image_id {record.image_id}): {err}") from err
+        boxes, labels = record.boxes, record.labels
+        if self.transforms is not None:
+            out = self.transforms(image=image, bboxes=boxes, labels=labels)
+            image, boxes, labels = out["image"], out["bboxes"], out["labels"]
+        target = {
+            "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
+            "labels": torch.as_tensor(np.asarray(labels, dtype=np.int64)),
+            "image_id": record.image_id,
+            "orig_size": (record.height, record.width),
+        }
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), target
+
+
+def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+    """Keep images as a list: they differ in size and the detector batches them itself."""
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)

@@ -1,0 +1,294 @@
+"""Built-in synthetic shapes dataset, written in real COCO 2017 layout and read back by the COCO loader.
+
+Each image has a textured background (gradient, noise, clutter lines) and a few filled
+shapes of varied class, size, colour and rotation; shapes may overlap but each keeps at
+least ``min_visible`` of its area visible. Boxes and RLE masks describe the visible part.
+Everything is a pure function of the spec, so the same seed gives the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from tasks.data.datamodule import CocoDataModule
+
+SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
+SPEC_FILE = "shapes_spec.json"
+
+
+@dataclass(frozen=True)
+class ShapesSpec:
+    num_train: int = 1000
+    num_val: int = 200
+    image_size: int = 128
+    min_objects: int = 1
+    max_objects: int = 5
+    min_object_size: int = 12
+    max_object_size: int = 56
+    min_visible: float = 0.6
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 4 <= self.min_object_size <= self.max_object_size <= self.image_size:
+            raise ValueError(
+                f"shapes object sizes must satisfy 4 <= min_object_size ({self.min_object_size}) <= "
+                f"max_object_size ({self.max_object_size}) <= image_size ({self.image_size})"
+            )
+        if not 0 <= self.min_objects <= self.max_objects:
+            raise ValueError(f"need 0 <= min_objects ({self.min_objects}) <= max_objects ({self.max_objects})")
+
+
+def _shape_mask(kind: str, size: int, center: tuple[float, float], angle: float, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean mask of one shape whose extent is about ``size`` pixels."""
+    mask = np.zeros(shape, np.uint8)
+    cx, cy = center
+    if kind == "circle":
+        cv2.circle(mask, (round(cx), round(cy)), max(2, round(size / 2)), 1, -1)
+        return mask.astype(bool)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    r = size / 2
+    if kind == "square":
+        polygons = [np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * r * 0.72]
+    elif kind == "triangle":
+        polygons = [np.array([[np.cos(a), np.sin(a)] for a in np.deg2rad([-90, 30, 150])]) * r]
+    else:  # cross: two bars of a third of the extent
+        bar = np.array([[-1, -1 / 3], [1, -1 / 3], [1, 1 / 3], [-1, 1 / 3]]) * r
+        polygons = [bar, bar[:, ::-1]]
+    for poly in polygons:
+        points = poly @ rot.T + [cx, cy]
+        cv2.fillPoly(mask, [np.round(points).astype(np.int32)], 1)
+    return mask.astype(bool)
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    direction = rng.uniform(0, 2 * np.pi)
+    ys, xs = np.mgrid[0:size, 0:size] / size
+    t = (np.cos(direction) * xs + np.sin(direction) * ys + 1) / 2
+    image = a * (1 - t[..., None]) + b * t[..., None]
+    image += rng.normal(0, rng.uniform(2, 12), image.shape)
+    for _ in range(rng.integers(0, 4)):  # clutter that is not an object
+        p1, p2 = rng.integers(0, size, 2), rng.integers(0, size, 2)
+        cv2.line(image, tuple(map(int, p1)), tuple(map(int, p2)), rng.uniform(0, 255, 3).tolist(), 1)
+    return image
+
+
+def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
+    mean = background.reshape(-1, 3).mean(0)
+    for _ in range(50):
+        colour = rng.uniform(0, 255, 3)
+        if np.linalg.norm(colour - mean) > 90:
+            return colour
+    return 255 - mean
+
+
+def render_image(rng: np.random.Generator, spec: ShapesSpec) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """One image: (HxWx3 uint8, owner map with the index of the visible instance or -1, class per instance)."""
+    size = spec.image_size
+    image = _background(rng, size)
+    owner = np.full((size, size), -1, np.int32)
+    classes: list[int] = []
+    full_areas: list[int] = []
+    for _ in range(rng.integers(spec.min_objects, spec.max_objects + 1)):
+        for _attempt in range(20):
+            cls = int(rng.integers(len(SHAPE_CLASSES)))
+            extent = float(np.exp(rng.uniform(np.log(spec.min_object_size), np.log(spec.max_object_size))))
+            center = tuple(rng.uniform(extent * 0.3, size - extent * 0.3, 2))
+            mask = _shape_mask(SHAPE_CLASSES[cls], round(extent), center, rng.uniform(0, 2 * np.pi), owner.shape)
+            candidate = owner.copy()
+            candidate[mask] = len(classes)
+            areas = np.bincount(candidate[candidate >= 0], minlength=len(classes) + 1)
+            visible = areas[:-1] / np.maximum(full_areas, 1) if full_areas else np.ones(0)
+            if mask.sum() >= 16 and (visible >= spec.min_visible).all():
+                owner = candidate
+                classes.append(cls)
+                full_areas.append(int(mask.sum()))
+                image[mask] = _contrasting_colour(rng, image)
+                break
+    image += rng.normal(0, 3, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), owner, classes
+
+
+def _annotations(owner: np.ndarray, classes: list[int], image_id: int, first_id: int) -> list[dict]:
+    rows = []
+    for k, cls in enumerate(classes):
+        visible = owner == k
+        ys, xs = np.nonzero(visible)
+        rle = mask_utils.encode(np.asfortranarray(visible.astype(np.uint8)))
+        rows.append(
+            {
+                "id": first_id + k,
+                "image_id": image_id,
+                "category_id": cls + 1,
+                "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
+                "area": int(visible.sum()),
+                "segmentation": {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")},
+                "iscrowd": 0,
+            }
+        )
+    return rows
+
+
+def _render_all(spec: ShapesSpec):
+    """(image_id, split, image, owner map, classes) for every image of the spec."""
+    for split, first, count in (("train", 1, spec.num_train), ("val", spec.num_train + 1, spec.num_val)):
+        for image_id in range(first, first + count):
+            yield (image_id, split, *render_image(np.random.default_rng([spec.seed, image_id]), spec))
+
+
+def _write_coco(folder: Path, spec: ShapesSpec) -> None:
+    """COCO 2017 layout: train2017/, val2017/, annotations/instances_{train,val}2017.json."""
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPE_CLASSES)]
+    splits = {split: {"images": [], "annotations": []} for split in ("train", "val")}
+    for image_id, split, image, owner, classes in _render_all(spec):
+        content = splits[split]
+        file_name = f"{image_id:012d}.png"
+        (folder / f"{split}2017").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{split}2017" / file_name)
+        content["images"].append({"id": image_id, "file_name": file_name, "width": spec.image_size, "height": spec.image_size})
+        content["annotations"] += _annotations(owner, classes, image_id, first_id=len(content["annotations"]) + 1)
+    (folder / "annotations").mkdir()
+    for split, content in splits.items():
+        info = {"description": "synthetic shapes", "version": "1.0"}
+        full = {"info": info, "licenses": [], **content, "categories": categories}
+        (folder / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(full))
+
+
+def _voc_palette() -> list[int]:
+    """The PASCAL VOC colour map (bit-interleaved), 256 RGB entries."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r, g, b = r | ((c & 1) << shift), g | (((c >> 1) & 1) << shift), b | (((c >> 2) & 1) << shift)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def _voc_xml(file_name: str, size: int, owner: np.ndarray, classes: list[int]) -> str:
+    objects = []
+    for k, cls in enumerate(classes):
+        ys, xs = np.nonzero(owner == k)
+        truncated = int(xs.min() == 0 or ys.min() == 0 or xs.max() == size - 1 or ys.max() == size - 1)
+        difficult = int(len(xs) < 100)  # tiny remnants are what VOC annotators mark difficult
+        objects.append(
+            f"<object><name>{SHAPE_CLASSES[cls]}</name><pose>Unspecified</pose><truncated>{truncated}</truncated>"
+            f"<difficult>{difficult}</difficult><bndbox><xmin>{xs.min() + 1}</xmin><ymin>{ys.min() + 1}</ymin>"
+            f"<xmax>{xs.max() + 1}</xmax><ymax>{ys.max() + 1}</ymax></bndbox></object>"
+        )
+    return (
+        f"<annotation><folder>VOC</folder><filename>{file_name}</filename><size><width>{size}</width>"
+        f"<height>{size}</height><depth>3</depth></size><segmented>1</segmented>{''.join(objects)}</annotation>"
+    )
+
+
+def _write_voc(folder: Path, spec: ShapesSpec) -> None:
+    """VOCdevkit layout: half the training images in VOC2007 trainval, half in VOC2012 trainval,
+    validation images in VOC2007 test (as VOC07+12 / VOC07 test); XML boxes, palette class PNGs
+    with a void (255) border around each object, Main and Segmentation image sets."""
+    image_sets: dict[tuple[str, str], list[str]] = {}
+    palette = _voc_palette()
+    for image_id, split, image, owner, classes in _render_all(spec):
+        if split == "val":
+            year, image_set, file_id = "2007", "test", f"{image_id:06d}"
+        elif image_id <= spec.num_train // 2:
+            year, image_set, file_id = "2007", "trainval", f"{image_id:06d}"
+        else:
+            year, image_set, file_id = "2012", "trainval", f"2012_{image_id:06d}"
+        base = folder / f"VOC{year}"
+        for sub in ("Annotations", "JPEGImages", "SegmentationClass", "ImageSets/Main", "ImageSets/Segmentation"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(base / "JPEGImages" / f"{file_id}.jpg", quality=95)
+        (base / "Annotations" / f"{file_id}.xml").write_text(_voc_xml(f"{file_id}.jpg", spec.image_size, owner, classes))
+        semantic = np.zeros(owner.shape, np.uint8)
+        for k, cls in enumerate(classes):
+            visible = (owner == k).astype(np.uint8)
+            semantic[cv2.dilate(visible, np.ones((3, 3), np.uint8)) > visible] = 255
+        for k, cls in enumerate(classes):
+            semantic[owner == k] = cls + 1
+        mask = Image.fromarray(semantic, mode="P")
+        mask.putpalette(palette)
+        mask.save(base / "SegmentationClass" / f"{file_id}.png")
+        image_sets.setdefault((year, image_set), []).append(file_id)
+    for (year, image_set), ids in image_sets.items():
+        for kind in ("Main", "Segmentation"):
+            (folder / f"VOC{year}" / "ImageSets" / kind / f"{image_set}.txt").write_text("\n".join(ids) + "\n")
+
+
+LAYOUTS = {"coco": _write_coco, "voc": _write_voc}
+
+
+def ensure_shapes(root: str | Path, spec: ShapesSpec, layout: str = "coco") -> Path:
+    """Generate the dataset under ``root`` in ``layout`` unless it is already there with the same spec."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"shapes layout {layout!r} must be one of {list(LAYOUTS)}")
+    root = Path(root)
+    stamp = root / SPEC_FILE
+    wanted = {**asdict(spec), "layout": layout}
+    if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
+        return root
+    if root.exists() and not stamp.is_file():
+        raise FileExistsError(
+            f"dataset.root={root} exists but is not a generated shapes folder (no {SPEC_FILE}); "
+            "point dataset.root at an empty or new folder"
+        )
+    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    LAYOUTS[layout](tmp, spec)
+    (tmp / SPEC_FILE).write_text(json.dumps(wanted, indent=1))
+    if root.exists():  # an older spec: replace it (it is ours, it carries the stamp)
+        shutil.rmtree(root)
+    try:
+        tmp.rename(root)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+class ShapesDataModule(CocoDataModule):
+    """The COCO data module over the generated shapes folder (generated on first use)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        num_train: int = 1000,
+        num_val: int = 200,
+        image_size: int = 128,
+        min_objects: int = 1,
+        max_objects: int = 5,
+        min_object_size: int = 12,
+        max_object_size: int = 56,
+        seed: int = 0,
+        **loader_options,
+    ) -> None:
+        super().__init__(root, **loader_options)
+        self.spec = ShapesSpec(
+            num_train=num_train,
+            num_val=num_val,
+            image_size=image_size,
+            min_objects=min_objects,
+            max_objects=max_objects,
+            min_object_size=min_object_size,
+            max_object_size=max_object_size,
+            seed=seed,
+        )
+
+    def prepare_data(self) -> None:
+        ensure_shapes(self.root, self.spec)
+
+    def setup(self, stage: str | None = None) -> None:
+        ensure_shapes(self.root, self.spec)
+        super().setup(stage)

@@ -1,0 +1,157 @@
+"""PASCAL VOC detection data: ``VOCdevkit/VOC<year>/{Annotations,JPEGImages,ImageSets/Main}``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+from pycocotools.coco import COCO
+
+from tasks.data.detection_dataset import DetectionDataset, ImageRecord, clip_boxes
+from tasks.data.doctor import inspect_voc, raise_on_errors
+from tasks.metrics.voc_eval import VocGroundTruth
+
+log = logging.getLogger(__name__)
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
+
+def _text(node: ET.Element, tag: str, xml_path: Path) -> str:
+    found = node.find(tag)
+    if found is None or found.text is None:
+        raise ValueError(f"{xml_path}: <{tag}> is missing")
+    return found.text.strip()
+
+
+def parse_voc_xml(xml_path: Path) -> tuple[int, int, list[tuple[str, bool, list[float]]]]:
+    """(width, height, [(class name, difficult, xyxy box in 0-based pixel-edge coordinates)])."""
+    try:
+        root = ET.parse(xml_path).getroot()
+    except ET.ParseError as err:
+        raise ValueError(f"{xml_path} is not valid XML: {err}") from err
+    size = root.find("size")
+    if size is None:
+        raise ValueError(f"{xml_path}: <size> is missing")
+    width, height = int(float(_text(size, "width", xml_path))), int(float(_text(size, "height", xml_path)))
+    objects = []
+    for obj in root.iter("object"):
+        box = obj.find("bndbox")
+        if box is None:
+            raise ValueError(f"{xml_path}: an <object> has no <bndbox>")
+        x1, y1, x2, y2 = (float(_text(box, k, xml_path)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        difficult = obj.find("difficult")
+        is_difficult = difficult is not None and (difficult.text or "0").strip() == "1"
+        # VOC pixels are 1-based and inclusive: xmin=1, xmax=W spans the whole width
+        objects.append((_text(obj, "name", xml_path), is_difficult, [x1 - 1, y1 - 1, x2, y2]))
+    return width, height, objects
+
+
+def read_image_set(root: Path, year: str, split: str) -> list[str]:
+    path = root / f"VOC{year}" / "ImageSets" / "Main" / f"{split}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"image set {path} not found (dataset.root={root}); expected VOCdevkit layout "
+            f"VOC{year}/ImageSets/Main/{split}.txt, VOC{year}/Annotations/, VOC{year}/JPEGImages/"
+        )
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+class VocDetection(DetectionDataset):
+    """The images of ``split`` in each of ``years`` under a ``VOCdevkit`` folder.
+
+    Image ids are 1..N in reading order; ``names[image_id]`` gives ``VOC<year>/<file id>``.
+    ``difficult`` objects are not trained on unless ``use_difficult``; they are always in
+    the ground truth as ignore regions (COCO-style stats: crowd; VOC AP: difficult).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        years: Sequence[str | int],
+        split: str,
+        transforms: A.Compose | None = None,
+        *,
+        class_names: Sequence[str] = VOC_CLASSES,
+        use_difficult: bool = False,
+    ) -> None:
+        root = Path(root)
+        source = f"{root} VOC{'+'.join(map(str, years))} {split}"
+        for year in map(str, years):  # a missing image set is a layout error, not a data problem
+            read_image_set(root, year, split)
+        raise_on_errors(inspect_voc(root, list(years), split, list(class_names), read_images=False), source)
+        label_of = {name: i + 1 for i, name in enumerate(class_names)}
+        records, self.names, self.voc_ground_truth = [], {}, {}
+        annotations, clipped, dropped = [], 0, 0
+        for year in map(str, years):
+            for file_id in read_image_set(root, year, split):
+                image_id = len(records) + 1
+                width, height, objects = parse_voc_xml(root / f"VOC{year}" / "Annotations" / f"{file_id}.xml")
+                boxes, keep, changed = clip_boxes(np.asarray([box for _, _, box in objects]), width, height)
+                clipped, dropped = clipped + changed, dropped + int((~keep).sum())
+                labels = np.asarray([label_of[name] for name, _, _ in objects], np.int64)[keep]
+                difficult = np.asarray([d for _, d, _ in objects], bool)[keep]
+                boxes = boxes[keep]
+                train = np.ones_like(difficult) if use_difficult else ~difficult
+                records.append(
+                    ImageRecord(
+                        image_id,
+                        root / f"VOC{year}" / "JPEGImages" / f"{file_id}.jpg",
+                        height,
+                        width,
+                        boxes[train],
+                        labels[train],
+                        boxes[~train],
+                    )
+                )
+                self.names[image_id] = f"VOC{year}/{file_id}"
+                inclusive = boxes.astype(float) - [0, 0, 1, 1]  # VOC AP counts pixels inclusively
+                self.voc_ground_truth[image_id] = VocGroundTruth(inclusive, labels - 1, difficult)
+                annotations += _coco_annotations(image_id, boxes, labels, difficult, first_id=len(annotations) + 1)
+        images = [{"id": r.image_id, "width": r.width, "height": r.height, "file_name": str(r.path)} for r in records]
+        categories = [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]
+        super().__init__(
+            records,
+            category_ids=list(range(1, len(class_names) + 1)),
+            class_names=class_names,
+            coco=_in_memory_coco({"images": images, "annotations": annotations, "categories": categories}),
+            transforms=transforms,
+            source=source,
+        )
+        if clipped or dropped:
+            log.warning("%s: clipped %d boxes to their image, dropped %d boxes under one pixel", source, clipped, dropped)
+
+
+def _coco_annotations(
+    image_id: int, boxes: np.ndarray, labels: np.ndarray, difficult: np.ndarray, first_id: int
+) -> list[dict]:
+    rows = []
+    for k, (box, label, is_difficult) in enumerate(zip(boxes.tolist(), labels.tolist(), difficult.tolist(), strict=True)):
+        w, h = box[2] - box[0], box[3] - box[1]
+        rows.append(
+            {
+                "id": first_id + k,
+                "image_id": image_id,
+                "category_id": label,
+                "bbox": [box[0], box[1], w, h],
+                "area": w * h,
+                "iscrowd": int(is_difficult),  # pycocotools' only way to mark a box as "ignore"
+            }
+        )
+    return rows
+
+
+def _in_memory_coco(dataset: dict) -> COCO:
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco

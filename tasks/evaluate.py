@@ -1,0 +1,24 @@
+"""Evaluate a checkpoint: ``python tasks/evaluate.py task=detection ckpt_path=PATH [dataset=...]``.
+
+Prints the metrics and a per-class table; writes ``metrics.json`` and ``predictions.json``
+(COCO results format, the dataset's own image and category ids) into the run directory.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script from any directory
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from tasks.runner import evaluate  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> dict[str, float]:
+    return evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

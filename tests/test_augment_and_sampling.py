@@ -1,0 +1,63 @@
+"""Augmentation presets keep boxes on their objects; grouped batching keeps shapes together."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import BatchSampler, RandomSampler
+
+from tasks.data.sampling import GroupedBatchSampler, aspect_ratio_groups
+from tasks.data.transforms import detection_transforms
+
+
+def _marked_image(box: list[int], shape=(300, 600)) -> np.ndarray:
+    image = np.zeros((*shape, 3), np.uint8)
+    x1, y1, x2, y2 = box
+    image[y1:y2, x1:x2] = 255
+    return image
+
+
+@pytest.mark.parametrize("preset", ["hflip", "scale_jitter", "multiscale", "lsj"])
+def test_boxes_follow_the_object(preset: str) -> None:
+    box = [100, 60, 220, 180]
+    transform = detection_transforms(preset, train=True, multiscale_sizes=[150, 200], max_size=350, lsj_size=256)
+    for _ in range(10):
+        out = transform(image=_marked_image(box), bboxes=np.array([box], float), labels=np.array([1]))
+        if len(out["bboxes"]) == 0:
+            assert preset == "lsj"  # the random crop may leave the object out: box and label go together
+            assert len(out["labels"]) == 0
+            continue
+        x1, y1, x2, y2 = np.round(out["bboxes"][0]).astype(int)
+        inside = out["image"][y1:y2, x1:x2]
+        assert inside.mean() > 200  # the box still covers the white object
+        assert out["image"].sum() / 255 / 3 <= (x2 - x1 + 2) * (y2 - y1 + 2)  # and the object lies in the box
+
+
+def test_multiscale_shorter_side_and_cap() -> None:
+    transform = detection_transforms("multiscale", train=True, multiscale_sizes=[150, 200], max_size=350)
+    shapes = {
+        transform(image=_marked_image([0, 0, 10, 10]), bboxes=np.zeros((0, 4)), labels=np.zeros(0))["image"].shape[:2]
+        for _ in range(30)
+    }
+    assert shapes == {(150, 300), (175, 350)}  # 200 would make the long side 400 > 350
+
+
+def test_lsj_output_is_fixed_square() -> None:
+    transform = detection_transforms("lsj", train=True, lsj_size=128)
+    for _ in range(5):
+        out = transform(image=_marked_image([0, 0, 10, 10]), bboxes=np.zeros((0, 4)), labels=np.zeros(0))
+        assert out["image"].shape[:2] == (128, 128)
+
+
+def test_grouped_batches_are_homogeneous_complete_and_as_many_as_plain_batches() -> None:
+    ratios = [0.5 + (i % 3) for i in range(23)]  # three aspect-ratio groups
+    groups = aspect_ratio_groups(ratios)
+    assert len(set(groups)) == 3
+    sampler = RandomSampler(range(23), generator=torch.Generator().manual_seed(0))
+    batches = list(GroupedBatchSampler(sampler, groups, batch_size=4))
+    assert sorted(i for b in batches for i in b) == list(range(23))
+    assert len(batches) == len(BatchSampler(sampler, 4, False))
+    full = [b for b in batches if len(b) == 4]
+    mixed = sum(len({groups[i] for i in b}) > 1 for b in full)
+    assert mixed <= 1  # only the final leftovers may mix groups
