@@ -89,6 +89,23 @@ def test_voc_layout_folder_trains(shapes_voc_root: Path, tmp_path: Path) -> None
     assert {"voc07_map", "voc_map", "map_50"} <= set(metrics)
 
 
+def test_two_process_ddp_training_with_grouped_batches(shapes_root: Path, tmp_path: Path) -> None:
+    ddp = [
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "trainer.sync_batchnorm=false",
+        "dataset.group_aspect_ratio=true",
+    ]
+    run_dir = tmp_path / "run"
+    result = _run([*_tiny(shapes_root, "trainer.max_steps=2", *ddp), f"hydra.run.dir={run_dir}"], PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 2
+    assert "map_50" in json.loads((run_dir / "metrics.json").read_text())
+
+
 def test_wrong_root_stops_before_training_naming_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "no_coco_here"
     result = _run(["dataset=coco", f"dataset.root={missing}", f"hydra.run.dir={tmp_path / 'run'}"], PROJECT_ROOT)
