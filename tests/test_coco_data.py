@@ -104,3 +104,23 @@ def test_missing_image_folder_names_the_path(coco_root: Path) -> None:
 def test_unknown_preset_is_explained() -> None:
     with pytest.raises(ValueError, match="'mosaic'.*hflip"):
         detection_transforms("mosaic", train=True)
+
+
+def test_custom_json_and_folder_names_load_through_the_config(coco_root: Path, tmp_path: Path) -> None:
+    from tasks.runner import build_datamodule
+    from tests.conftest import compose_config
+
+    (coco_root / "val2017").rename(coco_root / "pictures")
+    (coco_root / "annotations/instances_val2017.json").rename(coco_root / "labels_val.json")
+    overrides = [
+        "dataset=coco_custom",
+        f"dataset.train_images={coco_root / 'train2017'}",
+        f"dataset.train_annotations={coco_root / 'annotations/instances_train2017.json'}",
+        f"dataset.val_images={coco_root / 'pictures'}",
+        f"dataset.val_annotations={coco_root / 'labels_val.json'}",
+        "dataset.num_workers=0",
+    ]
+    datamodule = build_datamodule(compose_config(overrides, tmp_path))
+    assert datamodule.class_names == ["class3", "class7", "class90"]
+    images, targets = next(iter(datamodule.val_dataloader()))
+    assert [t["image_id"] for t in targets] == [10, 20]

@@ -13,6 +13,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import json
 import os
 import platform
 import tempfile
@@ -73,7 +76,8 @@ def synthetic_coco(num_images: int, seed: int = 0) -> tuple[COCO, list[dict]]:
             )
     coco = COCO()
     coco.dataset = {"images": images, "annotations": annotations, "categories": categories}
-    coco.createIndex()
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
     return coco, results
 
 
@@ -112,8 +116,6 @@ def bench_pipeline(num_images: int) -> None:
                         "iscrowd": 0,
                     }
                 )
-        import json
-
         (root / "instances.json").write_text(
             json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]})
         )

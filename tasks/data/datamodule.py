@@ -11,8 +11,8 @@ import lightning as L
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 from tasks.data.coco import CocoDetection
-from tasks.data.doctor import ERROR, Finding, inspect_coco, inspect_voc
 from tasks.data.detection_dataset import DetectionDataset, collate_detection
+from tasks.data.doctor import ERROR, Finding, inspect_coco, inspect_voc
 from tasks.data.sampling import GroupedBatchSampler, aspect_ratio_groups
 from tasks.data.transforms import RESIZING_PRESETS, detection_transforms
 from tasks.data.voc import VOC_CLASSES, VocDetection
@@ -57,14 +57,14 @@ class DetectionDataModule(L.LightningDataModule):
         """True when the training preset chooses image sizes itself (the detector must not resize again)."""
         return self.augment in RESIZING_PRESETS
 
-    def _build_split(self, split: str, transforms: A.Compose) -> DetectionDataset:  # pragma: no cover - abstract
+    def _build_split(self, split: str, transforms: A.Compose | None) -> DetectionDataset:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def inspect(self, *, read_images: bool = True) -> tuple[list[Finding], list[str]]:  # pragma: no cover
         """Every doctor finding for both splits, and the class names (abstract)."""
         raise NotImplementedError
 
-    def _transforms(self, train: bool) -> A.Compose:
+    def _transforms(self, train: bool) -> A.Compose | None:
         return detection_transforms(
             self.augment, train=train, resize_longest=self.resize_longest, **self.preset_options
         )
@@ -163,7 +163,7 @@ class CocoDataModule(DetectionDataModule):
             )
         return images, annotations
 
-    def _build_split(self, split: str, transforms: A.Compose) -> DetectionDataset:
+    def _build_split(self, split: str, transforms: A.Compose | None) -> DetectionDataset:
         return CocoDetection(*self._split_paths(split), transforms)
 
     def inspect(self, *, read_images: bool = True) -> tuple[list[Finding], list[str]]:
@@ -205,7 +205,7 @@ class VocDataModule(DetectionDataModule):
         self.voc_class_names = list(class_names)
         self.use_difficult = use_difficult
 
-    def _build_split(self, split: str, transforms: A.Compose) -> DetectionDataset:
+    def _build_split(self, split: str, transforms: A.Compose | None) -> DetectionDataset:
         if not self.root.is_dir():
             raise FileNotFoundError(
                 f"dataset.root={self.root} does not exist; expected a VOCdevkit folder holding "

@@ -72,7 +72,9 @@ def inspect_coco(dataset: dict, image_dir: Path, source: str, *, read_images: bo
         info = images.get(ann.get("image_id"))
         if info is None:
             findings.append(
-                Finding(ERROR, "unknown image", f"{source}: annotation {ann.get('id')} has image_id {ann.get('image_id')}")
+                Finding(
+                    ERROR, "unknown image", f"{source}: annotation {ann.get('id')} has image_id {ann.get('image_id')}"
+                )
             )
             continue
         annotated.add(info["id"])
@@ -89,7 +91,9 @@ def inspect_coco(dataset: dict, image_dir: Path, source: str, *, read_images: bo
     for image_id, info in images.items():
         problem = _image_problem(image_dir / info["file_name"], read_images)
         if problem:
-            findings.append(Finding(ERROR, "image file", f"{image_dir / info['file_name']} (image_id {image_id}) is {problem}"))
+            findings.append(
+                Finding(ERROR, "image file", f"{image_dir / info['file_name']} (image_id {image_id}) is {problem}")
+            )
         if image_id not in annotated:
             findings.append(Finding(INFO, "image without annotations", f"{info['file_name']} (image_id {image_id})"))
     if categories and categories != list(range(categories[0], categories[0] + len(categories))):
@@ -171,6 +175,8 @@ def inspect_voc(
                     findings.append(Finding(REPAIRED, "degenerate box", f"{where}: box {[x1, y1, x2, y2]} (dropped)"))
                 elif x1 < 0 or y1 < 0 or x2 > width or y2 > height:
                     findings.append(
-                        Finding(REPAIRED, "box outside image", f"{where}: box leaves the {width}x{height} image (clipped)")
+                        Finding(
+                            REPAIRED, "box outside image", f"{where}: box leaves the {width}x{height} image (clipped)"
+                        )
                     )
     return findings

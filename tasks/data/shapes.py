@@ -154,7 +154,9 @@ def _write_coco(folder: Path, spec: ShapesSpec) -> None:
         file_name = f"{image_id:012d}.png"
         (folder / f"{split}2017").mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / f"{split}2017" / file_name)
-        content["images"].append({"id": image_id, "file_name": file_name, "width": spec.image_size, "height": spec.image_size})
+        content["images"].append(
+            {"id": image_id, "file_name": file_name, "width": spec.image_size, "height": spec.image_size}
+        )
         content["annotations"] += _annotations(owner, classes, image_id, first_id=len(content["annotations"]) + 1)
     (folder / "annotations").mkdir()
     for split, content in splits.items():
@@ -210,9 +212,11 @@ def _write_voc(folder: Path, spec: ShapesSpec) -> None:
         for sub in ("Annotations", "JPEGImages", "SegmentationClass", "ImageSets/Main", "ImageSets/Segmentation"):
             (base / sub).mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(base / "JPEGImages" / f"{file_id}.jpg", quality=95)
-        (base / "Annotations" / f"{file_id}.xml").write_text(_voc_xml(f"{file_id}.jpg", spec.image_size, owner, classes))
+        (base / "Annotations" / f"{file_id}.xml").write_text(
+            _voc_xml(f"{file_id}.jpg", spec.image_size, owner, classes)
+        )
         semantic = np.zeros(owner.shape, np.uint8)
-        for k, cls in enumerate(classes):
+        for k in range(len(classes)):
             visible = (owner == k).astype(np.uint8)
             semantic[cv2.dilate(visible, np.ones((3, 3), np.uint8)) > visible] = 255
         for k, cls in enumerate(classes):

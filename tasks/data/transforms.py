@@ -38,8 +38,9 @@ def detection_transforms(
     max_size: int = 1333,
     lsj_size: int = 1024,
     lsj_scale: Sequence[float] = (0.1, 2.0),
-) -> A.Compose:
-    """Build the pipeline for ``preset``; evaluation only applies the optional resize.
+) -> A.Compose | None:
+    """Build the pipeline for ``preset`` (None when there is nothing to do); evaluation only
+    applies the optional resize.
 
     - ``hflip``: horizontal flip.
     - ``scale_jitter``: zoom the content by 0.75-1.25 on a fixed canvas, plus flip.
@@ -71,5 +72,7 @@ def detection_transforms(
         ]
     if train and preset != "none":
         steps.append(A.HorizontalFlip(p=0.5))
+    if not steps:
+        return None
     bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels"], min_width=1.0, min_height=1.0, clip=True)
     return A.Compose(steps, bbox_params=bbox_params)

@@ -127,14 +127,18 @@ class VocDetection(DetectionDataset):
             source=source,
         )
         if clipped or dropped:
-            log.warning("%s: clipped %d boxes to their image, dropped %d boxes under one pixel", source, clipped, dropped)
+            log.warning(
+                "%s: clipped %d boxes to their image, dropped %d boxes under one pixel", source, clipped, dropped
+            )
 
 
 def _coco_annotations(
     image_id: int, boxes: np.ndarray, labels: np.ndarray, difficult: np.ndarray, first_id: int
 ) -> list[dict]:
     rows = []
-    for k, (box, label, is_difficult) in enumerate(zip(boxes.tolist(), labels.tolist(), difficult.tolist(), strict=True)):
+    for k, (box, label, is_difficult) in enumerate(
+        zip(boxes.tolist(), labels.tolist(), difficult.tolist(), strict=True)
+    ):
         w, h = box[2] - box[0], box[3] - box[1]
         rows.append(
             {
