@@ -3,6 +3,8 @@
 from backbones.base import Backbone, FeatureSpec
 from backbones.fpn import FeaturePyramid
 from backbones.resnet import RESNETS, ResNetBackbone
+from backbones.timm_backbone import TimmBackbone
+from backbones.torchvision_zoo import ZOO, TorchvisionBackbone
 from backbones.weights import WeightsError, load_state_dict_file
 
 __all__ = [
@@ -11,6 +13,9 @@ __all__ = [
     "FeaturePyramid",
     "FeatureSpec",
     "ResNetBackbone",
+    "TimmBackbone",
+    "TorchvisionBackbone",
+    "ZOO",
     "WeightsError",
     "load_state_dict_file",
 ]

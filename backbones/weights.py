@@ -6,8 +6,9 @@ containers load, anything that would execute code while unpickling is refused.
 
 from __future__ import annotations
 
+import logging
 import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.error import URLError
 from urllib.parse import urlparse
@@ -15,6 +16,8 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor
 from torchvision.models import WeightsEnum
+
+log = logging.getLogger(__name__)
 
 # Keys under which common training frameworks nest the model's state dict.
 _NESTED_STATE_KEYS = ("state_dict", "model", "model_state_dict", "module")
@@ -95,3 +98,41 @@ def match_state_dict(
             best, best_unused = fits, [k for k in candidate if k not in fits]
     missing = [k for k in own if k not in best and not k.endswith("num_batches_tracked")]
     return best, missing, best_unused
+
+
+def apply_weights(
+    module: torch.nn.Module,
+    weights: str,
+    *,
+    name: str,
+    imagenet: Callable[[], Mapping[str, Tensor]],
+    prefixes: tuple[str, ...],
+    ignore_unused: tuple[str, ...] = (),
+) -> None:
+    """Load ``weights`` (``"none"``, ``"imagenet"`` through ``imagenet()``, or a file path) into ``module``.
+
+    Keys are matched under whichever of ``prefixes`` fits best; the log says what loaded and
+    what stayed at initialisation. ``ignore_unused`` lists key prefixes (a classifier) that a
+    file may hold without a warning.
+    """
+    if weights == "none":
+        return
+    if weights == "imagenet":
+        state, source = imagenet(), f"{name} ImageNet weights"
+    elif Path(weights).expanduser().suffix or "/" in weights:
+        state, source = load_state_dict_file(weights), weights
+    else:
+        raise WeightsError(f"weights={weights!r} is not 'none', 'imagenet' or a file path")
+    loadable, missing, unused = match_state_dict(module, state, prefixes)
+    if not loadable:
+        raise WeightsError(f"no tensor of {source} fits {name}: is it a {name} checkpoint?")
+    module.load_state_dict(loadable, strict=False)
+    groups = sorted({key.split(".")[0] for key in loadable})
+    log.info("%s: loaded %d tensors (%s) from %s", name, len(loadable), ", ".join(groups), source)
+    if missing:
+        log.warning("%s: %d tensors left at initialisation: %s", name, len(missing), missing[:8])
+    else:
+        log.info("%s: no tensor left at initialisation", name)
+    unused = [k for k in unused if not k.startswith(ignore_unused)] if ignore_unused else unused
+    if unused:
+        log.warning("%s: %d tensors of %s not used: %s", name, len(unused), source, unused[:8])

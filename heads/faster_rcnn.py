@@ -80,6 +80,8 @@ def build_faster_rcnn(
     num_classes: int,
     fpn_channels: int = 256,
     fpn_norm: str = "none",
+    fpn_levels: Sequence[str] | None = None,
+    fpn_extra: str = "maxpool",
     min_size: int | Sequence[int] = 800,
     max_size: int = 1333,
     image_mean: Sequence[float] = IMAGENET_MEAN,
@@ -109,8 +111,9 @@ def build_faster_rcnn(
     weights: str = "none",
     class_names: Sequence[str] | None = None,
 ) -> FasterRCNN:
-    """Build Faster R-CNN; a backbone that is not a pyramid yet gets a FPN of ``fpn_channels``
-    (normalised with ``fpn_norm``).
+    """Build Faster R-CNN; a backbone that is not a pyramid yet gets a FPN ``fpn_channels`` wide over
+    the backbone outputs ``fpn_levels`` (default: all), with ``fpn_extra`` levels on top
+    (``maxpool``: P6; ``p6p7``; ``none``) and ``fpn_norm`` after its convs.
 
     ``anchor_sizes`` gives one entry per pyramid level (an int or a tuple of sizes in
     input pixels, after the transform's resize); every level shares ``aspect_ratios``.
@@ -126,7 +129,9 @@ def build_faster_rcnn(
     if isinstance(backbone, FeaturePyramid):
         features = backbone
     else:
-        features = FeaturePyramid(backbone, out_channels=fpn_channels, norm=fpn_norm)
+        features = FeaturePyramid(
+            backbone, out_channels=fpn_channels, in_features=fpn_levels, extra_blocks=fpn_extra, norm=fpn_norm
+        )
     shapes = features.output_shape()
     channels = {spec.channels for spec in shapes.values()}
     if len(channels) != 1:

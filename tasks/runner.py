@@ -28,9 +28,8 @@ def resolve_num_classes(configured: int | None, datamodule: L.LightningDataModul
     found = datamodule.num_classes
     if configured is not None and configured != found:
         raise ValueError(
-            f"task.model.num_classes={configured} but the dataset declares {found} categories "
-            f"({datamodule.class_names}); num_classes counts object categories without background. "
-            f"Set task.model.num_classes={found} or null (taken from the dataset)."
+            f"task.model.num_classes={configured} but the dataset declares {found} classes "
+            f"({datamodule.class_names}). Set task.model.num_classes={found} or null (taken from the dataset)."
         )
     return found
 
@@ -87,12 +86,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     load_weights(module, checkpoint)
+    output_dir = Path(cfg.paths.output_dir)
+    if cfg.get("save_masks") and hasattr(module, "prediction_dir"):
+        module.prediction_dir = output_dir / "masks"
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
     metrics = validation_metrics(trainer, module, datamodule)
     evaluator = module.evaluator
-    output_dir = Path(cfg.paths.output_dir)
     report(metrics, output_dir, checkpoint, evaluator.per_class_table())
-    write_predictions(evaluator.last_predictions, output_dir / "predictions.json")
+    if hasattr(evaluator, "last_predictions"):
+        write_predictions(evaluator.last_predictions, output_dir / "predictions.json")
     return metrics
 
 
@@ -132,8 +134,9 @@ def report(
     checkpoint: str | None,
     per_class: dict[str, dict[str, float]] | None = None,
 ) -> None:
-    width = max(map(len, metrics), default=0)
-    lines = [f"{name:<{width}}  {value:.4f}" for name, value in metrics.items()]
+    scalars = {name: value for name, value in metrics.items() if isinstance(value, float | int)}
+    width = max(map(len, scalars), default=0)
+    lines = [f"{name:<{width}}  {value:.4f}" for name, value in scalars.items()]
     print(f"\nValidation metrics ({checkpoint or 'final weights'}):\n" + "\n".join(lines))
     if per_class:
         print(per_class_table(per_class))

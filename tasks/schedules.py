@@ -5,9 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR, SequentialLR
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    LinearLR,
+    LRScheduler,
+    MultiStepLR,
+    PolynomialLR,
+    SequentialLR,
+)
 
-DECAYS = ("cosine", "step")
+DECAYS = ("cosine", "step", "poly")
 
 
 def warmup_then_decay(
@@ -20,8 +27,10 @@ def warmup_then_decay(
     milestones: Sequence[float] = (0.67, 0.89),
     gamma: float = 0.1,
     min_lr_ratio: float = 0.0,
+    power: float = 0.9,
 ) -> LRScheduler:
-    """Linear warm-up from ``warmup_factor * lr`` over ``warmup_steps``, then cosine or step decay.
+    """Linear warm-up from ``warmup_factor * lr`` over ``warmup_steps``, then cosine, step, or
+    poly decay (``lr * (1 - t / T) ** power``, DeepLab's schedule).
 
     Step ``milestones`` are fractions of ``total_steps``, so the same config fits any
     training length.
@@ -33,6 +42,8 @@ def warmup_then_decay(
     if decay == "cosine":
         base_lr = min(group["lr"] for group in optimizer.param_groups)
         main: LRScheduler = CosineAnnealingLR(optimizer, T_max=remaining, eta_min=base_lr * min_lr_ratio)
+    elif decay == "poly":
+        main = PolynomialLR(optimizer, total_iters=remaining, power=power)
     else:
         steps = sorted({max(1, round(m * total_steps) - warmup_steps) for m in milestones})
         main = MultiStepLR(optimizer, milestones=steps, gamma=gamma)

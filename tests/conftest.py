@@ -31,6 +31,16 @@ TINY_DETECTION = [
 ]
 
 
+# Lightning DDP with two CPU processes (gloo); SyncBatchNorm needs a GPU.
+CPU_DDP = [
+    "trainer=ddp",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.precision=32-true",
+    "trainer.sync_batchnorm=false",
+]
+
+
 @pytest.fixture(autouse=True)
 def _few_threads() -> None:
     torch.set_num_threads(2)
@@ -67,3 +77,23 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
 def shapes_voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny shapes data in VOCdevkit layout (VOC2007 + VOC2012 trainval, VOC2007 test)."""
     return ensure_shapes(tmp_path_factory.mktemp("data") / "VOCdevkit", TINY_SHAPES, layout="voc")
+
+
+# Overrides that make a segmentation run tiny: an undilated resnet18, a narrow head, 64 px crops.
+TINY_SEGMENTATION = [
+    "task=segmentation",
+    "backbone=resnet18",
+    "task.backbone_output_stride=32",
+    "task.model.variant=v3plus",
+    "task.model.channels=32",
+    "task.model.atrous_rates=[1,2,3]",
+    "dataset.crop_size=64",
+    "dataset.batch_size=4",
+    "dataset.val_batch_size=4",
+    "dataset.num_workers=0",
+]
+
+
+def shapes_seg_overrides(voc_root: Path) -> list[str]:
+    """The tiny shapes in VOC layout: the same generation settings as ``shapes_overrides``."""
+    return [f"dataset.root={voc_root}", *shapes_overrides(voc_root)[1:8]]

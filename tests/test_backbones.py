@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from heads import build_faster_rcnn
+from heads.deeplab import build_deeplab
 from tests.conftest import BACKBONE_CONFIGS, CONF_DIR
 
 TINY_HEAD = dict(
@@ -65,18 +66,27 @@ def test_detection_training_step(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", BACKBONE_CONFIGS)
+def test_segmentation_forward(name: str) -> None:
+    model = build_deeplab(_backbone(name), num_classes=3, variant="v3plus", channels=32, atrous_rates=[1, 2, 3])
+    out = model.eval()(torch.rand(2, 3, 64, 96))
+    assert out["out"].shape == (2, 3, 64, 96) and out["aux"].shape == (2, 3, 64, 96)
+
+
+@pytest.mark.parametrize("name", BACKBONE_CONFIGS)
 @pytest.mark.parametrize("trainable_stages", [0, 2])
 def test_frozen_stages_get_no_gradient(name: str, trainable_stages: int) -> None:
     backbone = _backbone(name, trainable_stages=trainable_stages).train()
     image = torch.rand(2, 3, 64, 64, requires_grad=True)  # so a graph exists even when all is frozen
     sum(f.mean() for f in backbone(image).values()).backward()
-    trainable = {n.split(".")[0] for n, p in backbone.named_parameters() if p.grad is not None}
-    frozen = {n.split(".")[0] for n, p in backbone.named_parameters() if p.grad is None}
-    expected_trainable = {"layer4", "layer3"} if trainable_stages == 2 else set()
-    assert trainable == expected_trainable
-    assert all(not p.requires_grad for n, p in backbone.named_parameters() if n.split(".")[0] in frozen)
-    # frozen stages also keep their normalisation statistics
-    assert not backbone.layer1.training and not backbone.bn1.training
+    stages = backbone.stages()
+    assert len(stages) == 5 and all(stages)
+    for index, stage in enumerate(stages):
+        trainable = index >= len(stages) - trainable_stages
+        for parameter in (p for module in stage for p in module.parameters()):
+            assert parameter.requires_grad == trainable
+            assert (parameter.grad is not None) == trainable
+        # frozen stages also keep their normalisation statistics
+        assert all(not m.training for m in stage) or trainable
 
 
 def test_fpn_norm_adds_batchnorm_without_changing_the_contract() -> None:
@@ -88,3 +98,23 @@ def test_fpn_norm_adds_batchnorm_without_changing_the_contract() -> None:
     assert normed.backbone.output_shape() == plain.backbone.output_shape()
     with pytest.raises(ValueError, match="'gn'"):
         build_faster_rcnn(_backbone("resnet18"), num_classes=3, fpn_norm="gn", **TINY_HEAD)
+
+
+@pytest.mark.parametrize(
+    ("extra", "levels"), [("maxpool", ["p3", "p4", "p5", "p6"]), ("p6p7", ["p3", "p4", "p5", "p6", "p7"])]
+)
+def test_fpn_levels_width_and_extra_blocks(extra: str, levels: list[str]) -> None:
+    model = build_faster_rcnn(
+        _backbone("resnet18"),
+        num_classes=3,
+        **{**TINY_HEAD, "fpn_channels": 48, "anchor_sizes": [16, 32, 64, 128, 256][: len(levels)]},
+        fpn_levels=["c3", "c4", "c5"],
+        fpn_extra=extra,
+    )
+    shapes = model.backbone.output_shape()
+    assert list(shapes) == levels and {s.channels for s in shapes.values()} == {48}
+    assert [s.stride for s in shapes.values()] == [2 ** int(name[1]) for name in levels]
+    losses = model.train()([torch.rand(3, 64, 64)], _targets()[:1])
+    assert torch.isfinite(sum(losses.values()))
+    with pytest.raises(ValueError, match="one size per level"):
+        build_faster_rcnn(_backbone("resnet18"), num_classes=3, **TINY_HEAD, fpn_levels=["c4", "c5"])

@@ -18,7 +18,7 @@ from tasks import PROJECT_ROOT
 from tasks.data.coco import load_coco
 from tasks.data.shapes import ShapesSpec, ensure_shapes
 from tasks.metrics.coco_eval import COCO_STAT_NAMES
-from tests.conftest import TINY_DETECTION, TINY_SHAPES, shapes_overrides
+from tests.conftest import CPU_DDP, TINY_DETECTION, TINY_SHAPES, shapes_overrides
 
 
 def _run(script: str, args: list[str]) -> subprocess.CompletedProcess:
@@ -74,14 +74,7 @@ def test_evaluate_writes_metrics_table_and_predictions_pycocotools_agrees(traine
 
 def test_two_ddp_processes_match_one(trained, tmp_path: Path) -> None:
     single, single_predictions, _ = _evaluate(trained, tmp_path / "one")
-    ddp = [
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "trainer.precision=32-true",
-        "trainer.sync_batchnorm=false",
-    ]
-    double, double_predictions, _ = _evaluate(trained, tmp_path / "two", *ddp)
+    double, double_predictions, _ = _evaluate(trained, tmp_path / "two", *CPU_DDP)
     for name in COCO_STAT_NAMES:
         assert double[name] == pytest.approx(single[name], abs=1e-12), name
     assert len(double_predictions) == len(single_predictions)  # the repeated image is counted once

@@ -16,7 +16,7 @@ import torch
 from tasks import PROJECT_ROOT
 from tasks.metrics.coco_eval import COCO_STAT_NAMES
 from tasks.runner import build_datamodule, build_module, build_trainer
-from tests.conftest import TINY_DETECTION, compose_config, shapes_overrides
+from tests.conftest import CPU_DDP, TINY_DETECTION, compose_config, shapes_overrides
 
 TRAIN = [sys.executable, str(PROJECT_ROOT / "tasks" / "train.py")]
 
@@ -90,20 +90,38 @@ def test_voc_layout_folder_trains(shapes_voc_root: Path, tmp_path: Path) -> None
 
 
 def test_two_process_ddp_training_with_grouped_batches(shapes_root: Path, tmp_path: Path) -> None:
-    ddp = [
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "trainer.precision=32-true",
-        "trainer.sync_batchnorm=false",
-        "dataset.group_aspect_ratio=true",
-    ]
+    ddp = [*CPU_DDP, "dataset.group_aspect_ratio=true"]
     run_dir = tmp_path / "run"
     result = _run([*_tiny(shapes_root, "trainer.max_steps=2", *ddp), f"hydra.run.dir={run_dir}"], PROJECT_ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 2
     assert "map_50" in json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("model", ["resnet18d", "convnext_atto", "mobilenetv3_small_050"])
+def test_any_timm_model_trains(shapes_root: Path, tmp_path: Path, model: str) -> None:
+    args = [
+        *_tiny(shapes_root, "trainer.max_steps=2"),
+        "backbone=timm",
+        f"backbone.name={model}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    result = _run(args, PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "map_50" in json.loads((tmp_path / "run" / "metrics.json").read_text())
+
+
+def test_checkpoint_of_this_project_loads_as_backbone_weights(shapes_root: Path, tmp_path: Path) -> None:
+    first = compose_config(_tiny(shapes_root), tmp_path / "a")
+    module = build_module(first, build_datamodule(first))
+    checkpoint = tmp_path / "detector.ckpt"
+    torch.save({"state_dict": module.state_dict(), "global_step": 1}, checkpoint)
+    second = compose_config(_tiny(shapes_root, f"backbone.weights={checkpoint}"), tmp_path / "b")
+    loaded = build_module(second, build_datamodule(second))
+    torch.testing.assert_close(
+        loaded.model.backbone.body.layer4[1].conv2.weight, module.model.backbone.body.layer4[1].conv2.weight
+    )
 
 
 def test_wrong_root_stops_before_training_naming_the_path(tmp_path: Path) -> None:
@@ -133,7 +151,7 @@ def test_config_paths_overrides_and_recipe(tmp_path: Path) -> None:
 
 def test_num_classes_is_checked_against_the_dataset(shapes_root: Path, tmp_path: Path) -> None:
     cfg = compose_config(_tiny(shapes_root, "task.model.num_classes=7"), tmp_path)
-    with pytest.raises(ValueError, match="num_classes=7 but the dataset declares 4 categories"):
+    with pytest.raises(ValueError, match="num_classes=7 but the dataset declares 4 classes"):
         build_module(cfg, build_datamodule(cfg))
     cfg = compose_config(_tiny(shapes_root, "task.model.num_classes=4"), tmp_path)
     assert build_module(cfg, build_datamodule(cfg)).model.num_classes == 4

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import cv2
@@ -165,7 +165,7 @@ def _write_coco(folder: Path, spec: ShapesSpec) -> None:
         (folder / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(full))
 
 
-def _voc_palette() -> list[int]:
+def voc_palette() -> list[int]:
     """The PASCAL VOC colour map (bit-interleaved), 256 RGB entries."""
     palette = []
     for index in range(256):
@@ -196,11 +196,11 @@ def _voc_xml(file_name: str, size: int, owner: np.ndarray, classes: list[int]) -
 
 
 def _write_voc(folder: Path, spec: ShapesSpec) -> None:
-    """VOCdevkit layout: half the training images in VOC2007 trainval, half in VOC2012 trainval,
-    validation images in VOC2007 test (as VOC07+12 / VOC07 test); XML boxes, palette class PNGs
-    with a void (255) border around each object, Main and Segmentation image sets."""
+    """VOCdevkit layout: half the training images in VOC2007, half in VOC2012, validation images in
+    VOC2007; XML boxes, palette class PNGs (0 background, shape k is k+1, a void 255 border around
+    each object). Detection image sets (Main): trainval / test; segmentation image sets: train / val."""
     image_sets: dict[tuple[str, str], list[str]] = {}
-    palette = _voc_palette()
+    palette = voc_palette()
     for image_id, split, image, owner, classes in _render_all(spec):
         if split == "val":
             year, image_set, file_id = "2007", "test", f"{image_id:06d}"
@@ -224,10 +224,10 @@ def _write_voc(folder: Path, spec: ShapesSpec) -> None:
         mask = Image.fromarray(semantic, mode="P")
         mask.putpalette(palette)
         mask.save(base / "SegmentationClass" / f"{file_id}.png")
-        image_sets.setdefault((year, image_set), []).append(file_id)
-    for (year, image_set), ids in image_sets.items():
-        for kind in ("Main", "Segmentation"):
-            (folder / f"VOC{year}" / "ImageSets" / kind / f"{image_set}.txt").write_text("\n".join(ids) + "\n")
+        image_sets.setdefault((year, "Main", image_set), []).append(file_id)
+        image_sets.setdefault((year, "Segmentation", "val" if split == "val" else "train"), []).append(file_id)
+    for (year, kind, image_set), ids in image_sets.items():
+        (folder / f"VOC{year}" / "ImageSets" / kind / f"{image_set}.txt").write_text("\n".join(ids) + "\n")
 
 
 LAYOUTS = {"coco": _write_coco, "voc": _write_voc}
@@ -261,34 +261,24 @@ def ensure_shapes(root: str | Path, spec: ShapesSpec, layout: str = "coco") -> P
     return root
 
 
-class ShapesDataModule(CocoDataModule):
-    """The COCO data module over the generated shapes folder (generated on first use)."""
+def split_spec(options: dict) -> tuple[ShapesSpec, dict]:
+    """Separate the generation settings (``ShapesSpec`` fields) from a data module's other options."""
+    names = {f.name for f in fields(ShapesSpec)}
+    return ShapesSpec(**{k: v for k, v in options.items() if k in names}), {
+        k: v for k, v in options.items() if k not in names
+    }
 
-    def __init__(
-        self,
-        root: str | Path,
-        *,
-        num_train: int = 1000,
-        num_val: int = 200,
-        image_size: int = 128,
-        min_objects: int = 1,
-        max_objects: int = 5,
-        min_object_size: int = 12,
-        max_object_size: int = 56,
-        seed: int = 0,
-        **loader_options,
-    ) -> None:
+
+class ShapesDataModule(CocoDataModule):
+    """The COCO data module over the generated shapes folder (generated on first use).
+
+    Keyword options named like ``ShapesSpec`` fields (``num_train``, ``image_size``, ``seed``, ...)
+    set the generation; the others go to ``CocoDataModule``.
+    """
+
+    def __init__(self, root: str | Path, **options) -> None:
+        self.spec, loader_options = split_spec(options)
         super().__init__(root, **loader_options)
-        self.spec = ShapesSpec(
-            num_train=num_train,
-            num_val=num_val,
-            image_size=image_size,
-            min_objects=min_objects,
-            max_objects=max_objects,
-            min_object_size=min_object_size,
-            max_object_size=max_object_size,
-            seed=seed,
-        )
 
     def prepare_data(self) -> None:
         ensure_shapes(self.root, self.spec)

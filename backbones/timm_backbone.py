@@ -1,0 +1,113 @@
+"""Any timm model behind the contract, through timm's ``features_only`` and its ``feature_info``."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+from torch import Tensor, nn
+
+from backbones.base import Backbone, FeatureSpec, freeze_batch_norm, resolve_norm
+from backbones.weights import WeightsError, apply_weights
+
+_PREFIXES = ("body.", "backbone.body.body.", "model.backbone.body.body.", "backbone.body.", "model.backbone.body.")
+
+
+def _create(name: str, *, pretrained: bool, output_stride: int) -> nn.Module:
+    import timm  # imported here so the other backbones do not pay for it
+
+    options = {"output_stride": output_stride} if output_stride != 32 else {}
+    try:
+        return timm.create_model(name, pretrained=pretrained, features_only=True, **options)
+    except RuntimeError as err:
+        if "known" in str(err).lower() or "unknown" in str(err).lower():
+            raise ValueError(f"timm has no model {name!r}: see timm.list_models()") from err
+        raise
+    except (AssertionError, TypeError) as err:  # timm's own refusal of dilation for this model
+        raise ValueError(f"timm model {name} cannot give output_stride={output_stride}: {err}") from err
+
+
+def _units(module: nn.Module, ends: list[str], prefix: str = ""):
+    """Modules in execution order, opened up where a stage end lies inside them."""
+    for name, child in module.named_children():
+        full = f"{prefix}{name}"
+        if any(end.startswith(f"{full}.") for end in ends):
+            yield from _units(child, ends, f"{full}.")
+        else:
+            yield full, child
+
+
+class TimmBackbone(Backbone):
+    """``timm.create_model(name, features_only=True)``; outputs named ``c<log2 stride>`` for strides 4..32.
+
+    ``weights``: ``none``, ``imagenet`` (timm's pretrained weights via its hub API; offline, a
+    clear error says how to supply a file), or a file path (read with ``weights_only=True``).
+    Stages for freezing are timm's feature stages, the stem being everything before the
+    stride-4 output.
+    """
+
+    def __init__(
+        self,
+        name: str = "resnet18d",
+        *,
+        weights: str = "none",
+        trainable_stages: int = 5,
+        norm: str = "auto",
+        output_stride: int = 32,
+        init: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        try:
+            self.body = _create(name, pretrained=weights == "imagenet", output_stride=output_stride)
+        except OSError as err:  # the hub could not be reached
+            raise WeightsError(
+                f"could not fetch timm's ImageNet weights for {name} ({err}). Without network access, save them "
+                f"where it is available (torch.save(timm.create_model('{name}', pretrained=True).state_dict(), "
+                f"'{name}.pth')) and pass backbone.weights=/path/to/{name}.pth"
+            ) from err
+        for source in ((weights if weights != "imagenet" else "none"), init or "none"):
+            apply_weights(
+                self.body,
+                source,
+                name=name,
+                imagenet=dict,
+                prefixes=_PREFIXES,
+                ignore_unused=("fc.", "head.", "classifier.", "conv_head.", "bn2."),
+            )
+        if resolve_norm(norm, pretrained=weights != "none" or bool(init)) == "frozen_bn":
+            freeze_batch_norm(self.body)
+        info = self.body.feature_info
+        self._keep = [i for i, r in enumerate(info.reduction()) if 4 <= r <= 32 or r == output_stride]
+        if len(self._keep) < 2:
+            raise ValueError(f"timm model {name} gives strides {info.reduction()}: need levels between 4 and 32")
+        self._shapes = OrderedDict(
+            (f"c{round(math.log2(info.reduction()[i]))}", FeatureSpec(info.channels()[i], info.reduction()[i]))
+            for i in self._keep
+        )
+        if len(self._shapes) != len(self._keep):  # dilated: later levels share a stride
+            self._shapes = OrderedDict(
+                (f"c{k + 2}", FeatureSpec(info.channels()[i], info.reduction()[i])) for k, i in enumerate(self._keep)
+            )
+        self.freeze_stages(trainable_stages)
+
+    def stages(self) -> list[list[nn.Module]]:
+        names = {name for name, _ in self.body.named_modules()}
+        ends = [m if m in names else m.replace(".", "_") for m in self.body.feature_info.module_name()]
+        ends = [ends[i] for i in self._keep]
+        stages: list[list[nn.Module]] = [[] for _ in range(len(ends) + 1)]
+        current = 0  # how many stage ends have been passed
+        for name, module in _units(self.body, ends):
+            if current == len(ends):  # after the last returned level: part of the last stage
+                stages[-1].append(module)
+                continue
+            stages[current + 1 if current or name == ends[0] else 0].append(module)
+            current += name == ends[current]
+        return stages
+
+    def output_shape(self) -> OrderedDict[str, FeatureSpec]:
+        return OrderedDict(self._shapes)
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        features = self.body(x)
+        return OrderedDict((name, features[i]) for name, i in zip(self._shapes, self._keep, strict=True))

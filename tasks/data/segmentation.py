@@ -1,0 +1,380 @@
+"""Semantic segmentation data: VOC2012 layout (optionally SBD-augmented), masks built from COCO
+instances (cached), and the built-in shapes in VOC layout, behind one LightningDataModule interface.
+
+Masks hold class indices 0..K-1 (0 is background) and 255 for pixels to ignore.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from tasks.data.coco import load_coco
+from tasks.data.images import read_rgb
+from tasks.data.shapes import SHAPE_CLASSES, ensure_shapes, split_spec
+from tasks.data.voc import VOC_CLASSES
+from tasks.metrics.confusion import ConfusionMatrixEvaluator
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = 255
+# COCO category ids of the 20 VOC classes in VOC order (0: background), as torchvision's reference uses
+COCO_IDS_OF_VOC_CLASSES = (0, 5, 2, 16, 9, 44, 6, 3, 17, 62, 21, 67, 18, 19, 4, 1, 64, 20, 63, 7, 72)
+
+
+@dataclass(frozen=True)
+class SegmentationRecord:
+    image_id: int
+    image: Path
+    mask: Path
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Class-index mask as HxW uint8 (palette PNGs give their indices, grayscale PNGs their values)."""
+    with Image.open(path) as mask:
+        if mask.mode not in ("P", "L"):
+            raise ValueError(f"mask {path} has mode {mask.mode}: expected a palette or 8-bit grayscale PNG of indices")
+        return np.array(mask)
+
+
+def check_records(records: Sequence[SegmentationRecord], num_classes: int, source: str) -> None:
+    """Start-up check: every mask matches its image's size and holds only 0..K-1 or 255."""
+    problems = []
+    for record in records:
+        if not record.image.is_file() or not record.mask.is_file():
+            problems.append(f"{record.image if not record.image.is_file() else record.mask} is missing")
+            continue
+        with Image.open(record.image) as image:
+            image_size = image.size
+        mask = read_mask(record.mask)
+        if mask.shape[::-1] != image_size:
+            problems.append(
+                f"{record.mask} is {mask.shape[1]}x{mask.shape[0]} but "
+                f"{record.image} is {image_size[0]}x{image_size[1]}"
+            )
+        bad = sorted(set(np.unique(mask).tolist()) - set(range(num_classes)) - {IGNORE_INDEX})
+        if bad:
+            problems.append(f"{record.mask} holds label values {bad} outside 0..{num_classes - 1} (and 255)")
+    if problems:
+        shown = "\n    ".join(problems[:20]) + (
+            f"\n    ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        )
+        raise ValueError(f"{source}: {len(problems)} segmentation problems:\n    {shown}")
+
+
+def segmentation_transforms(
+    *, train: bool, crop_size: int, scale_range: Sequence[float] = (0.5, 2.0), color_jitter: bool = True
+) -> A.Compose | None:
+    """Training: random scale, pad (image 0, mask 255) and random crop to ``crop_size``, flip,
+    colour jitter. Evaluation: none (the image is resized separately when ``eval_size`` is set)."""
+    if not train:
+        return None
+    low, high = scale_range
+    steps: list[A.BasicTransform] = [
+        A.RandomScale(scale_limit=(low - 1, high - 1), p=1.0),
+        A.PadIfNeeded(crop_size, crop_size, position="top_left", border_mode=0, fill=0, fill_mask=IGNORE_INDEX),
+        A.RandomCrop(crop_size, crop_size),
+        A.HorizontalFlip(p=0.5),
+    ]
+    if color_jitter:
+        steps.append(A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.5))
+    return A.Compose(steps)
+
+
+class SegmentationDataset(Dataset):
+    """Items: ``(uint8 CHW image, {"mask": int64 HxW, "image_id": int})``.
+
+    With ``eval_size`` only the image is resized (longer side); the mask keeps the file's
+    resolution, so metrics are computed at full resolution.
+    """
+
+    def __init__(
+        self,
+        records: list[SegmentationRecord],
+        class_names: Sequence[str],
+        transforms: A.Compose | None = None,
+        eval_size: int | None = None,
+        source: str = "",
+    ) -> None:
+        self.records = records
+        self.class_names = list(class_names)
+        self.transforms = transforms
+        self.resize = A.LongestMaxSize(max_size=eval_size) if eval_size else None
+        self.source = source
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        record = self.records[index]
+        image, mask = read_rgb(record.image), read_mask(record.mask)
+        if self.transforms is not None:
+            out = self.transforms(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        if self.resize is not None:
+            image = self.resize(image=image)["image"]
+        target = {"mask": torch.from_numpy(np.ascontiguousarray(mask)).long(), "image_id": record.image_id}
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), target
+
+
+def collate_segmentation(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, list[dict]]:
+    """Pad images (bottom/right, zeros) into one tensor; each target keeps its mask and the
+    image's unpadded size, so logits can be cropped and compared at the mask's resolution."""
+    images = [image for image, _ in batch]
+    height, width = max(i.shape[-2] for i in images), max(i.shape[-1] for i in images)
+    stacked = images[0].new_zeros((len(images), 3, height, width))
+    targets = []
+    for k, (image, target) in enumerate(batch):
+        stacked[k, :, : image.shape[-2], : image.shape[-1]] = image
+        targets.append({**target, "size": (int(image.shape[-2]), int(image.shape[-1]))})
+    return stacked, targets
+
+
+def voc_segmentation_records(
+    root: Path, years: Sequence[str | int], split: str, *, use_sbd: bool = True, exclude: frozenset[str] = frozenset()
+) -> list[SegmentationRecord]:
+    """Records of ``ImageSets/Segmentation/<split>.txt`` for each year; for ``train`` in VOC2012 with
+    ``SegmentationClassAug/`` and ``train_aug.txt`` present (SBD), the augmented list instead."""
+    records = []
+    for year in map(str, years):
+        base = root / f"VOC{year}"
+        masks, list_file = base / "SegmentationClass", base / "ImageSets" / "Segmentation" / f"{split}.txt"
+        aug_list = base / "ImageSets" / "Segmentation" / "train_aug.txt"
+        if use_sbd and split == "train" and (base / "SegmentationClassAug").is_dir() and aug_list.is_file():
+            masks, list_file = base / "SegmentationClassAug", aug_list
+            log.info("VOC%s: training on the SBD-augmented list %s", year, aug_list)
+        if not list_file.is_file():
+            raise FileNotFoundError(
+                f"image set {list_file} not found (dataset.root={root}); expected VOC{year}/ImageSets/Segmentation/"
+                f"{split}.txt, VOC{year}/JPEGImages/ and VOC{year}/SegmentationClass/"
+            )
+        for file_id in list_file.read_text().split():
+            if file_id in exclude:
+                continue
+            records.append(
+                SegmentationRecord(len(records) + 1, base / "JPEGImages" / f"{file_id}.jpg", masks / f"{file_id}.png")
+            )
+    return records
+
+
+def coco_semantic_masks(image_dir: Path, ann_file: Path, cache_dir: Path, categories: str) -> tuple[list, list[str]]:
+    """Semantic masks from COCO instances, written once to ``cache_dir`` as PNGs.
+
+    ``categories="all"``: every json category, in id order, after background; ``"voc"``: the 20
+    VOC classes (other objects become background), as torchvision's reference does. Crowd
+    regions become 255 (ignored).
+    """
+    coco = load_coco(ann_file)
+    if categories == "voc":
+        label_of = {cat: i for i, cat in enumerate(COCO_IDS_OF_VOC_CLASSES) if cat}
+        names = ["background", *VOC_CLASSES]
+    elif categories == "all":
+        ids = sorted(coco.getCatIds())
+        label_of = {cat: i + 1 for i, cat in enumerate(ids)}
+        names = ["background", *(coco.cats[c]["name"] for c in ids)]
+    else:
+        raise ValueError(f"categories={categories!r} must be 'all' or 'voc'")
+    stamp = cache_dir / "masks.json"
+    key = {"annotations": str(ann_file.resolve()), "mtime": ann_file.stat().st_mtime, "categories": categories}
+    fresh = not (stamp.is_file() and json.loads(stamp.read_text()) == key)
+    if fresh:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        log.info("building %d semantic masks from %s into %s", len(coco.imgs), ann_file, cache_dir)
+    records = []
+    for image_id in sorted(coco.imgs):
+        info = coco.imgs[image_id]
+        mask_path = cache_dir / f"{Path(info['file_name']).stem}.png"
+        if fresh:
+            mask = np.zeros((info["height"], info["width"]), np.uint8)
+            for ann in coco.imgToAnns.get(image_id, []):
+                label = IGNORE_INDEX if ann.get("iscrowd", 0) else label_of.get(ann["category_id"])
+                if label is not None:
+                    mask[coco.annToMask(ann) > 0] = label
+            Image.fromarray(mask).save(mask_path)
+        records.append(SegmentationRecord(image_id, image_dir / info["file_name"], mask_path))
+    if fresh:
+        stamp.write_text(json.dumps(key))
+    return records, names
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Loaders, mask-aware augmentation and the confusion-matrix evaluator; subclasses list records."""
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 4,
+        crop_size: int = 513,
+        scale_range: Sequence[float] = (0.5, 2.0),
+        color_jitter: bool = True,
+        eval_size: int | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.crop_size, self.scale_range, self.color_jitter = crop_size, tuple(scale_range), color_jitter
+        self.eval_size = eval_size
+        self.train_set: SegmentationDataset | None = None
+        self.val_set: SegmentationDataset | None = None
+
+    def _records(self, split: str) -> tuple[list[SegmentationRecord], list[str], str]:  # pragma: no cover
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        transforms = segmentation_transforms(
+            train=True, crop_size=self.crop_size, scale_range=self.scale_range, color_jitter=self.color_jitter
+        )
+        for split in ("train", "val"):
+            records, names, source = self._records(split)
+            if not records:
+                raise ValueError(f"{source} lists no images")
+            check_records(records, len(names), source)
+            dataset = SegmentationDataset(
+                records,
+                names,
+                transforms if split == "train" else None,
+                None if split == "train" else self.eval_size,
+                source,
+            )
+            setattr(self, f"{split}_set", dataset)
+
+    @property
+    def num_classes(self) -> int:
+        self.setup()
+        return self.train_set.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        self.setup()
+        return self.train_set.class_names
+
+    def build_evaluator(self) -> ConfusionMatrixEvaluator:
+        return ConfusionMatrixEvaluator(self.class_names, ignore_index=IGNORE_INDEX)
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,  # ASPP's pooled branch normalises over the batch: no batch of one
+            num_workers=self.num_workers,
+            collate_fn=collate_segmentation,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.val_batch_size, shuffle=False)
+
+
+class VocSegDataModule(SegmentationDataModule):
+    """VOC2012 segmentation layout under ``root`` (the VOCdevkit folder); ``use_sbd`` trains on
+    ``SegmentationClassAug`` with ``train_aug.txt`` when present (validation images left out)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        train_years: Sequence[str | int] = (2012,),
+        train_split: str = "train",
+        val_years: Sequence[str | int] = (2012,),
+        val_split: str = "val",
+        class_names: Sequence[str] = ("background", *VOC_CLASSES),
+        use_sbd: bool = True,
+        **options,
+    ) -> None:
+        super().__init__(**options)
+        self.root = Path(root).expanduser()
+        self.splits = {"train": (list(train_years), train_split), "val": (list(val_years), val_split)}
+        self.voc_class_names = list(class_names)
+        self.use_sbd = use_sbd
+
+    def _records(self, split: str) -> tuple[list[SegmentationRecord], list[str], str]:
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"dataset.root={self.root} does not exist; expected a VOCdevkit folder holding VOC<year>/JPEGImages, "
+                "VOC<year>/SegmentationClass and VOC<year>/ImageSets/Segmentation"
+            )
+        years, image_set = self.splits[split]
+        exclude: frozenset[str] = frozenset()
+        if split == "train":  # never train on a validation image (SBD's list overlaps VOC val)
+            val_years, val_set = self.splits["val"]
+            val_records = voc_segmentation_records(self.root, val_years, val_set, use_sbd=False)
+            exclude = frozenset(r.image.stem for r in val_records)
+        records = voc_segmentation_records(self.root, years, image_set, use_sbd=self.use_sbd, exclude=exclude)
+        return records, self.voc_class_names, f"{self.root} VOC{'+'.join(map(str, years))} {image_set}"
+
+
+class CocoSegDataModule(SegmentationDataModule):
+    """Semantic masks built from COCO instances (``categories``: ``all`` or ``voc``), cached under
+    ``cache_dir`` after the first build."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        train_images: str = "train2017",
+        train_annotations: str = "annotations/instances_train2017.json",
+        val_images: str = "val2017",
+        val_annotations: str = "annotations/instances_val2017.json",
+        categories: str = "all",
+        cache_dir: str | Path | None = None,
+        **options,
+    ) -> None:
+        super().__init__(**options)
+        self.root = Path(root).expanduser()
+        self.splits = {"train": (train_images, train_annotations), "val": (val_images, val_annotations)}
+        self.categories = categories
+        self.cache_dir = Path(cache_dir) if cache_dir else self.root / "semantic_masks"
+
+    def _records(self, split: str) -> tuple[list[SegmentationRecord], list[str], str]:
+        images, annotations = (self.root / p for p in self.splits[split])
+        for path, what in ((annotations, "instances json"), (images, "image folder")):
+            if not path.exists():
+                raise FileNotFoundError(f"{what} {path} not found (dataset.root={self.root})")
+        cache = self.cache_dir / f"{split}_{self.categories}"
+        records, names = coco_semantic_masks(images, annotations, cache, self.categories)
+        return records, names, str(annotations)
+
+
+class ShapesSegDataModule(VocSegDataModule):
+    """The built-in shapes, generated on first use in VOC layout (background + 4 shape classes).
+
+    Options named like ``ShapesSpec`` fields set the generation, as for detection's shapes.
+    """
+
+    def __init__(self, root: str | Path, **options) -> None:
+        spec, options = split_spec(options)
+        options.setdefault("train_years", (2007, 2012))
+        options.setdefault("val_years", (2007,))
+        super().__init__(root, class_names=("background", *SHAPE_CLASSES), use_sbd=False, **options)
+        self.spec = spec
+
+    def prepare_data(self) -> None:
+        ensure_shapes(self.root, self.spec, layout="voc")
+
+    def setup(self, stage: str | None = None) -> None:
+        ensure_shapes(self.root, self.spec, layout="voc")
+        super().setup(stage)
