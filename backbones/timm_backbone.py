@@ -8,9 +8,7 @@ from collections import OrderedDict
 from torch import Tensor, nn
 
 from backbones.base import Backbone, FeatureSpec, freeze_batch_norm, resolve_norm
-from backbones.weights import WeightsError, apply_weights
-
-_PREFIXES = ("body.", "backbone.body.body.", "model.backbone.body.body.", "backbone.body.", "model.backbone.body.")
+from backbones.weights import BODY_PREFIXES, WeightsError, apply_weights
 
 
 def _create(name: str, *, pretrained: bool, output_stride: int) -> nn.Module:
@@ -72,7 +70,7 @@ class TimmBackbone(Backbone):
                 source,
                 name=name,
                 imagenet=dict,
-                prefixes=_PREFIXES,
+                prefixes=BODY_PREFIXES,
                 ignore_unused=("fc.", "head.", "classifier.", "conv_head.", "bn2."),
             )
         if resolve_norm(norm, pretrained=weights != "none" or bool(init)) == "frozen_bn":

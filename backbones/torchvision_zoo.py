@@ -18,7 +18,7 @@ from torchvision import models
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from backbones.base import Backbone, FeatureSpec, freeze_batch_norm, resolve_norm
-from backbones.weights import apply_weights, torchvision_state_dict
+from backbones.weights import BODY_PREFIXES, apply_weights, torchvision_state_dict
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,6 @@ ZOO: dict[str, Family] = {
          ("trunk_output.block4",)),
     ),
 }  # fmt: skip
-_PREFIXES = ("body.", "backbone.body.body.", "model.backbone.body.body.", "backbone.body.", "model.backbone.body.")
 
 
 class TorchvisionBackbone(Backbone):
@@ -104,7 +103,7 @@ class TorchvisionBackbone(Backbone):
                 source,
                 name=name,
                 imagenet=lambda: torchvision_state_dict(family.imagenet),
-                prefixes=_PREFIXES,
+                prefixes=BODY_PREFIXES,
                 ignore_unused=("classifier.", "fc."),
             )
         if resolve_norm(norm, pretrained=weights != "none" or bool(init)) == "frozen_bn":

@@ -19,6 +19,10 @@ from torchvision.models import WeightsEnum
 
 log = logging.getLogger(__name__)
 
+# Where the tensors of a backbone kept as ``self.body`` sit in files: its own state dict, or a
+# detector (FPN wraps it as ``body``) or LightningModule (``model.``) of this project.
+BODY_PREFIXES = ("body.", "backbone.body.body.", "model.backbone.body.body.", "backbone.body.", "model.backbone.body.")
+
 # Keys under which common training frameworks nest the model's state dict.
 _NESTED_STATE_KEYS = ("state_dict", "model", "model_state_dict", "module")
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
@@ -58,13 +59,14 @@ def backbone_rows() -> list[str]:
         "| backbone | params (M) | Faster R-CNN GMACs @800 | DeepLabV3 GMACs @512 (output stride) | CPU ms @256 |",
         "| --- | --- | --- | --- | --- |",
     ]
+    print("\n".join(rows), flush=True)
     for config in sorted((PROJECT_ROOT / "conf" / "backbone").glob("*.yaml")):
         body = backbone(config)
         params = sum(p.numel() for p in body.parameters()) / 1e6
         detector = gmacs(build_faster_rcnn(backbone(config), num_classes=90), [torch.rand(3, 800, 800)])
         try:
             seg_backbone, stride = backbone(config, output_stride=8), 8
-        except ValueError:  # cannot dilate
+        except (ValueError, InstantiationException):  # cannot dilate
             seg_backbone, stride = backbone(config), 32
         deeplab = gmacs(build_deeplab(seg_backbone, num_classes=21), torch.rand(1, 3, 512, 512))
         label = config.stem if config.stem != "timm" else f"timm ({body.name})"
