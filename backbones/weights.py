@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import pickle
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import URLError
 from urllib.parse import urlparse
@@ -84,24 +85,32 @@ def strip_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Ten
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
+@dataclass
+class StateDictMatch:
+    """How a file's tensors fit a module under the best prefix."""
+
+    loadable: dict[str, Tensor]  # shape-checked entries to load
+    missing: list[str]  # module keys left at their initial values
+    unused: list[str]  # file keys that found no place (or a wrong shape)
+    reshaped: list[tuple[str, tuple, tuple]]  # (key, file shape, module shape) for same-named tensors
+
+
 def match_state_dict(
     module: torch.nn.Module, state_dict: Mapping[str, Tensor], prefixes: tuple[str, ...]
-) -> tuple[dict[str, Tensor], list[str], list[str]]:
-    """Pick the prefix under which ``state_dict`` best fits ``module``.
-
-    Returns the entries to load (shape-checked), the module keys left at their
-    initial values, and the file's keys that found no place (or a wrong shape).
-    """
+) -> StateDictMatch:
+    """Pick the prefix under which ``state_dict`` best fits ``module``."""
     own = module.state_dict()
-    best: dict[str, Tensor] = {}
-    best_unused: list[str] = []
+    best = StateDictMatch({}, [], [], [])
     for prefix in ("", *prefixes):
         candidate = strip_prefix(state_dict, prefix) if prefix else dict(state_dict)
         fits = {k: v for k, v in candidate.items() if k in own and own[k].shape == v.shape}
-        if len(fits) > len(best):
-            best, best_unused = fits, [k for k in candidate if k not in fits]
-    missing = [k for k in own if k not in best and not k.endswith("num_batches_tracked")]
-    return best, missing, best_unused
+        if len(fits) > len(best.loadable):
+            reshaped = [
+                (k, tuple(v.shape), tuple(own[k].shape)) for k, v in candidate.items() if k in own and k not in fits
+            ]
+            best = StateDictMatch(fits, [], [k for k in candidate if k not in fits], reshaped)
+    best.missing = [k for k in own if k not in best.loadable and not k.endswith("num_batches_tracked")]
+    return best
 
 
 def apply_weights(
@@ -127,9 +136,17 @@ def apply_weights(
         state, source = load_state_dict_file(weights), weights
     else:
         raise WeightsError(f"weights={weights!r} is not 'none', 'imagenet' or a file path")
-    loadable, missing, unused = match_state_dict(module, state, prefixes)
+    match = match_state_dict(module, state, prefixes)
+    loadable, missing, unused = match.loadable, match.missing, match.unused
     if not loadable:
         raise WeightsError(f"no tensor of {source} fits {name}: is it a {name} checkpoint?")
+    if match.reshaped:  # same names, other shapes: another member of the family (a resnet50 file, a resnet18)
+        key, file_shape, own_shape = match.reshaped[0]
+        raise WeightsError(
+            f"{source} does not fit {name}: {len(match.reshaped)} of its tensors have the model's names but other "
+            f"shapes (e.g. {key}: file {file_shape}, model {own_shape}), so it was saved from another "
+            "architecture; choose the backbone it was trained with (backbone=NAME)"
+        )
     module.load_state_dict(loadable, strict=False)
     groups = sorted({key.split(".")[0] for key in loadable})
     log.info("%s: loaded %d tensors (%s) from %s", name, len(loadable), ", ".join(groups), source)

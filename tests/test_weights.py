@@ -36,6 +36,14 @@ def test_detection_checkpoint_prefix_is_stripped(tmp_path: Path) -> None:
     torch.testing.assert_close(loaded.layer4[1].conv2.weight, reference.layer4[1].conv2.weight, rtol=0, atol=0)
 
 
+def test_file_of_another_family_member_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "resnet50.pth"
+    torch.save(ResNetBackbone("resnet50").state_dict(), path)
+    # resnet50's stem fits resnet18; its bottleneck layers share names with the basic blocks, not shapes
+    with pytest.raises(WeightsError, match=r"layer1\.0\.conv1\.weight: file \(64, 64, 1, 1\), model \(64, 64, 3, 3\)"):
+        ResNetBackbone("resnet18", weights=str(path))
+
+
 class _RunsCode:
     def __reduce__(self):
         return (os.system, ("touch pwned",))

@@ -32,6 +32,7 @@ def run(overrides: list[str], output_dir: Path) -> tuple[dict, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--detection-ckpt", required=True, type=Path)
+    parser.add_argument("--backbone", default="resnet50", help="the detection run's backbone (make train: resnet50)")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--backbone-lr-mult", type=float, default=1.0)
     args = parser.parse_args()
@@ -39,6 +40,7 @@ def main() -> None:
         raise SystemExit(f"{args.detection_ckpt} not found: run `make train` and pass its checkpoints/best.ckpt")
     common = [
         "task=segmentation",
+        f"backbone={args.backbone}",
         f"trainer.max_steps={args.steps}",
         "trainer.enable_progress_bar=false",
         "backbone.norm=bn",
@@ -51,7 +53,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scratch, scratch_time = run(common, Path(tmp) / "scratch")
         tuned, tuned_time = run([*common, *finetune], Path(tmp) / "finetune")
-    print(f"\nsegmentation on shapes, {args.steps} steps each, same seed and recipe")
+    print(f"\nsegmentation on shapes, {args.backbone}, {args.steps} steps each, same seed and recipe")
     print(
         f"  from scratch:                 miou {scratch['miou']:.4f}  pixel_acc {scratch['pixel_acc']:.4f}  "
         f"({scratch_time:.0f} s)"
