@@ -140,10 +140,13 @@ def apply_weights(
     loadable, missing, unused = match.loadable, match.missing, match.unused
     if not loadable:
         raise WeightsError(f"no tensor of {source} fits {name}: is it a {name} checkpoint?")
-    if match.reshaped:  # same names, other shapes: another member of the family (a resnet50 file, a resnet18)
-        key, file_shape, own_shape = match.reshaped[0]
+    # same names, other shapes: another member of the family (a resnet50 file, a resnet18); a
+    # classifier trained for another class count is no such sign
+    reshaped = [entry for entry in match.reshaped if not entry[0].startswith(ignore_unused)]
+    if reshaped:
+        key, file_shape, own_shape = reshaped[0]
         raise WeightsError(
-            f"{source} does not fit {name}: {len(match.reshaped)} of its tensors have the model's names but other "
+            f"{source} does not fit {name}: {len(reshaped)} of its tensors have the model's names but other "
             f"shapes (e.g. {key}: file {file_shape}, model {own_shape}), so it was saved from another "
             "architecture; choose the backbone it was trained with (backbone=NAME)"
         )

@@ -8,10 +8,10 @@ from urllib.error import URLError
 
 import pytest
 import torch
-from torchvision.models import WeightsEnum, resnet18
+from torchvision.models import WeightsEnum, regnet_y_400mf, resnet18
 from torchvision.ops import FrozenBatchNorm2d
 
-from backbones import ResNetBackbone, WeightsError, load_state_dict_file
+from backbones import ResNetBackbone, TorchvisionBackbone, WeightsError, load_state_dict_file
 
 
 def test_local_file_loads_every_tensor(tmp_path: Path) -> None:
@@ -42,6 +42,16 @@ def test_file_of_another_family_member_is_refused(tmp_path: Path) -> None:
     # resnet50's stem fits resnet18; its bottleneck layers share names with the basic blocks, not shapes
     with pytest.raises(WeightsError, match=r"layer1\.0\.conv1\.weight: file \(64, 64, 1, 1\), model \(64, 64, 3, 3\)"):
         ResNetBackbone("resnet18", weights=str(path))
+
+
+def test_classifier_for_other_classes_is_no_architecture_mismatch(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    reference = regnet_y_400mf(num_classes=10)  # fine-tuned for 10 classes: its fc differs from ImageNet's
+    path = tmp_path / "regnet_10_classes.pth"
+    torch.save(reference.state_dict(), path)
+    loaded = TorchvisionBackbone("regnet_y_400mf", weights=str(path), norm="bn")
+    key = "trunk_output.block4.block4-0.proj.0.weight"
+    torch.testing.assert_close(loaded.body.state_dict()[key], reference.state_dict()[key], rtol=0, atol=0)
 
 
 class _RunsCode:
