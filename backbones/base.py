@@ -7,17 +7,24 @@ strides from it; nothing downstream hard-codes them.
 
 Backbones also list their stages (stem first) so that freezing works the same way for
 every family: ``trainable_stages=k`` leaves only the last ``k`` stages trainable.
+``norm`` says which normalisation the backbone ended up with, so that the layers built on
+top of it (FPN, box head) can follow it.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
-NORMS = ("auto", "frozen_bn", "bn")
+log = logging.getLogger(__name__)
+
+NORMS = ("auto", "frozen_bn", "bn", "gn")
+GROUP_NORM_GROUPS = 32  # detectron2's and the GroupNorm paper's choice
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,8 @@ class FeatureSpec:
 class Backbone(nn.Module):
     """Base class: subclasses implement ``forward`` and ``output_shape`` (and ``stages`` to freeze)."""
 
-    _frozen: list[nn.Module]
+    norm: str = "bn"  # the normalisation in use: frozen_bn, bn or gn
+    _frozen_names: list[str]
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -52,20 +60,34 @@ class Backbone(nn.Module):
         """Input sides should be multiples of this so every level's grid lines up."""
         return max(spec.stride for spec in self.output_shape().values())
 
+    def freeze_norm(self, module: nn.Module) -> nn.Module:
+        """``module`` with its BatchNorm layers' statistics frozen (families with fused layers override)."""
+        return freeze_batch_norm(module)
+
     def freeze_stages(self, trainable_stages: int) -> None:
-        """Only the last ``trainable_stages`` stages get gradients; frozen ones keep their statistics."""
+        """Only the last ``trainable_stages`` stages get gradients; frozen ones keep their statistics.
+
+        The BatchNorm layers of frozen stages become FrozenBatchNorm2d, so neither train mode nor
+        a later SyncBatchNorm conversion (``trainer.sync_batchnorm``) can update their statistics.
+        Frozen stages are remembered by name, which survives such module replacements.
+        """
         stages = self.stages()
         if not 0 <= trainable_stages <= len(stages):
             raise ValueError(f"trainable_stages={trainable_stages} must be between 0 and {len(stages)}")
-        self._frozen = [m for stage in stages[: len(stages) - trainable_stages] for m in stage]
-        for module in self._frozen:
+        names = {id(module): name for name, module in self.named_modules()}
+        self._frozen_names = [names[id(m)] for stage in stages[: len(stages) - trainable_stages] for m in stage]
+        for name in self._frozen_names:
+            module = self.get_submodule(name)
             module.requires_grad_(False)
+            frozen = self.freeze_norm(module)
+            if frozen is not module:
+                self.set_submodule(name, frozen)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> Backbone:
         super().train(mode)
-        for module in getattr(self, "_frozen", []):
-            module.eval()
+        for name in getattr(self, "_frozen_names", []):
+            self.get_submodule(name).eval()
         return self
 
 
@@ -78,6 +100,11 @@ def resolve_norm(norm: str, *, pretrained: bool) -> str:
     return norm
 
 
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with 32 groups, or the largest count dividing ``channels`` (e.g. 8 for 40 channels)."""
+    return nn.GroupNorm(math.gcd(GROUP_NORM_GROUPS, channels), channels)
+
+
 def freeze_batch_norm(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm2d below ``module`` by FrozenBatchNorm2d with the same statistics."""
     if isinstance(module, nn.BatchNorm2d):
@@ -88,8 +115,41 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
         frozen.running_mean.copy_(module.running_mean)
         frozen.running_var.copy_(module.running_var)
         return frozen
+    return _replace_children(module, freeze_batch_norm)
+
+
+def batch_norm_to_group_norm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d below ``module`` by GroupNorm (affine parameters kept, statistics dropped).
+
+    GroupNorm normalises each image on its own, so it trains at any batch size: the choice for
+    training from scratch at a few images per device. A norm layer that carries its own
+    activation (timm's fused norm + activation layers) keeps it.
+    """
+    if isinstance(module, nn.BatchNorm2d):
+        norm = group_norm(module.num_features)
+        if module.affine:
+            norm.weight.data.copy_(module.weight.detach())
+            norm.bias.data.copy_(module.bias.detach())
+        fused = [
+            getattr(module, part) for part in ("drop", "act") if isinstance(getattr(module, part, None), nn.Module)
+        ]
+        return nn.Sequential(norm, *fused) if fused else norm
+    return _replace_children(module, batch_norm_to_group_norm)
+
+
+def _replace_children(module: nn.Module, convert) -> nn.Module:
     for name, child in module.named_children():
-        replaced = freeze_batch_norm(child)
+        replaced = convert(child)
         if replaced is not child:
             setattr(module, name, replaced)
+    return module
+
+
+def apply_norm(module: nn.Module, norm: str, *, name: str, freeze=freeze_batch_norm) -> nn.Module:
+    """Turn ``module``'s BatchNorm layers into ``norm`` (``frozen_bn`` with ``freeze``, ``gn``; ``bn`` keeps them)."""
+    if norm == "frozen_bn":
+        return freeze(module)
+    if norm == "gn":
+        log.info("%s: BatchNorm replaced by GroupNorm (%d groups where the width allows)", name, GROUP_NORM_GROUPS)
+        return batch_norm_to_group_norm(module)
     return module

@@ -7,9 +7,8 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 from torchvision import models
-from torchvision.ops import FrozenBatchNorm2d
 
-from backbones.base import Backbone, FeatureSpec, resolve_norm
+from backbones.base import Backbone, FeatureSpec, apply_norm, resolve_norm
 from backbones.weights import apply_weights, torchvision_state_dict
 
 # name -> (torchvision builder, the ImageNet weights detection models start from)
@@ -40,8 +39,9 @@ class ResNetBackbone(Backbone):
             or the path of a state-dict file.
         trainable_stages: how many stages, counted from the deepest, receive gradients
             (0..5; 5 trains the stem too). Frozen stages also keep their norm statistics.
-        norm: ``"frozen_bn"``, ``"bn"``, or ``"auto"``: frozen statistics when starting
-            from weights, trainable BatchNorm from scratch.
+        norm: ``"frozen_bn"``, ``"bn"``, ``"gn"`` (GroupNorm, for training from scratch at a few
+            images per device), or ``"auto"``: frozen statistics when starting from weights,
+            trainable BatchNorm from scratch.
         output_stride: 32, or 16/8 by dilating the last stages instead of striding.
         out_features: which stages ``forward`` returns.
         init: a checkpoint to start from, loaded after ``weights``: one of this project
@@ -69,10 +69,9 @@ class ResNetBackbone(Backbone):
         if unknown or not out_features:
             raise ValueError(f"out_features {list(out_features)} must be a non-empty subset of {STAGES}")
         builder, imagenet = RESNETS[name]
-        pretrained = weights != "none" or bool(init)
-        norm_layer = FrozenBatchNorm2d if resolve_norm(norm, pretrained=pretrained) == "frozen_bn" else nn.BatchNorm2d
+        self.norm = resolve_norm(norm, pretrained=weights != "none" or bool(init))
         try:
-            net = builder(weights=None, norm_layer=norm_layer, replace_stride_with_dilation=_DILATION[output_stride])
+            net = builder(weights=None, replace_stride_with_dilation=_DILATION[output_stride])
         except NotImplementedError as err:  # BasicBlock refuses dilation
             raise ValueError(
                 f"{name} cannot dilate (basic blocks), so output_stride={output_stride} is unavailable; "
@@ -92,6 +91,7 @@ class ResNetBackbone(Backbone):
                 prefixes=_KNOWN_PREFIXES,
                 ignore_unused=("fc.",),
             )
+        apply_norm(self, self.norm, name=name)
         self.freeze_stages(trainable_stages)
 
     def stages(self) -> list[list[nn.Module]]:

@@ -7,7 +7,7 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
-from backbones.base import Backbone, FeatureSpec, freeze_batch_norm, resolve_norm
+from backbones.base import Backbone, FeatureSpec, apply_norm, resolve_norm
 from backbones.weights import BODY_PREFIXES, WeightsError, apply_weights
 
 
@@ -41,7 +41,8 @@ class TimmBackbone(Backbone):
     ``weights``: ``none``, ``imagenet`` (timm's pretrained weights via its hub API; offline, a
     clear error says how to supply a file), or a file path (read with ``weights_only=True``).
     Stages for freezing are timm's feature stages, the stem being everything before the
-    stride-4 output.
+    stride-4 output. Statistics are frozen with timm's own helper, which keeps the activation of
+    its fused norm + activation layers.
     """
 
     def __init__(
@@ -73,8 +74,8 @@ class TimmBackbone(Backbone):
                 prefixes=BODY_PREFIXES,
                 ignore_unused=("fc.", "head.", "classifier.", "conv_head.", "bn2."),
             )
-        if resolve_norm(norm, pretrained=weights != "none" or bool(init)) == "frozen_bn":
-            freeze_batch_norm(self.body)
+        self.norm = resolve_norm(norm, pretrained=weights != "none" or bool(init))
+        self.body = apply_norm(self.body, self.norm, name=name, freeze=self.freeze_norm)
         info = self.body.feature_info
         self._keep = [i for i, r in enumerate(info.reduction()) if 4 <= r <= 32 or r == output_stride]
         if len(self._keep) < 2:
@@ -88,6 +89,12 @@ class TimmBackbone(Backbone):
                 (f"c{k + 2}", FeatureSpec(info.channels()[i], info.reduction()[i])) for k, i in enumerate(self._keep)
             )
         self.freeze_stages(trainable_stages)
+
+    def freeze_norm(self, module: nn.Module) -> nn.Module:
+        """timm's own helper: its fused norm + activation layers (BatchNormAct2d) keep their activation."""
+        from timm.layers import freeze_batch_norm_2d
+
+        return freeze_batch_norm_2d(module)
 
     def stages(self) -> list[list[nn.Module]]:
         names = {name for name, _ in self.body.named_modules()}

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torchvision import models
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from backbones.base import Backbone, FeatureSpec, freeze_batch_norm, resolve_norm
+from backbones.base import Backbone, FeatureSpec, apply_norm, resolve_norm
 from backbones.weights import BODY_PREFIXES, apply_weights, torchvision_state_dict
 
 
@@ -72,8 +72,8 @@ class TorchvisionBackbone(Backbone):
     """A torchvision classification network cut at its stage ends; outputs ``c2``..``c5``.
 
     Args mirror ``ResNetBackbone``; these families do not dilate, so ``output_stride``
-    must stay 32. ``norm="frozen_bn"`` turns BatchNorm into FrozenBatchNorm (ConvNeXt's
-    LayerNorm is left as it is).
+    must stay 32. ``norm="frozen_bn"`` turns BatchNorm into FrozenBatchNorm and ``norm="gn"`` into
+    GroupNorm (ConvNeXt's LayerNorm is left as it is).
     """
 
     def __init__(
@@ -106,8 +106,8 @@ class TorchvisionBackbone(Backbone):
                 prefixes=BODY_PREFIXES,
                 ignore_unused=("classifier.", "fc."),
             )
-        if resolve_norm(norm, pretrained=weights != "none" or bool(init)) == "frozen_bn":
-            freeze_batch_norm(network)
+        self.norm = resolve_norm(norm, pretrained=weights != "none" or bool(init))
+        network = apply_norm(network, self.norm, name=name)
         names = [f"c{i}" for i in range(2, 6)]
         self.body = create_feature_extractor(network, return_nodes=dict(zip(family.nodes, names, strict=True)))
         self._stage_prefixes = family.stages

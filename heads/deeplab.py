@@ -105,10 +105,11 @@ class DeepLab(nn.Module):
             logits = self.classifier(features[self.high_level])
         else:
             logits = self.classifier(features[self.high_level], features[self.low_level])
-        result = OrderedDict(out=F.interpolate(logits, size=size, mode="bilinear", align_corners=False))
+        # float32 logits whatever the autocast: the masks are decoded (upsampled, argmax) from them
+        result = OrderedDict(out=F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False))
         if self.aux_classifier is not None:
             aux = self.aux_classifier(features[self.aux_level])
-            result["aux"] = F.interpolate(aux, size=size, mode="bilinear", align_corners=False)
+            result["aux"] = F.interpolate(aux.float(), size=size, mode="bilinear", align_corners=False)
         return result
 
 
@@ -124,14 +125,14 @@ def build_deeplab(
     atrous_rates: Sequence[int] = (12, 24, 36),
     channels: int = 256,
     fpn_channels: int = 256,
-    fpn_norm: str = "none",
+    fpn_norm: str = "auto",
 ) -> DeepLab:
     """Build DeepLabV3 (``variant="v3"``) or V3+ (``"v3plus"``) reading channels from the backbone contract.
 
     ``features="dilated"`` uses the backbone's own outputs (dilate it with
     ``output_stride=8/16``): defaults ``c5`` for ASPP, ``c2`` for the V3+ decoder.
     ``features="fpn"`` puts a FPN (``fpn_channels`` wide, ``fpn_norm``) on an undilated backbone:
-    defaults ``p4`` and ``p2``.
+    defaults ``p4`` and ``p2``; the FPN builds only the levels the heads read.
     ``aux_level`` feeds the auxiliary FCN head (None: no auxiliary head); it names a
     backbone output (``c4``) or, with a FPN, a pyramid level.
     """
@@ -146,13 +147,16 @@ def build_deeplab(
                 f"features=fpn needs an undilated backbone (its strides are {strides}): "
                 "set task.backbone_output_stride=32"
             )
-        backbone = FeaturePyramid(backbone, out_channels=fpn_channels, norm=fpn_norm)
         high_level, low_level = high_level or "p4", low_level or "p2"
         aux_level = "p5" if aux_level == "c4" else aux_level
     else:
         high_level, low_level = high_level or "c5", low_level or "c2"
-    shapes = backbone.output_shape()
     needed = [high_level] + ([low_level] if variant == "v3plus" else []) + ([aux_level] if aux_level else [])
+    if features == "fpn":  # only the levels the heads read: an unused level's conv would stall DDP
+        backbone = FeaturePyramid(
+            backbone, out_channels=fpn_channels, norm=fpn_norm, extra_blocks="none", out_levels=sorted(set(needed))
+        )
+    shapes = backbone.output_shape()
     missing = [name for name in needed if name not in shapes]
     if missing:
         raise ValueError(f"the backbone has no feature {missing}; it returns {list(shapes)}")

@@ -16,6 +16,15 @@ COCO_WEIGHTS = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
 # torchvision's COCO detectors predict 91 indices: background, then COCO category ids 1..90 ("N/A" for gaps)
 COCO_91_NAMES: list[str] = list(COCO_WEIGHTS.meta["categories"])
 _PREDICTOR = "roi_heads.box_predictor."
+# PASCAL VOC names of COCO categories, so that COCO weights map all 20 VOC classes
+VOC_TO_COCO_NAMES = {
+    "aeroplane": "airplane",
+    "diningtable": "dining table",
+    "motorbike": "motorcycle",
+    "pottedplant": "potted plant",
+    "sofa": "couch",
+    "tvmonitor": "tv",
+}
 
 
 def _predictor_rows(source_names: Sequence[str], class_names: Sequence[str]) -> tuple[list[int | None], list[str]]:
@@ -23,6 +32,7 @@ def _predictor_rows(source_names: Sequence[str], class_names: Sequence[str]) -> 
     rows: list[int | None] = [0]
     missing = []
     for name in class_names:
+        name = name if name in source_names[1:] else VOC_TO_COCO_NAMES.get(name, name)
         if name in source_names[1:]:
             rows.append(source_names.index(name, 1))
         else:
@@ -47,7 +57,8 @@ def load_detector_weights(model: nn.Module, weights: str, class_names: Sequence[
     """Load ``weights`` (``"coco"``: torchvision's COCO_V1 through its weights API; or a file path).
 
     A predictor trained on torchvision's 91 COCO indices is remapped by class name onto
-    ``class_names`` (this model's labels 1..K); classes it does not know keep their
+    ``class_names`` (this model's labels 1..K; VOC's names of COCO classes count, see
+    ``VOC_TO_COCO_NAMES``); classes it does not know keep their
     initialisation. Every other tensor must match in shape, else the error names them.
     """
     if weights == "coco":

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from torch import Tensor, nn
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
@@ -21,10 +21,41 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from backbones import Backbone, FeaturePyramid
+from backbones.fpn import FPN_NORMS
 from heads.detector_weights import load_detector_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+BOX_HEADS = ("auto", "mlp", "conv")
+
+
+class FullPrecisionRPNHead(RPNHead):
+    """torchvision's RPN head whose outputs are float32 whatever the autocast: proposals are decoded
+    from them, and a bfloat16 box coordinate near 1000 px is only exact to 4 px."""
+
+    def forward(self, x: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        logits, deltas = super().forward(x)
+        return [t.float() for t in logits], [t.float() for t in deltas]
+
+
+class FullPrecisionPredictor(FastRCNNPredictor):
+    """torchvision's box predictor with float32 outputs, so detections are decoded at full precision."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        scores, deltas = super().forward(x)
+        return scores.float(), deltas.float()
+
+
+def build_box_head(kind: str, norm: str, width: int, roi_size: int, representation_size: int) -> nn.Module:
+    """``mlp``: torchvision's two fully connected layers; ``conv``: four 3x3 convs (normalised as the
+    FPN is) and one fully connected layer, detectron2's head for GroupNorm models; ``auto``: conv
+    when the FPN uses GroupNorm, else mlp."""
+    if kind not in BOX_HEADS:
+        raise ValueError(f"box_head={kind!r} must be one of {BOX_HEADS}")
+    if kind == "mlp" or (kind == "auto" and norm != "gn"):
+        return TwoMLPHead(width * roi_size**2, representation_size)
+    norm_layer = FPN_NORMS[norm]
+    return FastRCNNConvFCHead((width, roi_size, roi_size), [width] * 4, [representation_size], norm_layer=norm_layer)
 
 
 class FasterRCNN(GeneralizedRCNN):
@@ -79,7 +110,7 @@ def build_faster_rcnn(
     *,
     num_classes: int,
     fpn_channels: int = 256,
-    fpn_norm: str = "none",
+    fpn_norm: str = "auto",
     fpn_levels: Sequence[str] | None = None,
     fpn_extra: str = "maxpool",
     min_size: int | Sequence[int] = 800,
@@ -100,6 +131,7 @@ def build_faster_rcnn(
     roi_output_size: int = 7,
     roi_canonical_scale: int = 224,
     representation_size: int = 1024,
+    box_head: str = "auto",
     box_fg_iou_thresh: float = 0.5,
     box_bg_iou_thresh: float = 0.5,
     box_batch_size_per_image: int = 512,
@@ -113,7 +145,9 @@ def build_faster_rcnn(
 ) -> FasterRCNN:
     """Build Faster R-CNN; a backbone that is not a pyramid yet gets a FPN ``fpn_channels`` wide over
     the backbone outputs ``fpn_levels`` (default: all), with ``fpn_extra`` levels on top
-    (``maxpool``: P6; ``p6p7``; ``none``) and ``fpn_norm`` after its convs.
+    (``maxpool``: P6; ``p6p7``; ``none``) and ``fpn_norm`` after its convs (``auto``: GroupNorm
+    when the backbone uses GroupNorm, else none). ``box_head`` picks the RoI head (see
+    :func:`build_box_head`): with ``backbone.norm=gn`` the whole detector normalises with GroupNorm.
 
     ``anchor_sizes`` gives one entry per pyramid level (an int or a tuple of sizes in
     input pixels, after the transform's resize); every level shares ``aspect_ratios``.
@@ -123,6 +157,8 @@ def build_faster_rcnn(
     (multi-scale or large-scale-jitter augmentation); evaluation always resizes.
     ``weights``: ``"none"``, ``"coco"`` (torchvision's COCO_V1 Faster R-CNN R50-FPN) or a file;
     a COCO predictor is remapped by name onto ``class_names`` (this model's labels 1..K).
+    RPN and box predictor outputs are float32 under mixed precision: boxes are decoded at full
+    precision.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes={num_classes} must count at least one object category")
@@ -146,7 +182,7 @@ def build_faster_rcnn(
     anchors = AnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
     rpn = RegionProposalNetwork(
         anchors,
-        RPNHead(width, anchors.num_anchors_per_location()[0]),
+        FullPrecisionRPNHead(width, anchors.num_anchors_per_location()[0]),
         rpn_fg_iou_thresh,
         rpn_bg_iou_thresh,
         rpn_batch_size_per_image,
@@ -162,8 +198,8 @@ def build_faster_rcnn(
             sampling_ratio=2,
             canonical_scale=roi_canonical_scale,
         ),
-        TwoMLPHead(width * roi_output_size**2, representation_size),
-        FastRCNNPredictor(representation_size, num_classes + 1),
+        build_box_head(box_head, features.norm, width, roi_output_size, representation_size),
+        FullPrecisionPredictor(representation_size, num_classes + 1),
         box_fg_iou_thresh,
         box_bg_iou_thresh,
         box_batch_size_per_image,

@@ -9,7 +9,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torch import nn
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, TwoMLPHead
 
+from backbones import TimmBackbone
 from heads import build_faster_rcnn
 from heads.deeplab import build_deeplab
 from tests.conftest import BACKBONE_CONFIGS, CONF_DIR
@@ -96,8 +99,8 @@ def test_fpn_norm_adds_batchnorm_without_changing_the_contract() -> None:
     assert len(fpn_norms) == 8  # one after each lateral and each output conv of the 4 levels
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.backbone.fpn.modules())
     assert normed.backbone.output_shape() == plain.backbone.output_shape()
-    with pytest.raises(ValueError, match="'gn'"):
-        build_faster_rcnn(_backbone("resnet18"), num_classes=3, fpn_norm="gn", **TINY_HEAD)
+    with pytest.raises(ValueError, match="'ln'"):
+        build_faster_rcnn(_backbone("resnet18"), num_classes=3, fpn_norm="ln", **TINY_HEAD)
 
 
 @pytest.mark.parametrize(
@@ -118,3 +121,81 @@ def test_fpn_levels_width_and_extra_blocks(extra: str, levels: list[str]) -> Non
     assert torch.isfinite(sum(losses.values()))
     with pytest.raises(ValueError, match="one size per level"):
         build_faster_rcnn(_backbone("resnet18"), num_classes=3, **TINY_HEAD, fpn_levels=["c4", "c5"])
+
+
+def _batch_norms(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@pytest.mark.parametrize("name", BACKBONE_CONFIGS)
+def test_group_norm_reaches_backbone_fpn_and_box_head(name: str) -> None:
+    torch.manual_seed(0)
+    backbone = _backbone(name, norm="gn")
+    assert backbone.norm == "gn" and not _batch_norms(backbone)
+    model = build_faster_rcnn(backbone, num_classes=3, **TINY_HEAD).train()
+    assert model.backbone.norm == "gn" and any(isinstance(m, nn.GroupNorm) for m in model.backbone.fpn.modules())
+    head = model.roi_heads.box_head
+    assert isinstance(head, FastRCNNConvFCHead) and any(isinstance(m, nn.GroupNorm) for m in head.modules())
+    # GroupNorm normalises each image alone: one image per batch trains
+    losses = model([torch.rand(3, 64, 64)], _targets()[:1])
+    assert torch.isfinite(sum(losses.values()))
+    plain = build_faster_rcnn(_backbone(name), num_classes=3, **TINY_HEAD)
+    assert isinstance(plain.roi_heads.box_head, TwoMLPHead) and not any(
+        isinstance(m, nn.GroupNorm) for m in plain.backbone.fpn.modules()
+    )
+
+
+@pytest.mark.parametrize("name", BACKBONE_CONFIGS)
+def test_sync_batchnorm_conversion_keeps_frozen_stages_frozen(name: str) -> None:
+    backbone = _backbone(name, norm="bn", trainable_stages=2)
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(backbone).train()  # what trainer.sync_batchnorm does
+    stages = converted.stages()
+    frozen, trainable = stages[:3], stages[3:]
+    before = {k: v.clone() for k, v in converted.state_dict().items()}
+    converted(torch.rand(2, 3, 64, 64))  # a training-mode forward (no process group: plain batch statistics)
+    for stage in frozen:
+        for module in stage:
+            assert not _batch_norms(module) and all(not m.training for m in module.modules())
+    has_batch_norm = bool(_batch_norms(_backbone(name, norm="bn")))  # ConvNeXt normalises with LayerNorm
+    synced = any(isinstance(m, nn.SyncBatchNorm) for stage in trainable for module in stage for m in module.modules())
+    assert synced == has_batch_norm
+    frozen_keys = {
+        f"{prefix}.{key}"
+        for prefix, module in converted.named_modules()
+        if any(module is m for stage in frozen for m in stage)
+        for key in module.state_dict()
+    }
+    after = converted.state_dict()
+    assert frozen_keys and all(torch.equal(after[k], before[k]) for k in frozen_keys)
+    assert any(not torch.equal(after[k], before[k]) for k in after if k.endswith("running_mean")) == has_batch_norm
+
+
+def _randomise_statistics(module: nn.Module) -> None:
+    generator = torch.Generator().manual_seed(0)
+    for norm in _batch_norms(module):
+        norm.running_mean.copy_(torch.randn(norm.num_features, generator=generator))
+        norm.running_var.copy_(torch.rand(norm.num_features, generator=generator) + 0.5)
+        if norm.affine:
+            norm.weight.data.copy_(torch.randn(norm.num_features, generator=generator))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [*(lambda norm, n=n: _backbone(n, norm=norm) for n in BACKBONE_CONFIGS),
+     lambda norm: TimmBackbone("efficientnet_b0", norm=norm),  # fused BatchNormAct2d layers
+     lambda norm: TimmBackbone("mobilenetv3_small_050", norm=norm)],
+    ids=[*BACKBONE_CONFIGS, "timm-efficientnet_b0", "timm-mobilenetv3_small_050"],
+)  # fmt: skip
+def test_frozen_statistics_never_change_an_eval_forward(make) -> None:
+    trainable = make("bn")
+    _randomise_statistics(trainable)
+    frozen = make("frozen_bn")
+    frozen.load_state_dict(trainable.state_dict(), strict=False)
+    frozen_norms = [m for m in frozen.modules() if type(m).__name__.startswith("FrozenBatchNorm")]  # timm's too
+    assert not _batch_norms(frozen) and bool(frozen_norms) == bool(_batch_norms(trainable))
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected, actual = trainable.eval()(image), frozen.eval()(image)
+    for key in expected:  # float rounding grows through deep random networks: relative to the feature scale
+        scale = float(expected[key].abs().max())
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-3, atol=1e-3 * scale)
