@@ -65,8 +65,11 @@ def hub_cache_path(weights: WeightsEnum) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
-def torchvision_state_dict(weights: WeightsEnum) -> dict[str, Tensor]:
-    """Fetch ``weights`` through torchvision's own API, with a useful error when offline."""
+def torchvision_state_dict(
+    weights: WeightsEnum, *, instead: str = "set backbone.weights=none to train the backbone from scratch"
+) -> dict[str, Tensor]:
+    """Fetch ``weights`` through torchvision's own API; offline, the error names the file, where
+    to put it, and ``instead``: how to run without it."""
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except (URLError, OSError) as err:
@@ -74,7 +77,7 @@ def torchvision_state_dict(weights: WeightsEnum) -> dict[str, Tensor]:
         raise WeightsError(
             f"could not download {weights} from {weights.url} ({err}). Without network access, "
             f"copy that file to {cached} (torch hub cache; TORCH_HOME moves it), "
-            f"or pass the local file path instead of the weights name."
+            f"pass the local file path instead of the weights name, or {instead}."
         ) from err
 
 

@@ -62,7 +62,10 @@ def load_detector_weights(model: nn.Module, weights: str, class_names: Sequence[
     initialisation. Every other tensor must match in shape, else the error names them.
     """
     if weights == "coco":
-        state, source = torchvision_state_dict(COCO_WEIGHTS), str(COCO_WEIGHTS)
+        state = torchvision_state_dict(
+            COCO_WEIGHTS, instead="set task.model.weights=none to start from backbone weights only"
+        )
+        source = str(COCO_WEIGHTS)
     else:
         state, source = strip_prefix(load_state_dict_file(weights), "model."), weights
     own = model.state_dict()

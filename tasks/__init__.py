@@ -2,9 +2,8 @@
 
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-# Config paths are anchored on the project root, never on the working directory.
-OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+from tasks.resolvers import register  # noqa: E402 - the resolvers read PROJECT_ROOT
+
+register()

@@ -18,8 +18,7 @@ from tasks.data.doctor import ERROR, check_num_classes, format_report  # noqa: E
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    datamodule = instantiate(cfg.dataset)
-    datamodule.prepare_data()
+    datamodule = instantiate(cfg.dataset)  # inspect() reads the files as they are (shapes: generated first)
     findings, class_names = datamodule.inspect(read_images=True)
     findings += check_num_classes(cfg.task.model.get("num_classes"), class_names)
     print(format_report(findings))

@@ -1,12 +1,19 @@
-"""Builds the run from a composed config: datamodule, task module, trainer; fits and evaluates."""
+"""Builds the run from a composed config: datamodule, task module, trainer; fits and evaluates.
+
+Nothing here touches the data before the Trainer runs: the model is sized from the dataset's
+metadata (class names), and Lightning prepares the data on one process (generation, indexes,
+start-up checks) while the others wait, then sets it up on every process.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
@@ -17,11 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    """Instantiate and set up the data now, so bad paths stop the run before any training."""
-    datamodule = instantiate(cfg.dataset)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    return datamodule
+    """The dataset config's datamodule; no file is read or written yet."""
+    return instantiate(cfg.dataset)
 
 
 def resolve_num_classes(configured: int | None, datamodule: L.LightningDataModule) -> int:
@@ -42,14 +46,21 @@ def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Lightn
     if "class_names" in cfg.task.model and cfg.task.model.class_names is None:
         model_options["class_names"] = list(datamodule.class_names)
     model = instantiate(cfg.task.model, **model_options)
-    evaluator = datamodule.build_evaluator(**cfg.task.get("evaluator", {}))
-    return instantiate(cfg.task.module, model=model, evaluator=evaluator)
+    evaluator = partial(datamodule.build_evaluator, **cfg.task.get("evaluator", {}))  # built once data is set up
+    channels_last = bool(cfg.get("runtime", {}).get("channels_last", False))
+    return instantiate(cfg.task.module, model=model, evaluator=evaluator, channels_last=channels_last)
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+
+
+def configure_torch(cfg: DictConfig) -> None:
+    """Process-wide settings: seeds (also of loader workers) and matrix-product precision."""
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.get("runtime", {}).get("float32_matmul_precision", "highest"))
 
 
 def existing_checkpoint(path: str | None) -> str | None:
@@ -83,6 +94,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if not cfg.ckpt_path:
         raise ValueError("evaluation needs a checkpoint: pass ckpt_path=PATH/TO/best.ckpt")
     checkpoint = existing_checkpoint(cfg.ckpt_path)
+    configure_torch(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     load_weights(module, checkpoint)
@@ -115,8 +127,12 @@ def validation_metrics(
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, then evaluate the best checkpoint on the validation split and write ``metrics.json``."""
-    L.seed_everything(cfg.seed, workers=True)
+    """Fit, then evaluate the best checkpoint on the validation split and write ``metrics.json``.
+
+    The best checkpoint is the best of every validation of the run, those before a resume
+    included (the checkpoint callback's state travels in the checkpoint).
+    """
+    configure_torch(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg)

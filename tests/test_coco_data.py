@@ -52,7 +52,7 @@ def test_categories_map_to_contiguous_labels_and_back(coco_root: Path) -> None:
 
 def test_crowd_stays_in_evaluation_ground_truth(coco_root: Path) -> None:
     dataset = _dataset(coco_root)
-    assert any(a["iscrowd"] for a in dataset.coco.imgToAnns[10])
+    assert any(a["iscrowd"] for a in dataset.ground_truth().imgToAnns[10])
 
 
 def test_images_without_annotations_are_kept(coco_root: Path) -> None:
@@ -121,6 +121,7 @@ def test_custom_json_and_folder_names_load_through_the_config(coco_root: Path, t
         "dataset.num_workers=0",
     ]
     datamodule = build_datamodule(compose_config(overrides, tmp_path))
-    assert datamodule.class_names == ["class3", "class7", "class90"]
+    assert datamodule.class_names == ["class3", "class7", "class90"]  # read before any setup
+    datamodule.setup()
     images, targets = next(iter(datamodule.val_dataloader()))
     assert [t["image_id"] for t in targets] == [10, 20]

@@ -62,7 +62,7 @@ def test_shapes_regenerates_on_spec_change_and_protects_foreign_folders(tmp_path
 def test_shapes_read_by_coco_loader(shapes_root: Path) -> None:
     dataset = CocoDetection(shapes_root / "val2017", shapes_root / "annotations/instances_val2017.json")
     image, target = dataset[0]
-    coco = dataset.coco
+    coco = dataset.ground_truth()
     anns = coco.imgToAnns[target["image_id"]]
     assert image.shape == (3, TINY_SHAPES.image_size, TINY_SHAPES.image_size)
     assert sorted(target["labels"].tolist()) == sorted(a["category_id"] for a in anns)

@@ -60,6 +60,7 @@ def test_coco_layout_folder_trains(shapes_root: Path, tmp_path: Path) -> None:
         f"dataset.root={shapes_root}",
         "dataset.num_workers=0",
         "backbone=resnet18",
+        "backbone.weights=none",  # the COCO recipe starts from ImageNet weights: offline here
         *TINY_DETECTION,
         "trainer.max_steps=2",
         "trainer.limit_val_batches=2",
@@ -79,6 +80,7 @@ def test_voc_layout_folder_trains(shapes_voc_root: Path, tmp_path: Path) -> None
         "dataset.class_names=[circle,square,triangle,cross]",
         "dataset.resize_longest=null",
         "backbone=resnet18",
+        "backbone.weights=none",
         *TINY_DETECTION,
         "trainer.max_steps=2",
         f"hydra.run.dir={tmp_path / 'run'}",

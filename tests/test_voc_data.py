@@ -47,7 +47,7 @@ def test_boxes_are_converted_from_one_based_pixels_and_difficult_is_not_trained(
         np.testing.assert_array_equal(record.boxes, expected)
         assert [SHAPE_CLASSES[label - 1] for label in record.labels] == [n for n, _ in kept]
         difficult_seen += sum(d for _, d, _ in objects)
-        crowd = [a for a in dataset.coco.imgToAnns[image_id] if a["iscrowd"]]
+        crowd = [a for a in dataset.ground_truth().imgToAnns[image_id] if a["iscrowd"]]
         assert len(crowd) == sum(d for _, d, _ in objects)  # difficult boxes are ignore regions in evaluation
     assert difficult_seen > 0
 

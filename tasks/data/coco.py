@@ -1,77 +1,200 @@
-"""COCO-format detection data: an image folder plus an instances json, read with pycocotools."""
+"""COCO-format detection data: an image folder plus an instances json, indexed into flat arrays."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import albumentations as A
 import numpy as np
 from pycocotools.coco import COCO
 
-from tasks.data.detection_dataset import DetectionDataset, ImageRecord, clip_boxes
-from tasks.data.doctor import inspect_coco, raise_on_errors
+from tasks.data.detection_dataset import DetectionDataset, clip_boxes
+from tasks.data.detection_index import DetectionIndex, cached_index, source_key
+from tasks.data.doctor import image_file_findings, inspect_coco_tables, raise_on_errors
 
 log = logging.getLogger(__name__)
 
+MISSING = -1  # stands for an absent or malformed id in the tables
+
 
 def load_coco(ann_file: Path) -> COCO:
-    """Load an instances json quietly (pycocotools prints progress to stdout)."""
+    """Load an instances json quietly with pycocotools (the evaluation ground truth)."""
     with contextlib.redirect_stdout(io.StringIO()):
         return COCO(str(ann_file))
 
 
-def coco_records(coco: COCO, image_dir: Path, category_ids: list[int], source: str) -> list[ImageRecord]:
-    """One record per image (images without objects included); crowd boxes go to ``ignored``.
+def _drop_segmentation(obj: dict) -> dict:
+    obj.pop("segmentation", None)
+    return obj
 
-    Boxes are clipped to their image and boxes under one pixel dropped, with one warning
-    that counts both.
-    """
-    label_of = {cat: i + 1 for i, cat in enumerate(category_ids)}
-    records, clipped, dropped = [], 0, 0
-    for image_id in sorted(coco.imgs):
-        info = coco.imgs[image_id]
-        h, w = int(info["height"]), int(info["width"])
-        anns = coco.imgToAnns.get(image_id, [])
-        xywh = np.asarray([ann["bbox"] for ann in anns], dtype=np.float64).reshape(-1, 4)
-        boxes, keep, changed = clip_boxes(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1), w, h)
-        crowd = np.asarray([bool(ann.get("iscrowd", 0)) for ann in anns], dtype=bool)
-        labels = np.asarray([label_of[ann["category_id"]] for ann in anns], dtype=np.int64)
-        clipped, dropped = clipped + changed, dropped + int((~keep).sum())
-        train = keep & ~crowd
-        records.append(
-            ImageRecord(image_id, image_dir / info["file_name"], h, w, boxes[train], labels[train], boxes[keep & crowd])
+
+def read_instances(ann_file: Path, *, keep_segmentation: bool = False) -> dict:
+    """The json as a dict; polygons and RLE are dropped while parsing unless kept (they are most
+    of a COCO json's memory, and box training does not read them)."""
+    hook = None if keep_segmentation else _drop_segmentation
+    try:
+        with open(ann_file, encoding="utf-8") as file:
+            dataset = json.load(file, object_hook=hook)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{ann_file} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}; "
+            "fix the file (python -m json.tool FILE shows where)"
+        ) from err
+    if not isinstance(dataset, Mapping) or not isinstance(dataset.get("images"), list):
+        raise ValueError(f"{ann_file} is not a COCO instances json: no 'images' list at the top level")
+    return dict(dataset)
+
+
+def _ids(rows: list[dict], key: str) -> np.ndarray:
+    return np.asarray([row.get(key) if isinstance(row.get(key), int) else MISSING for row in rows], np.int64)
+
+
+def _bboxes(rows: list[dict]) -> np.ndarray:
+    """(M, 4) float64 xywh; NaN for a bbox that is not four numbers."""
+    out = np.full((len(rows), 4), np.nan)
+    for k, row in enumerate(rows):
+        box = row.get("bbox")
+        if isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box):
+            out[k] = box
+    return out
+
+
+@dataclass
+class CocoTables:
+    """The columns of an instances json that detection reads, one array per field."""
+
+    image_ids: np.ndarray
+    file_names: list[str]
+    widths: np.ndarray
+    heights: np.ndarray
+    ann_ids: np.ndarray
+    ann_image_ids: np.ndarray
+    ann_category_ids: np.ndarray
+    bboxes: np.ndarray  # xywh
+    iscrowd: np.ndarray
+    categories: list[dict]
+
+    @classmethod
+    def from_dataset(cls, dataset: dict) -> CocoTables:
+        images, annotations = dataset.get("images", []), dataset.get("annotations", [])
+        return cls(
+            image_ids=_ids(images, "id"),
+            file_names=[str(image.get("file_name", "")) for image in images],
+            widths=np.asarray([image.get("width", 0) for image in images], np.int64),
+            heights=np.asarray([image.get("height", 0) for image in images], np.int64),
+            ann_ids=_ids(annotations, "id"),
+            ann_image_ids=_ids(annotations, "image_id"),
+            ann_category_ids=_ids(annotations, "category_id"),
+            bboxes=_bboxes(annotations),
+            iscrowd=np.asarray([bool(a.get("iscrowd", 0)) for a in annotations], bool),
+            categories=sorted(dataset.get("categories", []), key=lambda c: c["id"]),
         )
+
+    @property
+    def category_ids(self) -> list[int]:
+        return [int(c["id"]) for c in self.categories]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(c["name"]) for c in self.categories]
+
+
+def coco_index(tables: CocoTables, source: str) -> DetectionIndex:
+    """Images in id order (those without objects included); crowd boxes become ignore regions.
+
+    Boxes are clipped to their image and boxes under one pixel dropped, with one warning that
+    counts both. Annotations of unknown images or categories must have been refused before.
+    """
+    order = np.argsort(tables.image_ids, kind="stable")
+    image_ids = tables.image_ids[order]
+    widths, heights = tables.widths[order], tables.heights[order]
+    owner = np.searchsorted(image_ids, tables.ann_image_ids)
+    xywh = tables.bboxes
+    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    boxes, keep, clipped = clip_boxes(xyxy, widths[owner], heights[owner])
+    labels = np.searchsorted(np.asarray(tables.category_ids), tables.ann_category_ids) + 1
+    dropped = int((~keep).sum())
     if clipped or dropped:
         log.warning("%s: clipped %d boxes to their image, dropped %d boxes under one pixel", source, clipped, dropped)
-    return records
+    kept = np.flatnonzero(keep)
+    kept = kept[np.argsort(owner[kept], kind="stable")]
+    return DetectionIndex.build(
+        image_ids,
+        heights,
+        widths,
+        [tables.file_names[i] for i in order],
+        np.bincount(owner[kept], minlength=len(image_ids)),
+        boxes[kept],
+        labels[kept],
+        tables.iscrowd[kept],
+    )
+
+
+def index_coco_file(ann_file: Path, image_dir: Path) -> tuple[DetectionIndex, dict]:
+    """Read, check (errors stop here with the doctor's report: annotations, and that every image
+    file exists) and index one instances json."""
+    tables = CocoTables.from_dataset(read_instances(ann_file))
+    raise_on_errors(inspect_coco_tables(tables, image_dir, str(ann_file), files="exist"), str(ann_file))
+    if not tables.categories:
+        raise ValueError(f"{ann_file} declares no categories")
+    metadata = {"category_ids": tables.category_ids, "class_names": tables.class_names}
+    return coco_index(tables, str(ann_file)), metadata
+
+
+def read_categories(ann_file: Path) -> tuple[list[int], list[str]]:
+    """Category ids (increasing) and names of an instances json."""
+    tables = CocoTables.from_dataset(read_instances(ann_file))
+    return tables.category_ids, tables.class_names
 
 
 class CocoDetection(DetectionDataset):
     """A COCO instances json and its image folder.
 
     Category ids (any order, gaps allowed) map to contiguous labels 1..K in increasing id
-    order. Crowd regions are not trained on; they stay in ``coco`` for evaluation.
+    order. Crowd regions are not trained on; they stay in the ground truth for evaluation,
+    which is the json itself (read on demand, by the process that evaluates).
+
+    ``cache_dir``: where the index is kept between runs (rebuilt when the json changes); without
+    one it is built in memory. ``check_images``: check that every image file exists (the caller
+    may have done so already, e.g. when preparing data on one process).
     """
 
-    def __init__(self, image_dir: Path, ann_file: Path, transforms: A.Compose | None = None) -> None:
+    def __init__(
+        self,
+        image_dir: Path,
+        ann_file: Path,
+        transforms: A.Compose | None = None,
+        *,
+        cache_dir: Path | None = None,
+        check_images: bool = True,
+    ) -> None:
         image_dir, ann_file = Path(image_dir), Path(ann_file)
         if not ann_file.is_file():
             raise FileNotFoundError(f"annotation file {ann_file} not found: expected a COCO instances json")
         if not image_dir.is_dir():
             raise FileNotFoundError(f"image folder {image_dir} not found: expected the images of {ann_file}")
-        coco = load_coco(ann_file)
-        raise_on_errors(inspect_coco(coco.dataset, image_dir, str(ann_file), read_images=False), str(ann_file))
-        category_ids = sorted(coco.getCatIds())
-        if not category_ids:
-            raise ValueError(f"{ann_file} declares no categories")
+        key = source_key(ann_file, images=str(image_dir.resolve()))
+        built: list[bool] = []  # indexing checks the image files itself
+
+        def build() -> tuple[DetectionIndex, dict]:
+            built.append(True)
+            return index_coco_file(ann_file, image_dir)
+
+        index, metadata = cached_index(cache_dir, "coco", key, build)
+        if check_images and not built:
+            raise_on_errors(image_file_findings(index, image_dir), str(ann_file))
         super().__init__(
-            coco_records(coco, image_dir, category_ids, str(ann_file)),
-            category_ids=category_ids,
-            class_names=[coco.cats[c]["name"] for c in category_ids],
-            coco=coco,
+            index,
+            image_dir,
+            category_ids=metadata["category_ids"],
+            class_names=metadata["class_names"],
+            ground_truth=lambda: load_coco(ann_file),
             transforms=transforms,
             source=str(ann_file),
         )

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 
 import albumentations as A
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
-from tasks.data.coco import CocoDetection
+from tasks.data.coco import CocoDetection, read_categories, read_instances
 from tasks.data.detection_dataset import DetectionDataset, collate_detection
 from tasks.data.doctor import ERROR, Finding, inspect_coco, inspect_voc
 from tasks.data.sampling import GroupedBatchSampler, aspect_ratio_groups
@@ -23,9 +24,14 @@ from tasks.metrics.voc_eval import VocEvaluator
 class DetectionDataModule(L.LightningDataModule):
     """Loaders, augmentation and evaluator shared by every detection dataset.
 
-    Subclasses say how to build a split (``_build_split``). ``augment`` names a preset of
+    Subclasses say how to build a split (``_build_split``) and where the class names come from
+    (``_read_metadata``, without preparing or loading the data). ``augment`` names a preset of
     ``tasks.data.transforms``; ``preset_options`` passes its sizes (e.g. ``multiscale_sizes``).
     ``group_aspect_ratio`` batches wide and tall images apart so batches pad little.
+
+    Lightning calls ``prepare_data`` on global rank 0 only (``prepare_per_node=true``: on each
+    node's first process, for data on node-local disks) while the others wait, then ``setup``
+    on every process: files are written and checked once, and read everywhere.
     """
 
     def __init__(
@@ -39,8 +45,10 @@ class DetectionDataModule(L.LightningDataModule):
         preset_options: dict | None = None,
         group_aspect_ratio: bool = False,
         pin_memory: bool = False,
+        prepare_per_node: bool = False,
     ) -> None:
         super().__init__()
+        self.prepare_data_per_node = prepare_per_node
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
@@ -57,7 +65,14 @@ class DetectionDataModule(L.LightningDataModule):
         """True when the training preset chooses image sizes itself (the detector must not resize again)."""
         return self.augment in RESIZING_PRESETS
 
-    def _build_split(self, split: str, transforms: A.Compose | None) -> DetectionDataset:  # pragma: no cover - abstract
+    def _build_split(
+        self, split: str, transforms: A.Compose | None, *, prepared: bool
+    ) -> DetectionDataset:  # pragma: no cover - abstract
+        """The dataset of ``split``; ``prepared``: ``prepare_data`` already checked its files."""
+        raise NotImplementedError
+
+    def _read_metadata(self) -> tuple[list[int], list[str]]:  # pragma: no cover - abstract
+        """Category ids and class names, read without preparing or loading the data."""
         raise NotImplementedError
 
     def inspect(self, *, read_images: bool = True) -> tuple[list[Finding], list[str]]:  # pragma: no cover
@@ -69,48 +84,56 @@ class DetectionDataModule(L.LightningDataModule):
             self.augment, train=train, resize_longest=self.resize_longest, **self.preset_options
         )
 
+    def prepare_data(self) -> None:
+        """Index both splits (cached where the format allows) and run the start-up checks."""
+        for split in ("train", "val"):
+            self._build_split(split, None, prepared=False)
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        self.train_set = self._build_split("train", self._transforms(train=True))
-        self.val_set = self._build_split("val", self._transforms(train=False))
-        if self.train_set.category_ids != self.val_set.category_ids:
-            raise ValueError(
-                f"train and val declare different categories: {self.train_set.source} has ids "
-                f"{self.train_set.category_ids}, {self.val_set.source} has {self.val_set.category_ids}"
-            )
+        if self.trainer is None:  # used on its own: nobody prepared the data
+            self.prepare_data()
+        self.train_set = self._build_split("train", self._transforms(train=True), prepared=True)
+        self.val_set = self._build_split("val", self._transforms(train=False), prepared=True)
+        for dataset in (self.train_set, self.val_set):
+            if (dataset.category_ids, dataset.class_names) != (self.category_ids, self.class_names):
+                raise ValueError(
+                    f"train and val declare different categories: {dataset.source} has ids {dataset.category_ids} "
+                    f"({dataset.class_names}), expected {self.category_ids} ({self.class_names})"
+                )
 
-    def _require_setup(self) -> DetectionDataset:
-        if self.train_set is None:
-            self.setup()
-        return self.train_set
+    @cached_property
+    def _metadata(self) -> tuple[list[int], list[str]]:
+        return self._read_metadata()
 
     @property
     def num_classes(self) -> int:
-        return self._require_setup().num_classes
+        return len(self.category_ids)
 
     @property
     def class_names(self) -> list[str]:
-        return self._require_setup().class_names
+        return list(self._metadata[1])
 
     @property
     def category_ids(self) -> list[int]:
-        return self._require_setup().category_ids
+        return list(self._metadata[0])
 
     def build_evaluator(self, backend: str = "pycocotools") -> CocoEvaluator:
         """COCO mAP against the validation ground truth itself (crowd regions included)."""
-        self._require_setup()
-        return CocoEvaluator(self.val_set.coco, self.val_set.category_ids, backend=backend)
+        self.setup()
+        val = self.val_set
+        return CocoEvaluator(val.ground_truth, val.category_ids, backend=backend, class_names=val.class_names)
 
     def _loader(self, dataset: DetectionDataset, batch_size: int, train: bool) -> DataLoader:
         options = dict(
             num_workers=self.num_workers,
             collate_fn=collate_detection,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
         if train and self.group_aspect_ratio:
-            groups = aspect_ratio_groups([r.aspect_ratio for r in dataset.records])
+            groups = aspect_ratio_groups(dataset.index.aspect_ratios)
             sampler = GroupedBatchSampler(RandomSampler(dataset), groups, batch_size)
             return DataLoader(dataset, batch_sampler=sampler, **options)
         sampler = RandomSampler(dataset) if train else SequentialSampler(dataset)
@@ -136,11 +159,13 @@ class CocoDataModule(DetectionDataModule):
         train_annotations: str = "annotations/instances_train2017.json",
         val_images: str = "val2017",
         val_annotations: str = "annotations/instances_val2017.json",
+        cache_dir: str | Path | None = None,
         **options,
     ) -> None:
         super().__init__(**options)
         self.root = Path(root).expanduser() if root else Path()
         self.splits = {"train": (train_images, train_annotations), "val": (val_images, val_annotations)}
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
 
     def _layout(self) -> str:
         return ", ".join(f"{images}/ and {ann}" for images, ann in self.splits.values())
@@ -163,16 +188,21 @@ class CocoDataModule(DetectionDataModule):
             )
         return images, annotations
 
-    def _build_split(self, split: str, transforms: A.Compose | None) -> DetectionDataset:
-        return CocoDetection(*self._split_paths(split), transforms)
+    def _build_split(self, split: str, transforms: A.Compose | None, *, prepared: bool) -> DetectionDataset:
+        images, annotations = self._split_paths(split)
+        return CocoDetection(images, annotations, transforms, cache_dir=self.cache_dir, check_images=not prepared)
+
+    def _read_metadata(self) -> tuple[list[int], list[str]]:
+        """From the validation json (the smaller one; setup checks that training agrees)."""
+        return read_categories(self._split_paths("val")[1])
 
     def inspect(self, *, read_images: bool = True) -> tuple[list[Finding], list[str]]:
         findings, class_names = [], []
         for split in self.splits:
             try:
                 images, annotations = self._split_paths(split)
-                dataset = json.loads(annotations.read_text())
-            except (FileNotFoundError, json.JSONDecodeError) as err:
+                dataset = read_instances(annotations)
+            except (FileNotFoundError, ValueError) as err:
                 findings.append(Finding(ERROR, "layout", str(err)))
                 continue
             findings += inspect_coco(dataset, images, str(annotations), read_images=read_images)
@@ -205,7 +235,10 @@ class VocDataModule(DetectionDataModule):
         self.voc_class_names = list(class_names)
         self.use_difficult = use_difficult
 
-    def _build_split(self, split: str, transforms: A.Compose | None) -> DetectionDataset:
+    def _read_metadata(self) -> tuple[list[int], list[str]]:
+        return list(range(1, len(self.voc_class_names) + 1)), list(self.voc_class_names)
+
+    def _build_split(self, split: str, transforms: A.Compose | None, *, prepared: bool) -> DetectionDataset:
         if not self.root.is_dir():
             raise FileNotFoundError(
                 f"dataset.root={self.root} does not exist; expected a VOCdevkit folder holding "
@@ -225,6 +258,6 @@ class VocDataModule(DetectionDataModule):
         return findings, self.voc_class_names
 
     def build_evaluator(self, backend: str = "pycocotools") -> VocEvaluator:
-        self._require_setup()
+        self.setup()
         val = self.val_set
-        return VocEvaluator(val.coco, val.category_ids, val.voc_ground_truth, val.class_names, backend=backend)
+        return VocEvaluator(val.ground_truth, val.category_ids, val.voc_ground_truth, val.class_names, backend=backend)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from functools import cached_property
 from pathlib import Path
 
 import albumentations as A
@@ -12,29 +12,19 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from tasks.data.detection_index import DetectionIndex, ImageRecord, IndexRecords
 from tasks.data.images import read_rgb
 
-
-@dataclass
-class ImageRecord:
-    image_id: int
-    path: Path
-    height: int
-    width: int
-    boxes: np.ndarray  # (N, 4) float32 xyxy in pixels: the objects trained on
-    labels: np.ndarray  # (N,) int64, contiguous 1..num_classes
-    ignored: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # crowd / difficult
-
-    @property
-    def aspect_ratio(self) -> float:
-        return self.width / self.height
+__all__ = ["DetectionDataset", "ImageRecord", "clip_boxes", "collate_detection"]
 
 
-def clip_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Clip xyxy boxes to the image; returns (clipped boxes, mask of boxes at least one pixel wide
-    and high, number of boxes that clipping changed)."""
+def clip_boxes(boxes: np.ndarray, width, height) -> tuple[np.ndarray, np.ndarray, int]:
+    """Clip xyxy boxes to their image (``width``/``height``: one size, or one per box); returns
+    (clipped boxes, mask of boxes at least one pixel wide and high, number of boxes that clipping
+    changed)."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    clipped = np.clip(boxes, 0, [width, height, width, height])
+    width, height = np.broadcast_to(width, len(boxes)), np.broadcast_to(height, len(boxes))
+    clipped = np.clip(boxes, 0, np.stack([width, height, width, height], axis=1))
     keep = (clipped[:, 2] - clipped[:, 0] >= 1) & (clipped[:, 3] - clipped[:, 1] >= 1)
     changed = int((np.any(clipped != boxes, axis=1) & keep).sum())
     return clipped.astype(np.float32), keep, changed
@@ -44,24 +34,27 @@ class DetectionDataset(Dataset):
     """Items are ``(uint8 CHW image, target)`` with target keys ``boxes`` (xyxy), ``labels``
     (1..K), ``image_id`` and ``orig_size`` (h, w of the file on disk).
 
-    ``category_ids[label - 1]`` is the annotation file's id of label ``label``, and
-    ``coco`` is the ground truth that COCO-style evaluation scores against.
+    ``category_ids[label - 1]`` is the annotation file's id of label ``label``.
+    ``ground_truth()`` builds the pycocotools ground truth that COCO-style evaluation scores
+    against; only the process that evaluates calls it, and the training split never does.
     """
 
     def __init__(
         self,
-        records: list[ImageRecord],
+        index: DetectionIndex,
+        image_root: Path,
         *,
         category_ids: Sequence[int],
         class_names: Sequence[str],
-        coco: COCO,
+        ground_truth: Callable[[], COCO],
         transforms: A.Compose | None = None,
         source: str = "",
     ) -> None:
-        self.records = records
+        self.index = index
+        self.image_root = Path(image_root)
         self.category_ids = list(category_ids)
         self.class_names = list(class_names)
-        self.coco = coco
+        self.ground_truth = ground_truth
         self.transforms = transforms
         self.source = source
 
@@ -69,11 +62,15 @@ class DetectionDataset(Dataset):
     def num_classes(self) -> int:
         return len(self.category_ids)
 
+    @cached_property
+    def records(self) -> IndexRecords:
+        return IndexRecords(self.index, self.image_root)
+
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.index)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
-        record = self.records[index]
+        record = self.index.record(index, self.image_root)
         try:
             image = read_rgb(record.path)
         except (OSError, ValueError) as err:

@@ -6,10 +6,16 @@ Masks hold class indices 0..K-1 (0 is background) and 255 for pixels to ignore.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import multiprocessing as mp
+import os
+import shutil
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import albumentations as A
@@ -17,9 +23,10 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
+from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset
 
-from tasks.data.coco import load_coco
+from tasks.data.coco import load_coco, read_categories
 from tasks.data.images import read_rgb
 from tasks.data.shapes import SHAPE_CLASSES, ensure_shapes, split_spec
 from tasks.data.voc import VOC_CLASSES
@@ -70,6 +77,34 @@ def check_records(records: Sequence[SegmentationRecord], num_classes: int, sourc
             f"\n    ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         )
         raise ValueError(f"{source}: {len(problems)} segmentation problems:\n    {shown}")
+
+
+def _files_key(records: Sequence[SegmentationRecord]) -> str:
+    """A digest of every image and mask file's path, size and modification time."""
+    digest = hashlib.sha1()
+    for record in records:
+        for path in (record.image, record.mask):
+            stat = path.stat() if path.is_file() else None
+            digest.update(f"{path}|{stat.st_size if stat else -1}|{stat.st_mtime_ns if stat else -1}\n".encode())
+    return digest.hexdigest()
+
+
+def check_records_once(
+    records: Sequence[SegmentationRecord], num_classes: int, source: str, stamp_dir: Path | None
+) -> None:
+    """``check_records``, skipped when a stamp in ``stamp_dir`` says these exact files passed before."""
+    if stamp_dir is None:
+        check_records(records, num_classes, source)
+        return
+    key = {"files": _files_key(records), "num_classes": num_classes}
+    stamp = stamp_dir / f"checked-{hashlib.sha1(source.encode()).hexdigest()[:16]}.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == key:
+        return
+    check_records(records, num_classes, source)
+    stamp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(key))
+    os.replace(tmp, stamp)
 
 
 def segmentation_transforms(
@@ -171,48 +206,91 @@ def voc_segmentation_records(
     return records
 
 
-def coco_semantic_masks(image_dir: Path, ann_file: Path, cache_dir: Path, categories: str) -> tuple[list, list[str]]:
-    """Semantic masks from COCO instances, written once to ``cache_dir`` as PNGs.
+def _coco_labels(coco: COCO, categories: str) -> tuple[dict[int, int], list[str]]:
+    """Mask value of each COCO category id, and the class names (background first)."""
+    if categories == "voc":
+        return {cat: i for i, cat in enumerate(COCO_IDS_OF_VOC_CLASSES) if cat}, ["background", *VOC_CLASSES]
+    if categories == "all":
+        ids = sorted(coco.getCatIds())
+        return {cat: i + 1 for i, cat in enumerate(ids)}, ["background", *(coco.cats[c]["name"] for c in ids)]
+    raise ValueError(f"categories={categories!r} must be 'all' or 'voc'")
+
+
+_BUILD: dict = {}  # the ground truth of the masks being built, shared with forked workers
+
+
+def _write_masks(image_ids: list[int]) -> None:
+    coco, label_of, folder = _BUILD["coco"], _BUILD["labels"], _BUILD["folder"]
+    for image_id in image_ids:
+        info = coco.imgs[image_id]
+        mask = np.zeros((info["height"], info["width"]), np.uint8)
+        for ann in coco.imgToAnns.get(image_id, []):
+            label = IGNORE_INDEX if ann.get("iscrowd", 0) else label_of.get(ann["category_id"])
+            if label is not None:
+                mask[coco.annToMask(ann) > 0] = label
+        Image.fromarray(mask).save(folder / f"{Path(info['file_name']).stem}.png")
+
+
+def _build_masks(coco: COCO, label_of: dict[int, int], folder: Path, workers: int) -> None:
+    """Every image's mask into ``folder``, in ``workers`` forked processes."""
+    image_ids = sorted(coco.imgs)
+    _BUILD.update(coco=coco, labels=label_of, folder=folder)
+    try:
+        chunks = [image_ids[i : i + 256] for i in range(0, len(image_ids), 256)]
+        if workers > 1 and len(chunks) > 1 and "fork" in mp.get_all_start_methods():
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+                list(pool.map(_write_masks, chunks))
+        else:
+            for chunk in chunks:
+                _write_masks(chunk)
+    finally:
+        _BUILD.clear()
+
+
+def coco_semantic_masks(
+    image_dir: Path, ann_file: Path, cache_dir: Path, categories: str, *, build: bool = True, workers: int = 1
+) -> tuple[list, list[str]]:
+    """Semantic masks from COCO instances, cached as PNGs in ``cache_dir`` (built once, rebuilt when
+    the json changes).
 
     ``categories="all"``: every json category, in id order, after background; ``"voc"``: the 20
     VOC classes (other objects become background), as torchvision's reference does. Crowd
-    regions become 255 (ignored).
+    regions become 255 (ignored). The masks are built in ``workers`` processes into a temporary
+    folder that is renamed into place when complete; ``build=False`` refuses to build (the
+    caller expects another process to have done it).
     """
     coco = load_coco(ann_file)
-    if categories == "voc":
-        label_of = {cat: i for i, cat in enumerate(COCO_IDS_OF_VOC_CLASSES) if cat}
-        names = ["background", *VOC_CLASSES]
-    elif categories == "all":
-        ids = sorted(coco.getCatIds())
-        label_of = {cat: i + 1 for i, cat in enumerate(ids)}
-        names = ["background", *(coco.cats[c]["name"] for c in ids)]
-    else:
-        raise ValueError(f"categories={categories!r} must be 'all' or 'voc'")
+    label_of, names = _coco_labels(coco, categories)
+    key = {"annotations": str(ann_file.resolve()), "mtime_ns": ann_file.stat().st_mtime_ns, "categories": categories}
     stamp = cache_dir / "masks.json"
-    key = {"annotations": str(ann_file.resolve()), "mtime": ann_file.stat().st_mtime, "categories": categories}
-    fresh = not (stamp.is_file() and json.loads(stamp.read_text()) == key)
-    if fresh:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        log.info("building %d semantic masks from %s into %s", len(coco.imgs), ann_file, cache_dir)
-    records = []
-    for image_id in sorted(coco.imgs):
-        info = coco.imgs[image_id]
-        mask_path = cache_dir / f"{Path(info['file_name']).stem}.png"
-        if fresh:
-            mask = np.zeros((info["height"], info["width"]), np.uint8)
-            for ann in coco.imgToAnns.get(image_id, []):
-                label = IGNORE_INDEX if ann.get("iscrowd", 0) else label_of.get(ann["category_id"])
-                if label is not None:
-                    mask[coco.annToMask(ann) > 0] = label
-            Image.fromarray(mask).save(mask_path)
-        records.append(SegmentationRecord(image_id, image_dir / info["file_name"], mask_path))
-    if fresh:
-        stamp.write_text(json.dumps(key))
+    if not (stamp.is_file() and json.loads(stamp.read_text()) == key):
+        if not build:
+            raise RuntimeError(f"the semantic masks of {ann_file} are not in {cache_dir}: prepare_data builds them")
+        log.info(
+            "building %d semantic masks from %s into %s (%d processes)", len(coco.imgs), ann_file, cache_dir, workers
+        )
+        tmp = cache_dir.with_name(f".{cache_dir.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _build_masks(coco, label_of, tmp, workers)
+        (tmp / "masks.json").write_text(json.dumps(key))
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        tmp.rename(cache_dir)
+    records = [
+        SegmentationRecord(image_id, image_dir / info["file_name"], cache_dir / f"{Path(info['file_name']).stem}.png")
+        for image_id, info in sorted(coco.imgs.items())
+    ]
     return records, names
 
 
 class SegmentationDataModule(L.LightningDataModule):
-    """Loaders, mask-aware augmentation and the confusion-matrix evaluator; subclasses list records."""
+    """Loaders, mask-aware augmentation and the confusion-matrix evaluator; subclasses list records
+    (``_records``) and name the classes (``_read_metadata``, without touching the data).
+
+    ``prepare_data`` runs on one process (Lightning: global rank 0, or each node's first with
+    ``prepare_per_node``) while the others wait: it builds derived files and checks every mask
+    against its image once (the result is remembered in ``cache_dir`` until a file changes).
+    """
 
     def __init__(
         self,
@@ -225,47 +303,58 @@ class SegmentationDataModule(L.LightningDataModule):
         color_jitter: bool = True,
         eval_size: int | None = None,
         pin_memory: bool = False,
+        prepare_per_node: bool = False,
+        cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
+        self.prepare_data_per_node = prepare_per_node
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.crop_size, self.scale_range, self.color_jitter = crop_size, tuple(scale_range), color_jitter
         self.eval_size = eval_size
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.train_set: SegmentationDataset | None = None
         self.val_set: SegmentationDataset | None = None
 
-    def _records(self, split: str) -> tuple[list[SegmentationRecord], list[str], str]:  # pragma: no cover
+    def _records(
+        self, split: str, *, build: bool
+    ) -> tuple[list[SegmentationRecord], list[str], str]:  # pragma: no cover
+        """Records, class names and a description of ``split``; ``build``: derived files may be written."""
         raise NotImplementedError
+
+    def _read_metadata(self) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def prepare_data(self) -> None:
+        for split in ("train", "val"):
+            records, names, source = self._records(split, build=True)
+            if not records:
+                raise ValueError(f"{source} lists no images")
+            check_records_once(records, len(names), source, self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        if self.trainer is None:  # used on its own: nobody prepared the data
+            self.prepare_data()
         transforms = segmentation_transforms(
             train=True, crop_size=self.crop_size, scale_range=self.scale_range, color_jitter=self.color_jitter
         )
         for split in ("train", "val"):
-            records, names, source = self._records(split)
-            if not records:
-                raise ValueError(f"{source} lists no images")
-            check_records(records, len(names), source)
+            records, names, source = self._records(split, build=False)
+            train = split == "train"
             dataset = SegmentationDataset(
-                records,
-                names,
-                transforms if split == "train" else None,
-                None if split == "train" else self.eval_size,
-                source,
+                records, names, transforms if train else None, None if train else self.eval_size, source
             )
             setattr(self, f"{split}_set", dataset)
 
-    @property
-    def num_classes(self) -> int:
-        self.setup()
-        return self.train_set.num_classes
+    @cached_property
+    def class_names(self) -> list[str]:
+        return list(self._read_metadata())
 
     @property
-    def class_names(self) -> list[str]:
-        self.setup()
-        return self.train_set.class_names
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
     def build_evaluator(self) -> ConfusionMatrixEvaluator:
         return ConfusionMatrixEvaluator(self.class_names, ignore_index=IGNORE_INDEX)
@@ -278,7 +367,7 @@ class SegmentationDataModule(L.LightningDataModule):
             drop_last=shuffle,  # ASPP's pooled branch normalises over the batch: no batch of one
             num_workers=self.num_workers,
             collate_fn=collate_segmentation,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
 
@@ -311,7 +400,10 @@ class VocSegDataModule(SegmentationDataModule):
         self.voc_class_names = list(class_names)
         self.use_sbd = use_sbd
 
-    def _records(self, split: str) -> tuple[list[SegmentationRecord], list[str], str]:
+    def _read_metadata(self) -> list[str]:
+        return list(self.voc_class_names)
+
+    def _records(self, split: str, *, build: bool) -> tuple[list[SegmentationRecord], list[str], str]:
         if not self.root.is_dir():
             raise FileNotFoundError(
                 f"dataset.root={self.root} does not exist; expected a VOCdevkit folder holding VOC<year>/JPEGImages, "
@@ -329,7 +421,8 @@ class VocSegDataModule(SegmentationDataModule):
 
 class CocoSegDataModule(SegmentationDataModule):
     """Semantic masks built from COCO instances (``categories``: ``all`` or ``voc``), cached under
-    ``cache_dir`` after the first build."""
+    ``cache_dir`` (by default ``root/semantic_masks``) by ``prepare_data``, in ``mask_workers``
+    processes (default: one per CPU)."""
 
     def __init__(
         self,
@@ -341,21 +434,36 @@ class CocoSegDataModule(SegmentationDataModule):
         val_annotations: str = "annotations/instances_val2017.json",
         categories: str = "all",
         cache_dir: str | Path | None = None,
+        mask_workers: int | None = None,
         **options,
     ) -> None:
-        super().__init__(**options)
         self.root = Path(root).expanduser()
+        super().__init__(cache_dir=cache_dir or self.root / "semantic_masks", **options)
         self.splits = {"train": (train_images, train_annotations), "val": (val_images, val_annotations)}
+        if categories not in ("all", "voc"):
+            raise ValueError(f"categories={categories!r} must be 'all' or 'voc'")
         self.categories = categories
-        self.cache_dir = Path(cache_dir) if cache_dir else self.root / "semantic_masks"
+        self.mask_workers = mask_workers or os.cpu_count() or 1
 
-    def _records(self, split: str) -> tuple[list[SegmentationRecord], list[str], str]:
+    def _paths(self, split: str) -> tuple[Path, Path]:
         images, annotations = (self.root / p for p in self.splits[split])
         for path, what in ((annotations, "instances json"), (images, "image folder")):
             if not path.exists():
                 raise FileNotFoundError(f"{what} {path} not found (dataset.root={self.root})")
-        cache = self.cache_dir / f"{split}_{self.categories}"
-        records, names = coco_semantic_masks(images, annotations, cache, self.categories)
+        return images, annotations
+
+    def _read_metadata(self) -> list[str]:
+        if self.categories == "voc":
+            return ["background", *VOC_CLASSES]
+        _, names = read_categories(self._paths("val")[1])
+        return ["background", *names]
+
+    def _records(self, split: str, *, build: bool) -> tuple[list[SegmentationRecord], list[str], str]:
+        images, annotations = self._paths(split)
+        folder = self.cache_dir / f"{split}_{self.categories}"
+        records, names = coco_semantic_masks(
+            images, annotations, folder, self.categories, build=build, workers=self.mask_workers
+        )
         return records, names, str(annotations)
 
 
@@ -374,7 +482,4 @@ class ShapesSegDataModule(VocSegDataModule):
 
     def prepare_data(self) -> None:
         ensure_shapes(self.root, self.spec, layout="voc")
-
-    def setup(self, stage: str | None = None) -> None:
-        ensure_shapes(self.root, self.spec, layout="voc")
-        super().setup(stage)
+        super().prepare_data()

@@ -270,7 +270,8 @@ def split_spec(options: dict) -> tuple[ShapesSpec, dict]:
 
 
 class ShapesDataModule(CocoDataModule):
-    """The COCO data module over the generated shapes folder (generated on first use).
+    """The COCO data module over the generated shapes folder (generated on first use, by
+    ``prepare_data``: on one process while the others wait).
 
     Keyword options named like ``ShapesSpec`` fields (``num_train``, ``image_size``, ``seed``, ...)
     set the generation; the others go to ``CocoDataModule``.
@@ -280,9 +281,13 @@ class ShapesDataModule(CocoDataModule):
         self.spec, loader_options = split_spec(options)
         super().__init__(root, **loader_options)
 
+    def _read_metadata(self) -> tuple[list[int], list[str]]:
+        return list(range(1, len(SHAPE_CLASSES) + 1)), list(SHAPE_CLASSES)
+
     def prepare_data(self) -> None:
         ensure_shapes(self.root, self.spec)
+        super().prepare_data()
 
-    def setup(self, stage: str | None = None) -> None:
+    def inspect(self, *, read_images: bool = True):
         ensure_shapes(self.root, self.spec)
-        super().setup(stage)
+        return super().inspect(read_images=read_images)

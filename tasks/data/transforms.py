@@ -29,6 +29,17 @@ class ShortestEdgeResize(A.SmallestMaxSize):
         return {"scale": min(shortest / min(height, width), self.cap / max(height, width))}
 
 
+class ShrinkLongest(A.LongestMaxSize):
+    """Longer side down to ``max_size`` when it is larger; smaller images keep their size.
+
+    albumentations' ``LongestMaxSize`` also enlarges small images, which would decode a 640x480
+    COCO image into 1333x1000 on the CPU only for the detector to shrink it again.
+    """
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        return {"scale": min(1.0, super().get_params_dependent_on_data(params, data)["scale"])}
+
+
 def detection_transforms(
     preset: str,
     *,
@@ -50,14 +61,14 @@ def detection_transforms(
       then pad and crop to ``lsj_size`` squared, plus flip.
 
     ``resize_longest`` bounds the longest side on the data side (cheaper decoding and
-    collation of big images). Boxes leaving the image are clipped; boxes that collapse
+    collation of big images); it never enlarges an image. Boxes leaving the image are clipped; boxes that collapse
     below one pixel are dropped together with their labels.
     """
     if preset not in DETECTION_PRESETS:
         raise ValueError(f"augmentation preset {preset!r} is unknown; choose one of {DETECTION_PRESETS}")
     steps: list[A.BasicTransform] = []
     if resize_longest:
-        steps.append(A.LongestMaxSize(max_size=resize_longest))
+        steps.append(ShrinkLongest(max_size=resize_longest))
     if train and preset == "scale_jitter":
         steps.append(A.Affine(scale=(0.75, 1.25), keep_ratio=True, p=1.0, border_mode=0))
     if train and preset == "multiscale":

@@ -13,7 +13,8 @@ import albumentations as A
 import numpy as np
 from pycocotools.coco import COCO
 
-from tasks.data.detection_dataset import DetectionDataset, ImageRecord, clip_boxes
+from tasks.data.detection_dataset import DetectionDataset, clip_boxes
+from tasks.data.detection_index import DetectionIndex
 from tasks.data.doctor import inspect_voc, raise_on_errors
 from tasks.metrics.voc_eval import VocGroundTruth
 
@@ -89,40 +90,45 @@ class VocDetection(DetectionDataset):
             read_image_set(root, year, split)
         raise_on_errors(inspect_voc(root, list(years), split, list(class_names), read_images=False), source)
         label_of = {name: i + 1 for i, name in enumerate(class_names)}
-        records, self.names, self.voc_ground_truth = [], {}, {}
-        annotations, clipped, dropped = [], 0, 0
+        self.names, self.voc_ground_truth = {}, {}
+        columns: dict[str, list] = {key: [] for key in ("ids", "heights", "widths", "files", "counts")}
+        boxes_all, labels_all, ignored_all, clipped, dropped = [], [], [], 0, 0
         for year in map(str, years):
             for file_id in read_image_set(root, year, split):
-                image_id = len(records) + 1
+                image_id = len(columns["ids"]) + 1
                 width, height, objects = parse_voc_xml(root / f"VOC{year}" / "Annotations" / f"{file_id}.xml")
                 boxes, keep, changed = clip_boxes(np.asarray([box for _, _, box in objects]), width, height)
                 clipped, dropped = clipped + changed, dropped + int((~keep).sum())
                 labels = np.asarray([label_of[name] for name, _, _ in objects], np.int64)[keep]
                 difficult = np.asarray([d for _, d, _ in objects], bool)[keep]
                 boxes = boxes[keep]
-                train = np.ones_like(difficult) if use_difficult else ~difficult
-                records.append(
-                    ImageRecord(
-                        image_id,
-                        root / f"VOC{year}" / "JPEGImages" / f"{file_id}.jpg",
-                        height,
-                        width,
-                        boxes[train],
-                        labels[train],
-                        boxes[~train],
-                    )
-                )
+                for key, value in zip(
+                    columns, (image_id, height, width, f"VOC{year}/JPEGImages/{file_id}.jpg", len(boxes)), strict=True
+                ):
+                    columns[key].append(value)
+                boxes_all.append(boxes)
+                labels_all.append(labels)
+                ignored_all.append(difficult & (not use_difficult))
                 self.names[image_id] = f"VOC{year}/{file_id}"
                 inclusive = boxes.astype(float) - [0, 0, 1, 1]  # VOC AP counts pixels inclusively
                 self.voc_ground_truth[image_id] = VocGroundTruth(inclusive, labels - 1, difficult)
-                annotations += _coco_annotations(image_id, boxes, labels, difficult, first_id=len(annotations) + 1)
-        images = [{"id": r.image_id, "width": r.width, "height": r.height, "file_name": str(r.path)} for r in records]
+        index = DetectionIndex.build(
+            columns["ids"],
+            columns["heights"],
+            columns["widths"],
+            columns["files"],
+            columns["counts"],
+            np.concatenate(boxes_all) if boxes_all else np.zeros((0, 4)),
+            np.concatenate(labels_all) if labels_all else np.zeros(0),
+            np.concatenate(ignored_all) if ignored_all else np.zeros(0),
+        )
         categories = [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]
         super().__init__(
-            records,
+            index,
+            root,
             category_ids=list(range(1, len(class_names) + 1)),
             class_names=class_names,
-            coco=_in_memory_coco({"images": images, "annotations": annotations, "categories": categories}),
+            ground_truth=lambda: _in_memory_coco(_ground_truth_dataset(index, self.voc_ground_truth, categories)),
             transforms=transforms,
             source=source,
         )
@@ -130,6 +136,25 @@ class VocDetection(DetectionDataset):
             log.warning(
                 "%s: clipped %d boxes to their image, dropped %d boxes under one pixel", source, clipped, dropped
             )
+
+
+def _ground_truth_dataset(index: DetectionIndex, voc: dict[int, VocGroundTruth], categories: list[dict]) -> dict:
+    """COCO-format ground truth: every box, difficult ones as crowd (pycocotools' ignore regions)."""
+    images, annotations = [], []
+    for i in range(len(index)):
+        image_id = int(index.image_ids[i])
+        images.append(
+            {
+                "id": image_id,
+                "width": int(index.widths[i]),
+                "height": int(index.heights[i]),
+                "file_name": index.file_name(i),
+            }
+        )
+        gt = voc[image_id]
+        boxes = gt.boxes + [0, 0, 1, 1]  # back from VOC's inclusive pixels to edges
+        annotations += _coco_annotations(image_id, boxes, gt.labels + 1, gt.difficult, first_id=len(annotations) + 1)
+    return {"images": images, "annotations": annotations, "categories": categories}
 
 
 def _coco_annotations(

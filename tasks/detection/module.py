@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-
-import lightning as L
 import torch
-from torch import Tensor, nn
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch import Tensor
 
-from tasks.metrics.coco_eval import CocoEvaluator
-
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
-SchedulerFactory = Callable[..., LRScheduler]
+from tasks.module import TaskModule
 
 
 def to_float_images(images: list[Tensor]) -> list[Tensor]:
@@ -29,31 +21,12 @@ def rescale_to_original(detections: list[dict[str, Tensor]], images: list[Tensor
         det["boxes"] = det["boxes"] * scale
 
 
-class DetectionModule(L.LightningModule):
+class DetectionModule(TaskModule):
     """Logs every loss component; validation reports the 12 COCO stats as ``val/<name>``.
 
-    Args:
-        model: a detector returning a loss dict in training and detections in eval.
-        optimizer: partial optimizer, called with the trainable parameters.
-        scheduler: partial scheduler, called with the optimizer and ``total_steps``;
-            it is stepped every optimizer step.
-        evaluator: scores validation detections; ``None`` skips mAP.
+    ``model`` returns a loss dict in training and detections in eval; the other arguments are
+    those of :class:`tasks.module.TaskModule`.
     """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None = None,
-        evaluator: CocoEvaluator | None = None,
-    ) -> None:
-        super().__init__()
-        self.model = model
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.evaluator = evaluator
-        self.last_metrics: dict[str, float] = {}
 
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         return self.model(to_float_images(images))
@@ -65,11 +38,8 @@ class DetectionModule(L.LightningModule):
         batch_size = len(images)
         self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=batch_size)
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        self.record_train_loss(total)
         return total
-
-    def on_validation_epoch_start(self) -> None:
-        if self.evaluator is not None:
-            self.evaluator.reset()
 
     def validation_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> None:
         images, targets = batch
@@ -85,6 +55,7 @@ class DetectionModule(L.LightningModule):
             batch_size = len(images)
             self.log_dict({f"val/{name}": v for name, v in losses.items()}, batch_size=batch_size, sync_dist=True)
             self.log("val/loss", total, batch_size=batch_size, sync_dist=True)
+            self.record_val_loss(total, batch_size)
         else:
             detections = self.model(images)
         rescale_to_original(detections, images, targets)
@@ -92,17 +63,10 @@ class DetectionModule(L.LightningModule):
             self.evaluator.update(detections, [t["image_id"] for t in targets])
 
     def on_validation_epoch_end(self) -> None:
+        self.check_loss_scale()
         if self.evaluator is None:
             return
-        stats = self.evaluator.compute()  # identical on every rank: computed from gathered results
+        stats = self.evaluator.compute()  # computed on rank 0, identical on every rank
         self.last_metrics = dict(stats)  # full precision (logging rounds to float32)
         for name, value in stats.items():
             self.log(f"val/{name}", value, prog_bar=name in ("map", "map_50"), sync_dist=True)
-
-    def configure_optimizers(self) -> dict:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
-        if self.scheduler_factory is None:
-            return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,4 +1,4 @@
-"""COCO box mAP with pycocotools' COCOeval (reference) or faster_coco_eval, gathered across DDP ranks."""
+"""COCO box mAP with pycocotools' COCOeval (reference) or faster_coco_eval, computed once on rank 0 under DDP."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ import contextlib
 import copy
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from tasks.metrics.gather import from_rank_zero, gather_by_image_id
 
 COCO_STAT_NAMES = (
     "map",
@@ -36,6 +38,7 @@ BACKENDS = ("pycocotools", "faster_coco_eval")
 class CocoResult:
     stats: dict[str, float]
     ap_per_class: dict[int, float] = field(default_factory=dict)  # category id -> AP@[.5:.95], if it has gt
+    extra: dict = field(default_factory=dict)  # what an evaluator adds (e.g. VOC AP per class)
 
 
 def _quiet(*args: object, **kwargs: object) -> None:
@@ -108,21 +111,34 @@ def to_coco_results(detections: dict[str, torch.Tensor], image_id: int, category
 
 
 class CocoEvaluator:
-    """Accumulates detections per image, then scores them once against ``coco_gt``.
+    """Accumulates detections per image, then scores them once against the ground truth.
 
-    Under DDP every rank's detections are gathered; images that the distributed sampler
-    repeated to even out the ranks are counted once.
+    Under DDP every process's detections are gathered on rank 0 (images that the distributed
+    sampler repeated count once), rank 0 alone loads the ground truth (``ground_truth``: a
+    COCO object or a function that builds one) and runs COCOeval, and every process receives
+    its stats. ``last_predictions`` is filled on rank 0 only.
     """
 
-    def __init__(self, coco_gt: COCO, category_ids: Sequence[int], backend: str = "pycocotools") -> None:
+    def __init__(
+        self,
+        ground_truth: COCO | Callable[[], COCO],
+        category_ids: Sequence[int],
+        backend: str = "pycocotools",
+        class_names: Sequence[str] | None = None,
+    ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"COCO evaluation backend {backend!r} must be one of {BACKENDS}")
-        self.coco_gt = coco_gt
+        self._ground_truth = ground_truth
         self.category_ids = list(category_ids)
+        self.class_names = list(class_names) if class_names is not None else [str(c) for c in self.category_ids]
         self.backend = backend
         self.last_result: CocoResult | None = None
-        self.last_predictions: list[dict] = []  # gathered rows of the last compute, original ids
+        self.last_predictions: list[dict] = []  # gathered rows of the last compute, original ids (rank 0)
         self._results: dict[int, list[dict]] = {}
+
+    @cached_property
+    def coco_gt(self) -> COCO:
+        return self._ground_truth if isinstance(self._ground_truth, COCO) else self._ground_truth()
 
     def reset(self) -> None:
         self._results = {}
@@ -131,27 +147,20 @@ class CocoEvaluator:
         for image_detections, image_id in zip(detections, image_ids, strict=True):
             self._results[int(image_id)] = to_coco_results(image_detections, image_id, self.category_ids)
 
-    def gathered_results(self) -> dict[int, list[dict]]:
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return dict(self._results)
-        shards: list[dict[int, list[dict]] | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(shards, self._results)
-        merged: dict[int, list[dict]] = {}
-        for shard in shards:
-            for image_id, rows in shard.items():
-                merged.setdefault(image_id, rows)
-        return merged
-
-    def compute(self) -> dict[str, float]:
-        per_image = self.gathered_results()
+    def _score(self, per_image: dict[int, list[dict]]) -> CocoResult:
+        """Rank 0's work: COCOeval of the gathered rows."""
         rows = [row for _, image_rows in sorted(per_image.items()) for row in image_rows]
         self.last_predictions = rows
-        self.last_result = coco_evaluate(self.coco_gt, rows, image_ids=list(per_image), backend=self.backend)
+        return coco_evaluate(self.coco_gt, rows, image_ids=list(per_image), backend=self.backend)
+
+    def compute(self) -> dict[str, float]:
+        per_image = gather_by_image_id(self._results)
+        self.last_result = from_rank_zero(self._score(per_image) if per_image is not None else None)
         return dict(self.last_result.stats)
 
     def per_class_table(self) -> dict[str, dict[str, float]]:
         """Per-class AP of the last ``compute``, keyed by class name."""
         if self.last_result is None:
             return {}
-        names = {c["id"]: c["name"] for c in self.coco_gt.dataset.get("categories", [])}
+        names = dict(zip(self.category_ids, self.class_names, strict=True))
         return {names.get(cid, str(cid)): {"ap": ap} for cid, ap in self.last_result.ap_per_class.items()}

@@ -1,7 +1,7 @@
 """Segmentation metrics from a confusion matrix: mIoU, pixel accuracy, mean class accuracy, IoU per class.
 
 Counts are kept per image (sparse), so under DDP the images that the distributed sampler
-repeated are counted once after gathering; the matrix is then summed from every rank's images.
+repeated are counted once after gathering on rank 0, which sums the matrix and shares the metrics.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from tasks.metrics.gather import from_rank_zero, gather_by_image_id
 
 
 def confusion_matrix_metrics(matrix: np.ndarray, class_names: Sequence[str]) -> dict:
@@ -60,23 +61,22 @@ class ConfusionMatrixEvaluator:
             values, counts = torch.unique(cells, return_counts=True)
             self._per_image[int(image_id)] = (values.cpu().numpy(), counts.cpu().numpy())
 
-    def matrix(self) -> np.ndarray:
-        per_image = self._per_image
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            shards: list[dict | None] = [None] * dist.get_world_size()
-            dist.all_gather_object(shards, per_image)
-            per_image = {}
-            for shard in shards:
-                for image_id, cells in shard.items():
-                    per_image.setdefault(image_id, cells)
+    def matrix(self) -> np.ndarray | None:
+        """The confusion matrix of every process's images (rank 0; None on the others)."""
+        per_image = gather_by_image_id(self._per_image)
+        if per_image is None:
+            return None
         flat = np.zeros(self.num_classes**2, np.int64)
         for values, counts in per_image.values():
             np.add.at(flat, values, counts)
         return flat.reshape(self.num_classes, self.num_classes)
 
     def compute(self) -> dict[str, float]:
-        """Scalar metrics; the per-class IoU is kept in ``last_result``."""
-        self.last_result = confusion_matrix_metrics(self.matrix(), self.class_names)
+        """Scalar metrics (computed on rank 0, shared with every process); per-class IoU in ``last_result``."""
+        matrix = self.matrix()
+        self.last_result = from_rank_zero(
+            confusion_matrix_metrics(matrix, self.class_names) if matrix is not None else None
+        )
         return {k: v for k, v in self.last_result.items() if not isinstance(v, dict)}
 
     def per_class_table(self) -> dict[str, dict[str, float]]:

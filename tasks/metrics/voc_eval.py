@@ -9,13 +9,13 @@ and difficult boxes are not part of the recall denominator.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from pycocotools.coco import COCO
 
-from tasks.metrics.coco_eval import CocoEvaluator
+from tasks.metrics.coco_eval import CocoEvaluator, CocoResult
 
 
 @dataclass
@@ -110,35 +110,34 @@ class VocEvaluator(CocoEvaluator):
 
     def __init__(
         self,
-        coco_gt: COCO,
+        ground_truth: COCO | Callable[[], COCO],
         category_ids: Sequence[int],
-        ground_truth: Mapping[int, VocGroundTruth],
+        voc_ground_truth: Mapping[int, VocGroundTruth],
         class_names: Sequence[str],
         backend: str = "pycocotools",
     ) -> None:
-        super().__init__(coco_gt, category_ids, backend=backend)
-        self.ground_truth = ground_truth
-        self.class_names = list(class_names)
-        self.last_voc: dict = {}
+        super().__init__(ground_truth, category_ids, backend=backend, class_names=class_names)
+        self.voc_ground_truth = voc_ground_truth
 
-    def compute(self) -> dict[str, float]:
-        per_image = self.gathered_results()
-        stats = super().compute()
+    def _score(self, per_image: dict[int, list[dict]]) -> CocoResult:
+        result = super()._score(per_image)
         index_of = {cid: i for i, cid in enumerate(self.category_ids)}
         detections = [
             (row["image_id"], index_of[row["category_id"]], row["score"], _xywh_to_xyxy(row["bbox"]))
             for rows in per_image.values()
             for row in rows
         ]
-        seen = {image_id: self.ground_truth[image_id] for image_id in per_image}
-        self.last_voc = voc_map(detections, seen, self.class_names)
-        return {**stats, "voc07_map": self.last_voc["voc07_map"], "voc_map": self.last_voc["voc_map"]}
+        seen = {image_id: self.voc_ground_truth[image_id] for image_id in per_image}
+        result.extra = voc_map(detections, seen, self.class_names)
+        result.stats.update(voc07_map=result.extra["voc07_map"], voc_map=result.extra["voc_map"])
+        return result
 
     def per_class_table(self) -> dict[str, dict[str, float]]:
         table = super().per_class_table()
+        voc = self.last_result.extra if self.last_result is not None else {}
         for name in self.class_names:
-            table.setdefault(name, {})["voc07_ap"] = self.last_voc.get("voc07_ap_per_class", {}).get(name, float("nan"))
-            table[name]["voc_ap"] = self.last_voc.get("voc_ap_per_class", {}).get(name, float("nan"))
+            table.setdefault(name, {})["voc07_ap"] = voc.get("voc07_ap_per_class", {}).get(name, float("nan"))
+            table[name]["voc_ap"] = voc.get("voc_ap_per_class", {}).get(name, float("nan"))
         return table
 
 

@@ -1,0 +1,63 @@
+"""Lightning's checkpoint callback and CSV logger, made to survive a resume."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that keeps best-model tracking when a run resumes into another folder.
+
+    Lightning restores the best score only when the checkpoint folder is unchanged. When it
+    changed (a resumed run given its own directory), the previous best checkpoint is copied
+    into the new folder and the tracking state is carried over to that copy; nothing is
+    written or deleted in the old folder.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        previous, best = state_dict.get("dirpath"), state_dict.get("best_model_path")
+        if self.dirpath is None or previous in (None, self.dirpath):
+            super().load_state_dict(state_dict)
+            return
+        carried = {**state_dict, "dirpath": self.dirpath, "last_model_path": ""}
+        if best:
+            copy = str(Path(self.dirpath) / Path(best).name)
+            score = state_dict["best_model_score"]
+            if rank_zero_only.rank == 0 and Path(best).is_file() and not Path(copy).exists():
+                Path(self.dirpath).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(best, copy)
+                rank_zero_info(f"best checkpoint so far ({best}, {self.monitor}={score}) carried over to {copy}")
+            carried.update(best_model_path=copy, kth_best_model_path=copy, best_k_models={copy: score})
+        super().load_state_dict(carried)
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, continuing an existing metrics.csv instead of deleting it."""
+
+    def _check_log_dir_exists(self) -> None:
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as file:
+                header = file.readline().strip()
+            self.metrics_keys = sorted(header.split(",")) if header else []
+
+
+class ResumableCSVLogger(CSVLogger):
+    """``CSVLogger`` whose ``metrics.csv`` keeps the rows written before a resume."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment

@@ -1,0 +1,134 @@
+"""What every task's LightningModule shares: optimizer and schedule (with the learning rate scaled
+to the real total batch), the evaluator built once the data is ready, and a check that the
+validation loss is not orders of magnitude off the training loss."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+OptimizerFactory = Callable[[Iterable], Optimizer]
+SchedulerFactory = Callable[..., LRScheduler]
+# a validation loss this many times the training loss is not overfitting but a broken eval mode
+LOSS_RATIO_WARNING = 100.0
+
+
+def scaled_lr(lr: float, reference_batch: int | None, total_batch: int) -> tuple[float, str]:
+    """The linear scaling rule: ``lr x total_batch / reference_batch``, and how it was computed."""
+    if not reference_batch:
+        return lr, f"lr {lr:g} (no reference batch: not scaled to the total batch {total_batch})"
+    scaled = lr * total_batch / reference_batch
+    return scaled, f"lr {scaled:g} = {lr:g} x {total_batch} / {reference_batch}"
+
+
+class TaskModule(L.LightningModule):
+    """Base of the task modules.
+
+    Args:
+        model: the network.
+        optimizer: partial optimizer, called with parameter groups (``parameter_groups``).
+        scheduler: partial scheduler, called with the optimizer and ``total_steps``; stepped every step.
+        evaluator: the validation metrics, or a function that builds them once the data is set up.
+        lr_reference_batch: the total batch the optimizer's lr is meant for; the lr is multiplied by
+            (batch_size x devices x num_nodes x accumulate_grad_batches) / lr_reference_batch.
+            None uses the lr as given.
+        channels_last: keep the model in channels-last memory format (faster convolutions on
+            tensor cores and recent CPUs).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        evaluator: Any = None,
+        lr_reference_batch: int | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        built = evaluator is None or hasattr(evaluator, "compute")
+        self.evaluator, self._evaluator_factory = (evaluator, None) if built else (None, evaluator)
+        self.lr_reference_batch = lr_reference_batch
+        self.channels_last = channels_last
+        self.last_metrics: dict = {}
+        self._train_loss = (0.0, 0)  # running sum and count since the last validation
+        self._val_loss = (0.0, 0)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def setup(self, stage: str) -> None:
+        if self.evaluator is None and self._evaluator_factory is not None:
+            self.evaluator = self._evaluator_factory()
+
+    # -- losses ------------------------------------------------------------------------------
+    def record_train_loss(self, loss: Tensor) -> None:
+        total, count = self._train_loss
+        self._train_loss = (total + float(loss.detach()), count + 1)
+
+    def record_val_loss(self, loss: Tensor, weight: int = 1) -> None:
+        total, count = self._val_loss
+        self._val_loss = (total + float(loss.detach()) * weight, count + weight)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_loss = (0.0, 0)
+        if self.evaluator is not None:
+            self.evaluator.reset()
+
+    def check_loss_scale(self) -> None:
+        """Warn when the validation loss dwarfs the training loss: eval-mode normalisation is off."""
+        (train_sum, train_count), (val_sum, val_count) = self._train_loss, self._val_loss
+        if not (train_count and val_count) or self.trainer.sanity_checking:
+            return
+        train, val = train_sum / train_count, val_sum / val_count
+        self._train_loss = (0.0, 0)
+        if not math.isfinite(val) or val > LOSS_RATIO_WARNING * max(train, 1e-12):
+            rank_zero_warn(
+                f"validation loss {val:.4g} is {val / max(train, 1e-12):.3g} times the training loss {train:.4g}. "
+                "In eval mode BatchNorm normalises with its running statistics, which few images per device "
+                "estimate badly when training from scratch: use backbone.norm=gn (GroupNorm), "
+                "trainer.sync_batchnorm=true across devices, larger batches, or pretrained weights with frozen "
+                "statistics (backbone.weights=imagenet)"
+            )
+
+    # -- optimisation ------------------------------------------------------------------------
+    def parameter_groups(self) -> list[dict]:
+        """Trainable parameters in groups; ``lr_mult`` scales a group's learning rate."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr_mult": 1.0}]
+
+    def total_batch(self) -> tuple[int, str]:
+        """Images per optimizer step over every process, and how that number comes about."""
+        trainer = self._trainer
+        if trainer is None:  # not fitting (e.g. inspecting the optimizer): one process, no accumulation
+            return 1, "no trainer"
+        batch_size = int(getattr(trainer.datamodule, "batch_size", 1) or 1)
+        devices, accumulate = trainer.world_size, trainer.accumulate_grad_batches
+        return (
+            batch_size * devices * accumulate,
+            f"{batch_size} images x {devices} processes x {accumulate} accumulated",
+        )
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.optimizer_factory([g for g in self.parameter_groups() if g["params"]])
+        total, how = self.total_batch()
+        lr, explanation = scaled_lr(optimizer.defaults["lr"], self.lr_reference_batch, total)
+        rank_zero_info(f"{explanation} (total batch: {how})")
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_mult", 1.0)
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def to_memory_format(self, images: Tensor) -> Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images

@@ -1,0 +1,56 @@
+"""OmegaConf resolvers the configs use; registered when ``tasks`` is imported."""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import DictConfig, OmegaConf
+
+from tasks import PROJECT_ROOT, launch
+
+
+def _starts_from_weights(backbone: DictConfig, root: DictConfig) -> bool:
+    detector = OmegaConf.select(root, "task.model.weights", default="none")
+    return (
+        backbone.get("weights", "none") not in ("none", None)
+        or bool(backbone.get("init"))
+        or (detector not in ("none", None))
+    )
+
+
+def if_pretrained(when_pretrained: object, from_scratch: object, *, _parent_: DictConfig, _root_: DictConfig):
+    """``${if_pretrained:A,B}``: A when the run starts from weights (``backbone.weights``,
+    ``backbone.init`` or detector weights ``task.model.weights``), else B."""
+    backbone = _root_.backbone if "backbone" in _root_ else _parent_
+    return when_pretrained if _starts_from_weights(backbone, _root_) else from_scratch
+
+
+def workers_per_device(devices: object) -> int:
+    """Data-loading workers for each training process: this machine's CPUs shared among the
+    devices, one left to each training process itself."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if isinstance(devices, int) and devices > 0:
+        count = devices
+    elif isinstance(devices, str) and devices.isdigit():
+        count = int(devices)
+    elif hasattr(devices, "__len__") and not isinstance(devices, str):  # a list of device indices
+        count = len(devices)
+    else:  # -1 / "auto": every visible GPU
+        import torch
+
+        count = max(1, torch.cuda.device_count())
+    return max(1, min(16, cpus // count - 1))
+
+
+def register() -> None:
+    resolvers = {
+        # config paths are anchored on the project root, never on the working directory
+        "project_root": lambda: str(PROJECT_ROOT),
+        "if_pretrained": if_pretrained,
+        "run_dir": launch.run_dir,
+        "rank_zero_only": lambda value: value if launch.is_global_rank_zero() else None,
+        "rank_suffix": launch.rank_suffix,
+        "workers_per_device": workers_per_device,
+    }
+    for name, resolver in resolvers.items():
+        OmegaConf.register_new_resolver(name, resolver, replace=True)
