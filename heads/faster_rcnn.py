@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
@@ -29,21 +31,40 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BOX_HEADS = ("auto", "mlp", "conv")
 
 
+class FullPrecisionAnchorGenerator(AnchorGenerator):
+    """torchvision's anchor generator, always in float32: it takes the dtype of the feature maps,
+    which is bfloat16 or float16 under autocast (anchors near 1000 px off by up to 4 px)."""
+
+    def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
+        # only the grid sizes, device and dtype of the maps are read: empty float32 stand-ins suffice
+        shapes = [feature.new_empty((0, 0, *feature.shape[-2:]), dtype=torch.float32) for feature in feature_maps]
+        return super().forward(image_list, shapes)
+
+
 class FullPrecisionRPNHead(RPNHead):
-    """torchvision's RPN head whose outputs are float32 whatever the autocast: proposals are decoded
-    from them, and a bfloat16 box coordinate near 1000 px is only exact to 4 px."""
+    """torchvision's RPN head whose objectness and box-regression layers run in float32 whatever the
+    autocast: proposals are decoded from them, and a bfloat16 coordinate near 1000 px is only
+    exact to 4 px. The shared 3x3 conv stays in the autocast precision."""
 
     def forward(self, x: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        logits, deltas = super().forward(x)
-        return [t.float() for t in logits], [t.float() for t in deltas]
+        logits, deltas = [], []
+        for feature in x:
+            hidden = self.conv(feature)
+            with torch.autocast(hidden.device.type, enabled=False):
+                hidden = hidden.float()
+                logits.append(self.cls_logits(hidden))
+                deltas.append(self.bbox_pred(hidden))
+        return logits, deltas
 
 
 class FullPrecisionPredictor(FastRCNNPredictor):
-    """torchvision's box predictor with float32 outputs, so detections are decoded at full precision."""
+    """torchvision's box predictor in float32 whatever the autocast, so detections are decoded at
+    full precision."""
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        scores, deltas = super().forward(x)
-        return scores.float(), deltas.float()
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float().flatten(start_dim=1)
+            return self.cls_score(x), self.bbox_pred(x)
 
 
 def build_box_head(kind: str, norm: str, width: int, roi_size: int, representation_size: int) -> nn.Module:
@@ -179,7 +200,7 @@ def build_faster_rcnn(
             f"anchor_sizes has {len(sizes)} entries but the pyramid has {len(shapes)} levels "
             f"({list(shapes)}): give one size per level"
         )
-    anchors = AnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
+    anchors = FullPrecisionAnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
     rpn = RegionProposalNetwork(
         anchors,
         FullPrecisionRPNHead(width, anchors.num_anchors_per_location()[0]),

@@ -122,12 +122,13 @@ def validation_metrics(
 ) -> dict[str, float]:
     """Validate once; logged values (losses) plus the evaluator's metrics at full precision."""
     results = trainer.validate(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
-    logged = {name.removeprefix("val/"): float(value) for name, value in results[0].items()}
+    logged = {name.removeprefix("val/"): float(value) for name, value in (results[0] if results else {}).items()}
     return {**logged, **getattr(module, "last_metrics", {})}
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, then evaluate the best checkpoint on the validation split and write ``metrics.json``.
+    """Fit, then evaluate the best checkpoint on the validation split; write ``metrics.json`` (and
+    ``predictions.json`` for detection).
 
     The best checkpoint is the best of every validation of the run, those before a resume
     included (the checkpoint callback's state travels in the checkpoint).
@@ -139,7 +140,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=existing_checkpoint(cfg.ckpt_path))
     checkpoint = best_checkpoint(trainer)
     metrics = validation_metrics(trainer, module, datamodule, checkpoint)
-    report(metrics, Path(cfg.paths.output_dir), checkpoint)
+    output_dir = Path(cfg.paths.output_dir)
+    report(metrics, output_dir, checkpoint)
+    if hasattr(module.evaluator, "last_predictions"):
+        write_predictions(module.evaluator.last_predictions, output_dir / "predictions.json")
     return metrics
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +49,12 @@ def _few_threads() -> None:
     torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_outside_the_project(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Dataset indexes of test runs go to a temporary folder, not the project's .cache."""
+    os.environ["TEST_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_shapes(tmp_path_factory.mktemp("data") / "shapes", TINY_SHAPES)
@@ -67,10 +76,43 @@ def shapes_overrides(root: Path) -> list[str]:
     ]
 
 
+def _with_test_cache(args: list[str]) -> list[str]:
+    if any(arg.startswith("paths.cache_dir=") for arg in args) or "TEST_CACHE_DIR" not in os.environ:
+        return list(args)
+    return [*args, f"paths.cache_dir={os.environ['TEST_CACHE_DIR']}"]
+
+
+def run_script(
+    script: str, args: list[str], *, env: dict[str, str] | None = None, threads: int = 2, cwd: Path = PROJECT_ROOT
+) -> subprocess.CompletedProcess:
+    """``python tasks/<script> ARGS`` (from the project root unless ``cwd`` says otherwise), as a user runs it."""
+    threads = 1 if "trainer=ddp" in args else threads  # two processes share the two cores
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), **(env or {})}
+    command = [sys.executable, str(PROJECT_ROOT / "tasks" / script), *_with_test_cache(args)]
+    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=600)
+
+
+def start_script(script: str, args: list[str], *, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``run_script`` in the background (one process of a multi-process launch), output to ``log``."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    command = [sys.executable, str(PROJECT_ROOT / "tasks" / script), *_with_test_cache(args)]
+    with log.open("w") as out:
+        return subprocess.Popen(command, cwd=PROJECT_ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     """The config ``tasks/train.py`` would see, with the run directory pinned to ``output_dir``."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+        pinned = [f"paths.output_dir={output_dir}", f"paths.cache_dir={output_dir}/cache"]
+        return compose("config", overrides=[*overrides, *pinned])
 
 
 @pytest.fixture(scope="session")

@@ -61,3 +61,13 @@ def test_grouped_batches_are_homogeneous_complete_and_as_many_as_plain_batches()
     full = [b for b in batches if len(b) == 4]
     mixed = sum(len({groups[i] for i in b}) > 1 for b in full)
     assert mixed <= 1  # only the final leftovers may mix groups
+
+
+def test_resize_longest_shrinks_but_never_enlarges() -> None:
+    transform = detection_transforms("none", train=False, resize_longest=100)
+    small = transform(image=np.zeros((48, 64, 3), np.uint8), bboxes=np.array([[4, 4, 20, 20]], float), labels=[1])
+    assert small["image"].shape == (48, 64, 3)  # albumentations' LongestMaxSize would make it 75x100
+    np.testing.assert_allclose(small["bboxes"], [[4, 4, 20, 20]], atol=1e-4)
+    large = transform(image=np.zeros((100, 200, 3), np.uint8), bboxes=np.array([[20, 10, 60, 50]], float), labels=[1])
+    assert large["image"].shape == (50, 100, 3)
+    np.testing.assert_allclose(large["bboxes"], [[10, 5, 30, 25]], atol=1e-4)

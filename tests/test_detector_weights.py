@@ -8,7 +8,7 @@ from urllib.error import URLError
 import pytest
 import torch
 from torchvision.models import WeightsEnum
-from torchvision.models.detection import fasterrcnn_resnet50_fpn
+from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn
 
 from backbones import ResNetBackbone, WeightsError
 from heads import build_faster_rcnn
@@ -94,3 +94,20 @@ def test_coco_offline_says_where_to_put_the_file(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
     with pytest.raises(WeightsError, match="fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"):
         build_faster_rcnn(ResNetBackbone("resnet50"), num_classes=1, weights="coco", class_names=["dog"])
+
+
+def test_voc_names_map_onto_all_twenty_coco_rows(coco_checkpoint, caplog: pytest.LogCaptureFixture) -> None:
+    from tasks.data.voc import VOC_CLASSES
+
+    path, source = coco_checkpoint
+    model = build_faster_rcnn(
+        ResNetBackbone("resnet50", norm="bn"), num_classes=20, weights=str(path), class_names=list(VOC_CLASSES)
+    )
+    assert "knows no class" not in caplog.text
+    coco = {name: row for row, name in enumerate(FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])}
+    aliases = {"aeroplane": "airplane", "diningtable": "dining table", "motorbike": "motorcycle",
+               "pottedplant": "potted plant", "sofa": "couch", "tvmonitor": "tv"}  # fmt: skip
+    rows = [0, *(coco[aliases.get(name, name)] for name in VOC_CLASSES)]
+    torch.testing.assert_close(
+        model.state_dict()[f"{PREDICTOR}cls_score.weight"], source[f"{PREDICTOR}cls_score.weight"][rows]
+    )

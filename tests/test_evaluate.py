@@ -6,25 +6,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from pycocotools.cocoeval import COCOeval
 
-from tasks import PROJECT_ROOT
 from tasks.data.coco import load_coco
 from tasks.data.shapes import ShapesSpec, ensure_shapes
 from tasks.metrics.coco_eval import COCO_STAT_NAMES
-from tests.conftest import CPU_DDP, TINY_DETECTION, TINY_SHAPES, shapes_overrides
-
-
-def _run(script: str, args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(PROJECT_ROOT / "tasks" / script), *args]
-    return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+from tests.conftest import CPU_DDP, TINY_DETECTION, TINY_SHAPES, run_script, shapes_overrides
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +32,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
         "dataset.val_batch_size=2",
         "task.model.box_score_thresh=0.0",
     ]
-    result = _run("train.py", [*overrides, "trainer.max_steps=2", f"hydra.run.dir={tmp / 'train'}"])
+    result = run_script("train.py", [*overrides, "trainer.max_steps=2", f"hydra.run.dir={tmp / 'train'}"])
     assert result.returncode == 0, result.stderr[-3000:]
     return Path(json.loads((tmp / "train" / "metrics.json").read_text())["checkpoint"]), overrides
 
 
 def _evaluate(trained, run_dir: Path, *extra: str) -> tuple[dict, list[dict], str]:
     checkpoint, overrides = trained
-    result = _run("evaluate.py", [*overrides, f"ckpt_path={checkpoint}", f"hydra.run.dir={run_dir}", *extra])
+    result = run_script("evaluate.py", [*overrides, f"ckpt_path={checkpoint}", f"hydra.run.dir={run_dir}", *extra])
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return metrics, json.loads((run_dir / "predictions.json").read_text()), result.stdout

@@ -125,3 +125,33 @@ def test_shapes_seg_module_generates_voc_layout(tmp_path: Path) -> None:
     module.prepare_data()
     module.setup()
     assert module.class_names == NAMES and len(module.val_set) == 2
+
+
+def test_coco_masks_built_in_parallel_equal_serial_ones(shapes_root: Path, tmp_path: Path) -> None:
+    serial = CocoSegDataModule(shapes_root, cache_dir=tmp_path / "one", mask_workers=1, num_workers=0)
+    parallel = CocoSegDataModule(shapes_root, cache_dir=tmp_path / "two", mask_workers=2, num_workers=0)
+    serial.setup()
+    parallel.setup()
+    for a, b in zip(serial.train_set.records, parallel.train_set.records, strict=True):
+        np.testing.assert_array_equal(read_mask(a.mask), read_mask(b.mask))
+    assert not [p for p in (tmp_path / "two").iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_mask_checks_run_once_until_a_file_changes(
+    shapes_voc_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks.data.segmentation as segmentation
+
+    root = tmp_path / "VOCdevkit"
+    shutil.copytree(shapes_voc_root, root)
+    checked = []
+    original = segmentation.check_records
+    monkeypatch.setattr(segmentation, "check_records", lambda *a: checked.append(a[2]) or original(*a))
+    _voc(root, cache_dir=tmp_path / "cache").prepare_data()
+    assert len(checked) == 2  # train and val
+    _voc(root, cache_dir=tmp_path / "cache").prepare_data()
+    assert len(checked) == 2  # remembered
+    val_ids = (root / "VOC2007/ImageSets/Segmentation/val.txt").read_text().split()
+    Image.fromarray(np.full((64, 64), 9, np.uint8)).save(root / f"VOC2007/SegmentationClass/{val_ids[0]}.png")
+    with pytest.raises(ValueError, match="holds label values"):
+        _voc(root, cache_dir=tmp_path / "cache").prepare_data()

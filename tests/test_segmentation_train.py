@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,20 +11,20 @@ import torch
 from PIL import Image
 
 from backbones import FeaturePyramid
-from tasks import PROJECT_ROOT
 from tasks.runner import build_datamodule, build_module
-from tests.conftest import TINY_DETECTION, TINY_SEGMENTATION, compose_config, shapes_overrides, shapes_seg_overrides
-
-
-def _run(script: str, args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    command = [sys.executable, str(PROJECT_ROOT / "tasks" / script), *args]
-    return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+from tests.conftest import (
+    TINY_DETECTION,
+    TINY_SEGMENTATION,
+    compose_config,
+    run_script,
+    shapes_overrides,
+    shapes_seg_overrides,
+)
 
 
 def test_train_then_evaluate_with_masks(shapes_voc_root: Path, tmp_path: Path) -> None:
     overrides = [*TINY_SEGMENTATION, *shapes_seg_overrides(shapes_voc_root)]
-    train = _run("train.py", [*overrides, "trainer.max_steps=3", f"hydra.run.dir={tmp_path / 'train'}"])
+    train = run_script("train.py", [*overrides, "trainer.max_steps=3", f"hydra.run.dir={tmp_path / 'train'}"])
     assert train.returncode == 0, train.stderr[-3000:]
     metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
     assert {"miou", "pixel_acc", "mean_class_acc", "iou_per_class", "loss"} <= set(metrics)
@@ -38,7 +35,7 @@ def test_train_then_evaluate_with_masks(shapes_voc_root: Path, tmp_path: Path) -
         "triangle",
         "cross",
     }
-    evaluate = _run(
+    evaluate = run_script(
         "evaluate.py",
         [*overrides, f"ckpt_path={metrics['checkpoint']}", "save_masks=true", f"hydra.run.dir={tmp_path / 'eval'}"],
     )

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -15,31 +12,25 @@ import torch
 
 from tasks import PROJECT_ROOT
 from tasks.metrics.coco_eval import COCO_STAT_NAMES
-from tasks.runner import build_datamodule, build_module, build_trainer
-from tests.conftest import CPU_DDP, TINY_DETECTION, compose_config, shapes_overrides
-
-TRAIN = [sys.executable, str(PROJECT_ROOT / "tasks" / "train.py")]
+from tasks.runner import build_datamodule, build_module, build_trainer, train
+from tests.conftest import CPU_DDP, TINY_DETECTION, compose_config, run_script, shapes_overrides
 
 
 def _tiny(shapes_root: Path, *extra: str) -> list[str]:
     return ["backbone=resnet18", *TINY_DETECTION, *shapes_overrides(shapes_root), *extra]
 
 
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    return subprocess.run([*TRAIN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
 def test_train_command_writes_metrics_checkpoint_and_logs(shapes_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     # started from another directory: paths are anchored on the project root, not the working directory
-    result = _run(
+    result = run_script(
+        "train.py",
         [
             "task=detection",
             *_tiny(shapes_root, "trainer.max_steps=2", "trainer.log_every_n_steps=1"),
             f"hydra.run.dir={run_dir}",
         ],
-        tmp_path,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -54,7 +45,7 @@ def test_train_command_writes_metrics_checkpoint_and_logs(shapes_root: Path, tmp
 
 def test_coco_layout_folder_trains(shapes_root: Path, tmp_path: Path) -> None:
     # the generated shapes folder is a COCO 2017 layout, so dataset=coco reads it as it would real COCO
-    args = [
+    overrides = [
         "task=detection",
         "dataset=coco",
         f"dataset.root={shapes_root}",
@@ -64,15 +55,13 @@ def test_coco_layout_folder_trains(shapes_root: Path, tmp_path: Path) -> None:
         *TINY_DETECTION,
         "trainer.max_steps=2",
         "trainer.limit_val_batches=2",
-        f"hydra.run.dir={tmp_path / 'run'}",
     ]
-    result = _run(args, PROJECT_ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "map_50" in result.stdout
+    metrics = train(compose_config(overrides, tmp_path))
+    assert set(COCO_STAT_NAMES) <= set(metrics)
 
 
 def test_voc_layout_folder_trains(shapes_voc_root: Path, tmp_path: Path) -> None:
-    args = [
+    overrides = [
         "task=detection",
         "dataset=voc",
         f"dataset.root={shapes_voc_root}",
@@ -83,18 +72,16 @@ def test_voc_layout_folder_trains(shapes_voc_root: Path, tmp_path: Path) -> None
         "backbone.weights=none",
         *TINY_DETECTION,
         "trainer.max_steps=2",
-        f"hydra.run.dir={tmp_path / 'run'}",
     ]
-    result = _run(args, PROJECT_ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    train(compose_config(overrides, tmp_path))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"voc07_map", "voc_map", "map_50"} <= set(metrics)
 
 
 def test_two_process_ddp_training_with_grouped_batches(shapes_root: Path, tmp_path: Path) -> None:
     ddp = [*CPU_DDP, "dataset.group_aspect_ratio=true"]
     run_dir = tmp_path / "run"
-    result = _run([*_tiny(shapes_root, "trainer.max_steps=2", *ddp), f"hydra.run.dir={run_dir}"], PROJECT_ROOT)
+    result = run_script("train.py", [*_tiny(shapes_root, "trainer.max_steps=2", *ddp), f"hydra.run.dir={run_dir}"])
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 2
@@ -103,15 +90,10 @@ def test_two_process_ddp_training_with_grouped_batches(shapes_root: Path, tmp_pa
 
 @pytest.mark.parametrize("model", ["resnet18d", "convnext_atto", "mobilenetv3_small_050"])
 def test_any_timm_model_trains(shapes_root: Path, tmp_path: Path, model: str) -> None:
-    args = [
-        *_tiny(shapes_root, "trainer.max_steps=2"),
-        "backbone=timm",
-        f"backbone.name={model}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-    ]
-    result = _run(args, PROJECT_ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "map_50" in json.loads((tmp_path / "run" / "metrics.json").read_text())
+    cfg = compose_config(
+        [*_tiny(shapes_root, "trainer.max_steps=2"), "backbone=timm", f"backbone.name={model}"], tmp_path
+    )
+    assert "map_50" in train(cfg)
 
 
 def test_checkpoint_of_this_project_loads_as_backbone_weights(shapes_root: Path, tmp_path: Path) -> None:
@@ -128,17 +110,10 @@ def test_checkpoint_of_this_project_loads_as_backbone_weights(shapes_root: Path,
 
 def test_wrong_root_stops_before_training_naming_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "no_coco_here"
-    result = _run(["dataset=coco", f"dataset.root={missing}", f"hydra.run.dir={tmp_path / 'run'}"], PROJECT_ROOT)
-    assert result.returncode != 0
-    assert f"dataset.root={missing} does not exist" in result.stderr
-    assert "instances_train2017.json" in result.stderr
-    assert "Epoch" not in result.stdout + result.stderr
-
-
-def test_cfg_job_prints_the_composed_config() -> None:
-    result = _run(["--cfg", "job", "backbone=resnet18", "trainer.max_steps=7"], PROJECT_ROOT)
-    assert result.returncode == 0, result.stderr
-    assert "name: resnet18" in result.stdout and "max_steps: 7" in result.stdout
+    cfg = compose_config(["dataset=coco", f"dataset.root={missing}"], tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"dataset.root={missing} does not exist.*instances_train2017.json"):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_config_paths_overrides_and_recipe(tmp_path: Path) -> None:

@@ -1,0 +1,77 @@
+"""Resuming keeps best-model tracking: metrics.json reports the best validation of the whole run."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tasks.runner import build_datamodule, build_module, build_trainer
+from tests.conftest import TINY_DETECTION, compose_config, run_script, shapes_overrides
+
+SPOIL = "+callbacks.spoil._target_=tests.helpers.SpoilWeightsAfterResume"
+
+
+def _args(shapes_root: Path, *extra: str) -> list[str]:
+    steps = ["trainer.val_check_interval=2", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
+    return ["backbone=resnet18", *TINY_DETECTION, *shapes_overrides(shapes_root), *steps, *extra]
+
+
+def _validations(run: Path) -> dict[int, float]:
+    """Validation loss by logged step, from the run's metrics.csv (the final validation of the best
+    checkpoint is logged at the last step)."""
+    rows = csv.DictReader((run / "logs" / "metrics.csv").open())
+    return {int(row["step"]): float(row["val/loss"]) for row in rows if row.get("val/loss")}
+
+
+def test_resume_into_the_run_directory_keeps_the_best(shapes_root: Path, tmp_path: Path) -> None:
+    outputs = [f"paths.log_dir={tmp_path / 'outputs'}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    first = run_script("train.py", [*_args(shapes_root, "trainer.max_steps=4"), *outputs])
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run,) = (tmp_path / "outputs" / "detection").iterdir()
+    best_before = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    before = _validations(run)
+
+    last = run / "checkpoints" / "last.ckpt"
+    resumed = run_script("train.py", [*_args(shapes_root, "trainer.max_steps=8", SPOIL), *outputs, f"ckpt_path={last}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert list((tmp_path / "outputs" / "detection").iterdir()) == [run]  # back in its own directory
+    after = _validations(run)  # the log kept the rows written before the resume
+    assert set(before) < set(after) and max(after) == 8
+    spoiled = [loss for step, loss in after.items() if 4 < step < 8]
+    assert len(spoiled) == 2 and min(spoiled) > 2 * max(before.values())  # far worse after the resume
+    metrics = json.loads((run / "metrics.json").read_text())
+    best = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)
+    assert best["global_step"] == best_before["global_step"] <= 4
+    assert metrics["loss"] == pytest.approx(before[4], rel=1e-5)  # the best of run 1, scored again
+
+
+def test_resume_into_another_directory_carries_the_best_over(shapes_root: Path, tmp_path: Path) -> None:
+    cfg = compose_config(_args(shapes_root, "trainer.max_steps=2"), tmp_path / "a")
+    datamodule = build_datamodule(cfg)
+    trainer = build_trainer(cfg)
+    trainer.fit(build_module(cfg, datamodule), datamodule=datamodule)
+    old_best = Path(trainer.checkpoint_callback.best_model_path)
+    old_files = {p: p.stat().st_mtime_ns for p in old_best.parent.iterdir()}
+
+    cfg = compose_config(
+        _args(shapes_root, "trainer.max_steps=4", f"ckpt_path={old_best.parent / 'last.ckpt'}"), tmp_path / "b"
+    )
+    datamodule = build_datamodule(cfg)
+    trainer = build_trainer(cfg)
+    trainer.callbacks.append(_spoiler())
+    trainer.fit(build_module(cfg, datamodule), datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    callback = trainer.checkpoint_callback
+    new_best = Path(callback.best_model_path)
+    assert new_best == tmp_path / "b" / "checkpoints" / "best.ckpt"
+    assert torch.load(new_best, map_location="cpu", weights_only=False)["global_step"] == 2  # a copy of the old best
+    assert {p: p.stat().st_mtime_ns for p in old_best.parent.iterdir()} == old_files  # old run untouched
+
+
+def _spoiler():
+    from tests.helpers import SpoilWeightsAfterResume
+
+    return SpoilWeightsAfterResume()
