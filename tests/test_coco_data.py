@@ -125,3 +125,10 @@ def test_custom_json_and_folder_names_load_through_the_config(coco_root: Path, t
     datamodule.setup()
     images, targets = next(iter(datamodule.val_dataloader()))
     assert [t["image_id"] for t in targets] == [10, 20]
+
+
+def test_malformed_json_names_file_line_and_column(coco_root: Path) -> None:
+    ann_file = coco_root / "annotations/instances_val2017.json"
+    ann_file.write_text('{"images": [\n  {"id": 1,}\n]}')
+    with pytest.raises(ValueError, match=rf"{ann_file} is not valid JSON: .* line 2, column 12"):
+        _dataset(coco_root)

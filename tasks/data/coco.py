@@ -52,16 +52,24 @@ def read_instances(ann_file: Path, *, keep_segmentation: bool = False) -> dict:
 
 
 def _ids(rows: list[dict], key: str) -> np.ndarray:
-    return np.asarray([row.get(key) if isinstance(row.get(key), int) else MISSING for row in rows], np.int64)
+    """``row[key]`` of every row as int64; MISSING where it is absent or not an integer."""
+    values = [row.get(key, MISSING) for row in rows]
+    column = np.asarray(values, dtype=object if not values else None)
+    if column.dtype.kind in "iu":  # the usual case: every id an integer
+        return column.astype(np.int64)
+    return np.asarray([v if isinstance(v, int) and not isinstance(v, bool) else MISSING for v in values], np.int64)
 
 
 def _bboxes(rows: list[dict]) -> np.ndarray:
     """(M, 4) float64 xywh; NaN for a bbox that is not four numbers."""
-    out = np.full((len(rows), 4), np.nan)
-    for k, row in enumerate(rows):
-        box = row.get("bbox")
-        if isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box):
-            out[k] = box
+    boxes = [row.get("bbox") for row in rows]
+    try:
+        out = np.asarray(boxes, dtype=np.float64).reshape(len(rows), 4)  # the usual case, at C speed
+    except (TypeError, ValueError):
+        out = np.full((len(rows), 4), np.nan)
+        for k, box in enumerate(boxes):
+            if isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box):
+                out[k] = box
     return out
 
 

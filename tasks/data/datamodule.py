@@ -59,6 +59,7 @@ class DetectionDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.train_set: DetectionDataset | None = None
         self.val_set: DetectionDataset | None = None
+        self._prepared = False  # fit, then validate, would prepare twice
 
     @property
     def resizes_training_images(self) -> bool:
@@ -85,9 +86,12 @@ class DetectionDataModule(L.LightningDataModule):
         )
 
     def prepare_data(self) -> None:
-        """Index both splits (cached where the format allows) and run the start-up checks."""
+        """Index both splits (cached where the format allows) and run the start-up checks, once."""
+        if self._prepared:
+            return
         for split in ("train", "val"):
             self._build_split(split, None, prepared=False)
+        self._prepared = True
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

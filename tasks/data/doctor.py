@@ -8,6 +8,7 @@ warning. The COCO checks work on whole columns, so a COCO-2017-sized json takes 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,11 +146,16 @@ def inspect_coco(dataset: dict, image_dir: Path, source: str, *, read_images: bo
 
 
 def image_file_findings(index: DetectionIndex, image_root: Path) -> list[Finding]:
-    """The start-up check of an indexed split: every image file exists."""
+    """The start-up check of an indexed split: every image file exists (one directory listing per
+    folder rather than a file-system call per image: 118k images take a fraction of a second)."""
+    listings: dict[Path, set[str]] = {}
     findings = []
     for i in range(len(index)):
         path = image_root / index.file_name(i)
-        if not path.is_file():
+        folder = path.parent
+        if folder not in listings:
+            listings[folder] = set(os.listdir(folder)) if folder.is_dir() else set()
+        if path.name not in listings[folder] and not path.is_file():
             message = f"{path} (image_id {index.image_ids[i]}) is missing"
             findings.append(Finding(ERROR, "image file", message))
     return findings

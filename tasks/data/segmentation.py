@@ -315,6 +315,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.train_set: SegmentationDataset | None = None
         self.val_set: SegmentationDataset | None = None
+        self._prepared = False
 
     def _records(
         self, split: str, *, build: bool
@@ -326,11 +327,14 @@ class SegmentationDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def prepare_data(self) -> None:
+        if self._prepared:  # fit, then validate, would prepare twice
+            return
         for split in ("train", "val"):
             records, names, source = self._records(split, build=True)
             if not records:
                 raise ValueError(f"{source} lists no images")
             check_records_once(records, len(names), source, self.cache_dir)
+        self._prepared = True
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
