@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timedelta
+from functools import cache
 from pathlib import Path
 
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
@@ -83,9 +84,11 @@ def _name_from_rank_zero() -> str:
         ) from err
 
 
+@cache
 def run_name(num_nodes: int = 1) -> str:
     """The last part of the run directory: the launcher's job id, else the start time (rank 0's on
-    a multi-node job launched without a job id, so that every node writes to one directory)."""
+    a multi-node job launched without a job id, so that every node writes to one directory).
+    Fixed once a process has asked: resolving the config again gives the same directory."""
     job_id = launcher_job_id()
     if job_id:
         return job_id

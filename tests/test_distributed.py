@@ -39,27 +39,39 @@ def _wait(processes: list[subprocess.Popen], logs: list[Path]) -> None:
         assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
 
 
-def test_segmentation_under_torchrun_shares_one_run_directory(shapes_voc_root: Path, tmp_path: Path) -> None:
+def test_segmentation_under_torchrun_on_two_nodes_shares_one_run_directory(
+    shapes_voc_root: Path, tmp_path: Path
+) -> None:
     args = [
         *TINY_SEGMENTATION,
         *shapes_seg_overrides(shapes_voc_root),
         *CPU_DDP,
+        "trainer.devices=1",
+        "trainer.num_nodes=2",
         "trainer.max_steps=2",  # one epoch: 16 images, 2 processes, batches of 4
         "trainer.enable_progress_bar=false",
         *_outputs(tmp_path),
     ]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    log = tmp_path / "torchrun.log"
-    with log.open("w") as out:
-        process = subprocess.Popen([*command, "tasks/train.py", *args], cwd=PROJECT_ROOT, stdout=out, stderr=out)
-    _wait([process], [log])
+    port = free_port()
+    logs = [tmp_path / f"torchrun{rank}.log" for rank in range(2)]
+    processes = []
+    for rank, log in enumerate(logs):  # torchrun on each of two nodes, as README shows
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={rank}", "--nproc-per-node=1",
+            "--master-addr=127.0.0.1", f"--master-port={port}", "--rdzv-id=job7", "tasks/train.py", *args,
+        ]  # fmt: skip
+        with log.open("w") as out:
+            processes.append(subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=out, stderr=out))
+    _wait(processes, logs)
     run = _only_run_dir(tmp_path, "segmentation")
-    assert run.name.startswith("train_torchrun")  # named after torchrun's run id, which every process reads
+    assert run.name == "train_torchrunjob7"  # torchrun's run id, which every process reads
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "train_rank1.log").is_file()
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 <= metrics["miou"] <= 1
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 2
+    # the start-up check ran once, on global rank 0, and was remembered for the others
+    assert "checked" in " ".join(p.name for p in (tmp_path / "cache").iterdir())
 
 
 def _tiny_detection(shapes_root: Path) -> list[str]:
@@ -80,6 +92,9 @@ def test_two_nodes_share_a_run_directory_and_match_one_process(shapes_root: Path
     _two_nodes(lambda rank: {**cluster, "NODE_RANK": str(rank)}, args, tmp_path)
     run = _only_run_dir(tmp_path, "detection")  # rank 0 told the other node its directory
     assert (run / "train_node1_local0.log").is_file() and (run / ".hydra" / "overrides.yaml").is_file()
+    # the data was indexed once, by global rank 0; the other node read the cache
+    assert "indexed" in (run / "train.log").read_text()
+    assert "indexed" not in (run / "train_node1_local0.log").read_text()
     metrics = json.loads((run / "metrics.json").read_text())
     assert Path(metrics["checkpoint"]).parent == run / "checkpoints"
 

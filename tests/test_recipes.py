@@ -83,6 +83,8 @@ def test_gpu_trainers_set_loader_and_torch_settings(tmp_path: Path) -> None:
         True,
         workers_per_device(2),
     )
+    per_node = build_datamodule(compose_config(["dataset=coco", "dataset.prepare_per_node=true"], tmp_path))
+    assert per_node.prepare_data_per_node and not build_datamodule(ddp).prepare_data_per_node  # Lightning reads it
     cpu = compose_config(["dataset=coco"], tmp_path)
     assert (cpu.dataset.pin_memory, cpu.runtime.float32_matmul_precision) == (False, "highest")
     assert workers_per_device(2) <= workers_per_device(1)

@@ -86,6 +86,7 @@ def test_two_process_ddp_training_with_grouped_batches(shapes_root: Path, tmp_pa
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 2
     assert "map_50" in json.loads((run_dir / "metrics.json").read_text())
+    assert "total batch: 4 images x 2 processes x 1 accumulated" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("model", ["resnet18d", "convnext_atto", "mobilenetv3_small_050"])

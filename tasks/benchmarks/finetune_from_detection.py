@@ -32,7 +32,7 @@ def run(overrides: list[str], output_dir: Path) -> tuple[dict, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--detection-ckpt", required=True, type=Path)
-    parser.add_argument("--backbone", default="resnet50", help="the detection run's backbone (make train: resnet50)")
+    parser.add_argument("--backbone", default="resnet18", help="the detection run's backbone (make train: resnet18)")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--backbone-lr-mult", type=float, default=1.0)
     args = parser.parse_args()

@@ -259,13 +259,13 @@ def coco_semantic_masks(
     folder that is renamed into place when complete; ``build=False`` refuses to build (the
     caller expects another process to have done it).
     """
-    coco = load_coco(ann_file)
-    label_of, names = _coco_labels(coco, categories)
     key = {"annotations": str(ann_file.resolve()), "mtime_ns": ann_file.stat().st_mtime_ns, "categories": categories}
     stamp = cache_dir / "masks.json"
-    if not (stamp.is_file() and json.loads(stamp.read_text()) == key):
+    if not (stamp.is_file() and json.loads(stamp.read_text()).get("key") == key):
         if not build:
             raise RuntimeError(f"the semantic masks of {ann_file} are not in {cache_dir}: prepare_data builds them")
+        coco = load_coco(ann_file)
+        label_of, names = _coco_labels(coco, categories)
         log.info(
             "building %d semantic masks from %s into %s (%d processes)", len(coco.imgs), ann_file, cache_dir, workers
         )
@@ -273,14 +273,17 @@ def coco_semantic_masks(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         _build_masks(coco, label_of, tmp, workers)
-        (tmp / "masks.json").write_text(json.dumps(key))
+        # the image list travels with the masks: reading it back needs no pass over the json
+        images = [[image_id, info["file_name"]] for image_id, info in sorted(coco.imgs.items())]
+        (tmp / "masks.json").write_text(json.dumps({"key": key, "names": names, "images": images}))
         shutil.rmtree(cache_dir, ignore_errors=True)
         tmp.rename(cache_dir)
+    content = json.loads(stamp.read_text())
     records = [
-        SegmentationRecord(image_id, image_dir / info["file_name"], cache_dir / f"{Path(info['file_name']).stem}.png")
-        for image_id, info in sorted(coco.imgs.items())
+        SegmentationRecord(image_id, image_dir / file_name, cache_dir / f"{Path(file_name).stem}.png")
+        for image_id, file_name in content["images"]
     ]
-    return records, names
+    return records, content["names"]
 
 
 class SegmentationDataModule(L.LightningDataModule):
