@@ -14,9 +14,11 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from tasks.data.doctor import ERROR, check_num_classes, format_report  # noqa: E402
+from tasks.errors import exit_on_user_error  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     datamodule = instantiate(cfg.dataset)  # inspect() reads the files as they are (shapes: generated first)
     findings, class_names = datamodule.inspect(read_images=True)

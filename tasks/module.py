@@ -1,6 +1,7 @@
 """What every task's LightningModule shares: optimizer and schedule (with the learning rate scaled
 to the real total batch), the evaluator built once the data is ready, and a check that the
-validation loss is not orders of magnitude off the training loss."""
+validation loss is not orders of magnitude off the training loss; a guard against non-finite
+losses and checkpoints."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_prefixed_message
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+
+from tasks.checkpoints import latest_checkpoint
+from tasks.nonfinite import NonFiniteLossError, describe_batch, has_nonfinite, nonfinite_tensors
 
 OptimizerFactory = Callable[[Iterable], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
@@ -42,6 +47,8 @@ class TaskModule(L.LightningModule):
             None uses the lr as given.
         channels_last: keep the model in channels-last memory format (faster convolutions on
             tensor cores and recent CPUs).
+        skip_nonfinite_batches: how many batches with a NaN/inf loss (or loss component) to skip,
+            each with a warning, before the run stops at the next one. 0: stop at the first.
     """
 
     def __init__(
@@ -53,6 +60,7 @@ class TaskModule(L.LightningModule):
         evaluator: Any = None,
         lr_reference_batch: int | None = None,
         channels_last: bool = False,
+        skip_nonfinite_batches: int = 0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -61,6 +69,7 @@ class TaskModule(L.LightningModule):
         self.evaluator, self._evaluator_factory = (evaluator, None) if built else (None, evaluator)
         self.lr_reference_batch = lr_reference_batch
         self.channels_last = channels_last
+        self.skip_nonfinite_batches, self._skipped_nonfinite = skip_nonfinite_batches, 0
         self.last_metrics: dict = {}
         self._train_loss = (0.0, 0)  # running sum and count since the last validation
         self._val_loss = (0.0, 0)
@@ -99,6 +108,43 @@ class TaskModule(L.LightningModule):
                 "estimate badly when training from scratch: use backbone.norm=gn (GroupNorm), "
                 "trainer.sync_batchnorm=true across devices, larger batches, or pretrained weights with frozen "
                 "statistics (backbone.weights=imagenet)"
+            )
+
+    # -- non-finite losses ------------------------------------------------------------------
+    def losses_are_finite(self, losses: dict[str, Tensor], targets: list[dict]) -> bool:
+        """False: skip this batch (no backward, no optimizer step). Raises once the skips are used up.
+
+        Every process takes the same decision, so that DDP never waits for a process that skipped.
+        """
+        local = has_nonfinite(losses)
+        if not self.trainer.strategy.reduce_boolean_decision(local, all=False):
+            return True
+        where = f"step {self.global_step} (epoch {self.current_epoch}, batch {self.trainer.fit_loop.batch_idx})"
+        what = describe_batch(losses, targets) if local else "on another process"
+        if self._skipped_nonfinite < self.skip_nonfinite_batches:
+            self._skipped_nonfinite += 1
+            rank_zero_warn(
+                f"non-finite loss at {where}: {what}; batch skipped "
+                f"({self._skipped_nonfinite} of skip_nonfinite_batches={self.skip_nonfinite_batches})"
+            )
+            return False
+        message = (
+            f"non-finite loss at {where}: {what}. Training stopped before this batch changed the weights; "
+            f"last good checkpoint: {latest_checkpoint(self.trainer.callbacks) or 'none written yet'}. "
+            "Lower task.module.optimizer.lr, set trainer.gradient_clip_val, check those images' "
+            "annotations (python tasks/check_dataset.py), or tolerate a few with skip_nonfinite_batches=N"
+        )
+        raise NonFiniteLossError(
+            rank_prefixed_message(message, self.global_rank) if self.trainer.world_size > 1 else message
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        bad = nonfinite_tensors(checkpoint["state_dict"])
+        if bad:
+            last = latest_checkpoint(self.trainer.callbacks) or "none written yet"
+            raise NonFiniteLossError(
+                f"not writing a checkpoint at step {self.global_step}: {len(bad)} weight tensors hold NaN/inf "
+                f"({', '.join(bad[:3])}); last good checkpoint: {last}"
             )
 
     # -- optimisation ------------------------------------------------------------------------

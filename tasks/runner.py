@@ -18,7 +18,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from backbones.weights import load_state_dict_file
+from tasks.checkpoints import AtomicCheckpointIO, check_checkpoint_fits, read_checkpoint
+from tasks.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 def resolve_num_classes(configured: int | None, datamodule: L.LightningDataModule) -> int:
     found = datamodule.num_classes
     if configured is not None and configured != found:
-        raise ValueError(
+        raise UserError(
             f"task.model.num_classes={configured} but the dataset declares {found} classes "
             f"({datamodule.class_names}). Set task.model.num_classes={found} or null (taken from the dataset)."
         )
@@ -47,26 +48,24 @@ def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Lightn
         model_options["class_names"] = list(datamodule.class_names)
     model = instantiate(cfg.task.model, **model_options)
     evaluator = partial(datamodule.build_evaluator, **cfg.task.get("evaluator", {}))  # built once data is set up
-    channels_last = bool(cfg.get("runtime", {}).get("channels_last", False))
-    return instantiate(cfg.task.module, model=model, evaluator=evaluator, channels_last=channels_last)
+    options = {
+        "channels_last": bool(cfg.get("runtime", {}).get("channels_last", False)),
+        "skip_nonfinite_batches": int(cfg.get("skip_nonfinite_batches", 0)),
+    }
+    return instantiate(cfg.task.module, model=model, evaluator=evaluator, **options)
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    plugins = [AtomicCheckpointIO()]  # every checkpoint file is replaced atomically
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=plugins)
 
 
 def configure_torch(cfg: DictConfig) -> None:
     """Process-wide settings: seeds (also of loader workers) and matrix-product precision."""
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("runtime", {}).get("float32_matmul_precision", "highest"))
-
-
-def existing_checkpoint(path: str | None) -> str | None:
-    if path is not None and not Path(path).is_file():
-        raise FileNotFoundError(f"ckpt_path={path} does not exist: pass a .ckpt written by a previous run")
-    return path
 
 
 def best_checkpoint(trainer: L.Trainer) -> str | None:
@@ -76,28 +75,16 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
     return callback.best_model_path or callback.last_model_path or None
 
 
-def load_weights(module: L.LightningModule, checkpoint: str) -> None:
-    """Load a checkpoint's model weights only (tensors; nothing else is unpickled)."""
-    state = load_state_dict_file(checkpoint)
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as err:
-        raise RuntimeError(
-            f"{checkpoint} does not fit the model this config builds ({str(err).splitlines()[0]}). "
-            "Pass the task/backbone/dataset overrides used for training: they are listed in the "
-            "run's .hydra/overrides.yaml"
-        ) from err
-
-
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Score ``cfg.ckpt_path`` on the validation split; write metrics and COCO-format predictions."""
     if not cfg.ckpt_path:
-        raise ValueError("evaluation needs a checkpoint: pass ckpt_path=PATH/TO/best.ckpt")
-    checkpoint = existing_checkpoint(cfg.ckpt_path)
+        raise UserError("evaluation needs a checkpoint: pass ckpt_path=PATH/TO/best.ckpt")
+    checkpoint, content = cfg.ckpt_path, read_checkpoint(cfg.ckpt_path)
     configure_torch(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
-    load_weights(module, checkpoint)
+    check_checkpoint_fits(content, module, checkpoint)
+    module.load_state_dict(content["state_dict"])  # model weights only
     output_dir = Path(cfg.paths.output_dir)
     if cfg.get("save_masks") and hasattr(module, "prediction_dir"):
         module.prediction_dir = output_dir / "masks"
@@ -133,11 +120,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     The best checkpoint is the best of every validation of the run, those before a resume
     included (the checkpoint callback's state travels in the checkpoint).
     """
+    resume = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None  # before anything is built
     configure_torch(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
+    if resume is not None:
+        check_checkpoint_fits(resume, module, cfg.ckpt_path)
+        del resume  # Lightning reads the file again to restore every state
     trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=existing_checkpoint(cfg.ckpt_path))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     checkpoint = best_checkpoint(trainer)
     metrics = validation_metrics(trainer, module, datamodule, checkpoint)
     output_dir = Path(cfg.paths.output_dir)

@@ -8,10 +8,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a sc
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from tasks.errors import exit_on_user_error  # noqa: E402
 from tasks.runner import train  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@exit_on_user_error
 def main(cfg: DictConfig) -> dict[str, float]:
     return train(cfg)
 

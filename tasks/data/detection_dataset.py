@@ -84,6 +84,7 @@ class DetectionDataset(Dataset):
             "labels": torch.as_tensor(np.asarray(labels, dtype=np.int64)),
             "image_id": record.image_id,
             "orig_size": (record.height, record.width),
+            "file": str(record.path),  # named in error reports
         }
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), target
 

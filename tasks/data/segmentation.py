@@ -162,7 +162,8 @@ class SegmentationDataset(Dataset):
             image, mask = out["image"], out["mask"]
         if self.resize is not None:
             image = self.resize(image=image)["image"]
-        target = {"mask": torch.from_numpy(np.ascontiguousarray(mask)).long(), "image_id": record.image_id}
+        mask = torch.from_numpy(np.ascontiguousarray(mask)).long()
+        target = {"mask": mask, "image_id": record.image_id, "file": str(record.image)}  # file: for error reports
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), target
 
 

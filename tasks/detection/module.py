@@ -31,10 +31,12 @@ class DetectionModule(TaskModule):
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         return self.model(to_float_images(images))
 
-    def training_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> Tensor | None:
         images, targets = batch
         losses = self.model(to_float_images(images), targets)
         total = sum(losses.values())
+        if not self.losses_are_finite({**losses, "loss": total}, targets):
+            return None  # skipped: Lightning runs no backward and no optimizer step
         batch_size = len(images)
         self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=batch_size)
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)

@@ -57,7 +57,7 @@ class SegmentationModule(TaskModule):
         images = images.float() / 255 if images.dtype == torch.uint8 else images
         return self.model(self.to_memory_format(images))
 
-    def training_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> Tensor | None:
         images, targets = batch
         masks = torch.stack([t["mask"] for t in targets])
         outputs = self(images)
@@ -65,6 +65,8 @@ class SegmentationModule(TaskModule):
         if "aux" in outputs:
             losses["loss_aux"] = self._loss(outputs["aux"], masks)
         total = losses["loss_out"] + self.aux_weight * losses.get("loss_aux", 0.0)
+        if not self.losses_are_finite({**losses, "loss": total}, targets):
+            return None  # skipped: Lightning runs no backward and no optimizer step
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=len(images))
         self.log("train/loss", total, prog_bar=True, batch_size=len(images))
         self.record_train_loss(losses["loss_out"])  # compared with val/loss, which has no auxiliary term

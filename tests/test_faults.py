@@ -1,0 +1,171 @@
+"""Faults met during a run: non-finite losses, killed writers, unusable checkpoints, clean errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision.models.detection.roi_heads as roi_heads
+
+from tasks.checkpoints import AtomicCheckpointIO
+from tasks.errors import UserError
+from tasks.nonfinite import NonFiniteLossError
+from tasks.runner import train
+from tests.conftest import (
+    TINY_DETECTION,
+    TINY_SEGMENTATION,
+    compose_config,
+    run_script,
+    shapes_overrides,
+    shapes_seg_overrides,
+)
+
+
+def _tiny_detection(shapes_root: Path, *extra: str) -> list[str]:
+    return ["backbone=resnet18", *TINY_DETECTION, *shapes_overrides(shapes_root), "dataset.num_workers=0", *extra]
+
+
+@pytest.fixture
+def nan_box_loss_at_call(monkeypatch: pytest.MonkeyPatch):
+    """Make torchvision's box regression loss NaN on the given training calls (1-based; validation,
+    which runs without gradients, is not counted)."""
+
+    def arm(*calls: int) -> None:
+        original, count = roi_heads.fastrcnn_loss, [0]
+
+        def loss(*args, **kwargs):
+            classifier, box = original(*args, **kwargs)
+            if not torch.is_grad_enabled():
+                return classifier, box
+            count[0] += 1
+            return classifier, box * float("nan") if count[0] in calls else box
+
+        monkeypatch.setattr(roi_heads, "fastrcnn_loss", loss)
+
+    return arm
+
+
+def test_nonfinite_loss_stops_the_run_naming_step_component_images_and_last_checkpoint(
+    shapes_root: Path, tmp_path: Path, nan_box_loss_at_call
+) -> None:
+    nan_box_loss_at_call(4)
+    overrides = _tiny_detection(shapes_root, "trainer.max_steps=6", "checkpoint_every_n_steps=2")
+    with pytest.raises(NonFiniteLossError) as stopped:
+        train(compose_config(overrides, tmp_path))
+    message = str(stopped.value)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert "step 3" in message and "loss_box_reg=nan" in message and "loss=nan" in message
+    assert "loss_classifier" not in message  # only the components that went wrong
+    assert message.count(str(shapes_root / "train2017")) == 4  # every image of the batch of 4
+    assert f"last good checkpoint: {last}" in message
+    # no checkpoint after the bad step, and the one before it holds only finite tensors
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 2
+    assert all(torch.isfinite(t).all() for t in saved["state_dict"].values() if t.is_floating_point())
+
+
+def test_skip_nonfinite_batches_tolerates_that_many(shapes_root: Path, tmp_path: Path, nan_box_loss_at_call) -> None:
+    nan_box_loss_at_call(2)
+    overrides = _tiny_detection(shapes_root, "trainer.max_steps=3", "skip_nonfinite_batches=1")
+    with pytest.warns(
+        UserWarning, match=r"non-finite loss at step 1 .*batch skipped \(1 of skip_nonfinite_batches=1\)"
+    ):
+        metrics = train(compose_config(overrides, tmp_path / "one"))
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values() if isinstance(v, float))
+    nan_box_loss_at_call(2, 3)  # a second one is over the limit
+    with pytest.raises(
+        NonFiniteLossError, match=r"step 2 \(epoch 0, batch 2\)"
+    ):  # a skipped batch still counts as a step
+        train(compose_config(overrides, tmp_path / "two"))
+
+
+def test_segmentation_stops_on_a_nonfinite_loss(
+    shapes_voc_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.segmentation.module import SegmentationModule
+
+    monkeypatch.setattr(SegmentationModule, "_loss", lambda self, logits, masks: logits.sum() * float("nan"))
+    overrides = [*TINY_SEGMENTATION, *shapes_seg_overrides(shapes_voc_root), "trainer.max_steps=2"]
+    with pytest.raises(NonFiniteLossError, match=r"step 0 .*loss_out=nan.*JPEGImages.*none written yet"):
+        train(compose_config(overrides, tmp_path))
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+_WRITER = """
+import sys, torch
+from tasks.checkpoints import AtomicCheckpointIO
+io, step = AtomicCheckpointIO(), 0
+while True:
+    step += 1
+    io.save_checkpoint({"step": step, "weights": torch.full((3_000_000,), float(step))}, sys.argv[1])
+    print(step, flush=True)
+"""
+
+
+def test_a_writer_killed_at_any_moment_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    for delay in (0.05, 0.11, 0.17, 0.23, 0.29):
+        writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+        writer.stdout.readline()  # one checkpoint written
+        time.sleep(delay)  # then killed mid-way through a later one, most likely
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait()
+        content = torch.load(path, weights_only=True)
+        assert content["step"] >= 1 and bool((content["weights"] == content["step"]).all())
+
+
+def test_checkpoint_write_replaces_the_file_in_one_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        AtomicCheckpointIO().save_checkpoint({"step": 2}, path)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("fault", ["missing", "truncated", "foreign", "other model"])
+def test_unusable_ckpt_path_is_refused_naming_the_file(
+    fault: str, shapes_root: Path, tmp_path: Path, nan_box_loss_at_call
+) -> None:
+    path = tmp_path / "given.ckpt"
+    if fault == "truncated":
+        torch.save({"state_dict": {"w": torch.zeros(100_000)}, "global_step": 1}, path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif fault == "foreign":  # a plain weight file, e.g. torchvision's
+        torch.save({"conv1.weight": torch.zeros(4, 3, 7, 7)}, path)
+    elif fault == "other model":
+        torch.save({"state_dict": {"model.head.weight": torch.zeros(3)}, "global_step": 5}, path)
+    expected = {
+        "missing": "does not exist",
+        "truncated": "cannot be read .*truncated",
+        "foreign": "is not a training checkpoint .*backbone.init",
+        "other model": r"does not fit .*missing \(\d+\).*unexpected \(1\): model.head.weight",
+    }[fault]
+    overrides = _tiny_detection(shapes_root, "trainer.max_steps=1", f"ckpt_path={path}")
+    with pytest.raises(UserError, match=f"ckpt_path={path} {expected}"):
+        train(compose_config(overrides, tmp_path / "run"))
+
+
+def test_user_errors_print_one_message_and_exit_2_unless_full_error(tmp_path: Path) -> None:
+    args = ["ckpt_path=/no/such/run/last.ckpt", f"hydra.run.dir={tmp_path}"]
+    result = run_script("train.py", args)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2
+    assert "ckpt_path=/no/such/run/last.ckpt does not exist" in output and "Traceback" not in output
+    full = run_script("train.py", args, env={"HYDRA_FULL_ERROR": "1"})
+    assert full.returncode != 0 and "Traceback" in full.stderr and "UserError" in full.stderr
+    # a config value checked by the project's own code counts as the user's error too
+    bad_value = run_script("train.py", ["backbone.trainable_stages=9", f"hydra.run.dir={tmp_path}/b"])
+    assert bad_value.returncode == 2 and "Traceback" not in bad_value.stdout + bad_value.stderr
+    assert "trainable_stages=9 must be between 0 and 5" in bad_value.stdout + bad_value.stderr
