@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from tasks.data.coco import CocoDetection, read_categories, read_instances
 from tasks.data.detection_dataset import DetectionDataset, collate_detection
 from tasks.data.doctor import ERROR, Finding, inspect_coco, inspect_voc
+from tasks.data.images import MAX_PIXELS
 from tasks.data.sampling import GroupedBatchSampler, aspect_ratio_groups
 from tasks.data.transforms import RESIZING_PRESETS, detection_transforms
 from tasks.data.voc import VOC_CLASSES, VocDetection
@@ -76,7 +77,9 @@ class DetectionDataModule(L.LightningDataModule):
         """Category ids and class names, read without preparing or loading the data."""
         raise NotImplementedError
 
-    def inspect(self, *, read_images: bool = True) -> tuple[list[Finding], list[str]]:  # pragma: no cover
+    def inspect(
+        self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS
+    ) -> tuple[list[Finding], list[str]]:  # pragma: no cover
         """Every doctor finding for both splits, and the class names (abstract)."""
         raise NotImplementedError
 
@@ -200,7 +203,7 @@ class CocoDataModule(DetectionDataModule):
         """From the validation json (the smaller one; setup checks that training agrees)."""
         return read_categories(self._split_paths("val")[1])
 
-    def inspect(self, *, read_images: bool = True) -> tuple[list[Finding], list[str]]:
+    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:
         findings, class_names = [], []
         for split in self.splits:
             try:
@@ -209,7 +212,7 @@ class CocoDataModule(DetectionDataModule):
             except (FileNotFoundError, ValueError) as err:
                 findings.append(Finding(ERROR, "layout", str(err)))
                 continue
-            findings += inspect_coco(dataset, images, str(annotations), read_images=read_images)
+            findings += inspect_coco(dataset, images, str(annotations), read_images=read_images, max_pixels=max_pixels)
             categories = sorted(dataset.get("categories", []), key=lambda c: c["id"])
             class_names = class_names or [c["name"] for c in categories]
         return findings, class_names
@@ -255,10 +258,12 @@ class VocDataModule(DetectionDataModule):
             self.root, years, image_set, transforms, class_names=self.voc_class_names, use_difficult=use_difficult
         )
 
-    def inspect(self, *, read_images: bool = True) -> tuple[list[Finding], list[str]]:
+    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:
         findings = []
         for years, image_set in self.splits.values():
-            findings += inspect_voc(self.root, years, image_set, self.voc_class_names, read_images=read_images)
+            findings += inspect_voc(
+                self.root, years, image_set, self.voc_class_names, read_images=read_images, max_pixels=max_pixels
+            )
         return findings, self.voc_class_names
 
     def build_evaluator(self, backend: str = "pycocotools") -> VocEvaluator:

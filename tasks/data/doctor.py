@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
+
+from tasks.data.images import MAX_PIXELS, image_file_problem
 
 if TYPE_CHECKING:
     from tasks.data.coco import CocoTables
@@ -42,18 +43,6 @@ def _number(value: float) -> int | float:
 
 def _box_text(row: np.ndarray) -> str:
     return str([_number(v) for v in row.tolist()])
-
-
-def _image_problem(path: Path, read_images: bool) -> str | None:
-    if not path.is_file():
-        return "missing"
-    if read_images:
-        try:
-            with Image.open(path) as image:
-                image.verify()
-        except Exception as err:  # noqa: BLE001 - any decoder failure makes the file unusable
-            return f"unreadable ({err})"
-    return None
 
 
 def _id_findings(ann_ids: np.ndarray, source: str) -> list[Finding]:
@@ -98,8 +87,11 @@ def _box_findings(tables: CocoTables, owner: np.ndarray, known: np.ndarray, sour
     return findings
 
 
-def inspect_coco_tables(tables: CocoTables, image_dir: Path, source: str, *, files: str = "decode") -> list[Finding]:
-    """Every check of an instances json; ``files``: ``skip`` image files, check they ``exist``, or ``decode`` them."""
+def inspect_coco_tables(
+    tables: CocoTables, image_dir: Path, source: str, *, files: str = "decode", max_pixels: int = MAX_PIXELS
+) -> list[Finding]:
+    """Every check of an instances json; ``files``: ``skip`` image files, check they ``exist``, or
+    ``decode`` them (also checking their header: pixel count, recorded size, EXIF rotation)."""
     if files not in FILE_CHECKS:
         raise ValueError(f"files={files!r} must be one of {FILE_CHECKS}")
     findings = _id_findings(tables.ann_ids, source)
@@ -122,7 +114,11 @@ def inspect_coco_tables(tables: CocoTables, image_dir: Path, source: str, *, fil
     if files != "skip":
         for image, image_id in enumerate(tables.image_ids.tolist()):
             path = image_dir / tables.file_names[image]
-            problem = _image_problem(path, files == "decode")
+            if files == "exist":
+                problem = None if path.is_file() else "missing"
+            else:
+                size = (int(tables.widths[image]), int(tables.heights[image]))
+                problem = image_file_problem(path, recorded_size=size, max_pixels=max_pixels)
             if problem:
                 findings.append(Finding(ERROR, "image file", f"{path} (image_id {image_id}) is {problem}"))
     annotated = np.zeros(len(tables.image_ids), bool)
@@ -137,12 +133,14 @@ def inspect_coco_tables(tables: CocoTables, image_dir: Path, source: str, *, fil
     return findings
 
 
-def inspect_coco(dataset: dict, image_dir: Path, source: str, *, read_images: bool = True) -> list[Finding]:
+def inspect_coco(
+    dataset: dict, image_dir: Path, source: str, *, read_images: bool = True, max_pixels: int = MAX_PIXELS
+) -> list[Finding]:
     """Check a loaded COCO instances json (``dataset``) against its image folder."""
     from tasks.data.coco import CocoTables  # the parser's own columns (it imports this module)
 
     files = "decode" if read_images else "exist"
-    return inspect_coco_tables(CocoTables.from_dataset(dataset), image_dir, source, files=files)
+    return inspect_coco_tables(CocoTables.from_dataset(dataset), image_dir, source, files=files, max_pixels=max_pixels)
 
 
 def image_file_findings(index: DetectionIndex, image_root: Path) -> list[Finding]:
@@ -200,7 +198,13 @@ def raise_on_errors(findings: list[Finding], source: str) -> None:
 
 
 def inspect_voc(
-    root: Path, years: list, split: str, class_names: list[str], *, read_images: bool = True
+    root: Path,
+    years: list,
+    split: str,
+    class_names: list[str],
+    *,
+    read_images: bool = True,
+    max_pixels: int = MAX_PIXELS,
 ) -> list[Finding]:
     """Check a VOCdevkit split: image sets, XML files, boxes, class names and images."""
     from tasks.data.voc import parse_voc_xml, read_image_set  # the loader's own parsing (imports this module)
@@ -215,13 +219,19 @@ def inspect_voc(
         for file_id in file_ids:
             xml_path = root / f"VOC{year}" / "Annotations" / f"{file_id}.xml"
             image_path = root / f"VOC{year}" / "JPEGImages" / f"{file_id}.jpg"
-            problem = _image_problem(image_path, read_images)
-            if problem:
-                findings.append(Finding(ERROR, "image file", f"{image_path} is {problem}"))
             try:
                 width, height, objects = parse_voc_xml(xml_path)
             except (OSError, ValueError) as err:
                 findings.append(Finding(ERROR, "annotation file", f"{xml_path}: {err}"))
+                width = height = objects = None
+            if read_images:
+                size = (width, height) if width else None
+                problem = image_file_problem(image_path, recorded_size=size, max_pixels=max_pixels)
+            else:
+                problem = None if image_path.is_file() else "missing"
+            if problem:
+                findings.append(Finding(ERROR, "image file", f"{image_path} is {problem}"))
+            if objects is None:
                 continue
             if not objects:
                 findings.append(Finding(INFO, "image without annotations", str(xml_path)))

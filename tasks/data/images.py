@@ -8,6 +8,49 @@ import numpy as np
 from PIL import Image, ImageOps
 
 _WIDE_INT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# Larger images are refused from their header: a few hundred bytes of PNG can declare gigapixels.
+MAX_PIXELS = 80_000_000
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # rotated by 90 or 270 degrees: width and height swap
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) once the EXIF orientation is applied, read from the header only."""
+    width, height = image.size
+    transposed = image.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSED_ORIENTATIONS
+    return (height, width) if transposed else (width, height)
+
+
+def image_file_problem(
+    path: Path, *, decode: bool = True, recorded_size: tuple[int, int] | None = None, max_pixels: int = MAX_PIXELS
+) -> str | None:
+    """What makes an image file unusable, or None. Header checks first (pixel count, size against
+    the annotation's, EXIF rotation); ``decode`` then decodes every pixel, which finds truncated
+    files that ``Image.verify`` passes."""
+    if not path.is_file():
+        return "missing"
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                return (
+                    f"{width}x{height} ({width * height / 1e6:.0f} MP), over max_pixels={max_pixels}: refused before "
+                    "decoding (a decompression bomb?); raise max_pixels if the image is genuine"
+                )
+            upright = upright_size(image)
+            if recorded_size is not None and tuple(recorded_size) != upright:
+                if upright != (width, height) and tuple(recorded_size) == (width, height):
+                    return (
+                        f"EXIF-rotated: upright it is {upright[0]}x{upright[1]}, but the annotation records the "
+                        f"unrotated {width}x{height}, so its boxes would be misplaced; save the pixels upright "
+                        "without the EXIF orientation tag, or fix the annotation"
+                    )
+                return f"{upright[0]}x{upright[1]}, but the annotation records {recorded_size[0]}x{recorded_size[1]}"
+            if decode:
+                image.load()
+    except Exception as err:  # noqa: BLE001 - any decoder failure (truncation, bomb, format) makes it unusable
+        return f"unreadable ({err})"
+    return None
 
 
 def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:

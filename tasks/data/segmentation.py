@@ -27,7 +27,8 @@ from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset
 
 from tasks.data.coco import load_coco, read_categories
-from tasks.data.images import read_rgb
+from tasks.data.doctor import ERROR, Finding
+from tasks.data.images import MAX_PIXELS, image_file_problem, read_rgb, upright_size
 from tasks.data.shapes import SHAPE_CLASSES, ensure_shapes, split_spec
 from tasks.data.voc import VOC_CLASSES
 from tasks.metrics.confusion import ConfusionMatrixEvaluator
@@ -54,24 +55,35 @@ def read_mask(path: Path) -> np.ndarray:
         return np.array(mask)
 
 
-def check_records(records: Sequence[SegmentationRecord], num_classes: int, source: str) -> None:
-    """Start-up check: every mask matches its image's size and holds only 0..K-1 or 255."""
+def record_problems(
+    records: Sequence[SegmentationRecord], num_classes: int, *, decode: bool = False, max_pixels: int = MAX_PIXELS
+) -> list[str]:
+    """Every mask readable, of its upright image's size, holding only 0..K-1 or 255; ``decode``:
+    the images' own problems too (truncation, pixel count, ...), by decoding them."""
     problems = []
     for record in records:
-        if not record.image.is_file() or not record.mask.is_file():
-            problems.append(f"{record.image if not record.image.is_file() else record.mask} is missing")
+        image_problem = image_file_problem(record.image, decode=decode, max_pixels=max_pixels)
+        if image_problem:
+            problems.append(f"{record.image} is {image_problem}")
+            continue
+        try:
+            mask = read_mask(record.mask)
+        except (OSError, ValueError) as err:
+            problems.append(f"{record.mask} is {'missing' if not record.mask.is_file() else f'unreadable ({err})'}")
             continue
         with Image.open(record.image) as image:
-            image_size = image.size
-        mask = read_mask(record.mask)
-        if mask.shape[::-1] != image_size:
-            problems.append(
-                f"{record.mask} is {mask.shape[1]}x{mask.shape[0]} but "
-                f"{record.image} is {image_size[0]}x{image_size[1]}"
-            )
+            width, height = upright_size(image)
+        if mask.shape != (height, width):
+            problems.append(f"{record.mask} is {mask.shape[1]}x{mask.shape[0]} but {record.image} is {width}x{height}")
         bad = sorted(set(np.unique(mask).tolist()) - set(range(num_classes)) - {IGNORE_INDEX})
         if bad:
             problems.append(f"{record.mask} holds label values {bad} outside 0..{num_classes - 1} (and 255)")
+    return problems
+
+
+def check_records(records: Sequence[SegmentationRecord], num_classes: int, source: str) -> None:
+    """Start-up check (``record_problems`` without decoding images): raise with the problems found."""
+    problems = record_problems(records, num_classes)
     if problems:
         shown = "\n    ".join(problems[:20]) + (
             f"\n    ... and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -340,6 +352,19 @@ class SegmentationDataModule(L.LightningDataModule):
             check_records_once(records, len(names), source, self.cache_dir)
         self._prepared = True
 
+    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:
+        """The dataset doctor's report: every problem of both splits, nothing raised."""
+        findings, class_names = [], []
+        for split in ("train", "val"):
+            try:
+                records, class_names, source = self._records(split, build=True)
+            except (FileNotFoundError, ValueError) as err:
+                findings.append(Finding(ERROR, "layout", str(err)))
+                continue
+            problems = record_problems(records, len(class_names), decode=read_images, max_pixels=max_pixels)
+            findings += [Finding(ERROR, "segmentation file", f"{source}: {problem}") for problem in problems]
+        return findings, class_names
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
@@ -491,3 +516,7 @@ class ShapesSegDataModule(VocSegDataModule):
     def prepare_data(self) -> None:
         ensure_shapes(self.root, self.spec, layout="voc")
         super().prepare_data()
+
+    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:
+        ensure_shapes(self.root, self.spec, layout="voc")
+        return super().inspect(read_images=read_images, max_pixels=max_pixels)

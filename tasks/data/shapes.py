@@ -20,6 +20,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from tasks.data.datamodule import CocoDataModule
+from tasks.data.images import MAX_PIXELS
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
 SPEC_FILE = "shapes_spec.json"
@@ -288,6 +289,6 @@ class ShapesDataModule(CocoDataModule):
         ensure_shapes(self.root, self.spec)
         super().prepare_data()
 
-    def inspect(self, *, read_images: bool = True):
+    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS):
         ensure_shapes(self.root, self.spec)
-        return super().inspect(read_images=read_images)
+        return super().inspect(read_images=read_images, max_pixels=max_pixels)
