@@ -169,3 +169,31 @@ def test_user_errors_print_one_message_and_exit_2_unless_full_error(tmp_path: Pa
     bad_value = run_script("train.py", ["backbone.trainable_stages=9", f"hydra.run.dir={tmp_path}/b"])
     assert bad_value.returncode == 2 and "Traceback" not in bad_value.stdout + bad_value.stderr
     assert "trainable_stages=9 must be between 0 and 5" in bad_value.stdout + bad_value.stderr
+
+
+_GENERATE_THEN_READ = """
+import sys, time
+from pathlib import Path
+from tasks.data.shapes import ShapesSpec, ensure_shapes
+root = Path(sys.argv[1])
+ensure_shapes(root, ShapesSpec(num_train=24, num_val=8, image_size=64, max_objects=2))
+files = sorted(p.name for p in (root / "train2017").iterdir())
+folder = (root / "train2017").stat().st_ino
+end = time.time() + 3
+while time.time() < end:  # keep reading, as a training run would, while the others finish
+    assert (root / "train2017").stat().st_ino == folder, "the folder was replaced under a reader"
+    assert sorted(p.name for p in (root / "train2017").iterdir()) == files, "files changed under a reader"
+print(len(files))
+"""
+
+
+def test_runs_started_together_on_empty_data_all_succeed(tmp_path: Path) -> None:
+    root = tmp_path / "data" / "shapes"
+    runs = [
+        subprocess.Popen([sys.executable, "-c", _GENERATE_THEN_READ, str(root)], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0]
+    assert [out.strip() for out in outputs] == ["24"] * 3
+    assert [p.name for p in root.parent.iterdir()] == ["shapes"]  # no temporary folder left behind

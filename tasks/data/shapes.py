@@ -253,11 +253,16 @@ def ensure_shapes(root: str | Path, spec: ShapesSpec, layout: str = "coco") -> P
     tmp.mkdir(parents=True)
     LAYOUTS[layout](tmp, spec)
     (tmp / SPEC_FILE).write_text(json.dumps(wanted, indent=1))
+    if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
+        # another process (a second run started at the same moment) finished first and may be
+        # reading its files already: keep them
+        shutil.rmtree(tmp, ignore_errors=True)
+        return root
     if root.exists():  # an older spec: replace it (it is ours, it carries the stamp)
         shutil.rmtree(root)
     try:
         tmp.rename(root)
-    except OSError:  # another process finished first
+    except OSError:  # another process renamed its copy into place in the meantime
         shutil.rmtree(tmp, ignore_errors=True)
     return root
 
