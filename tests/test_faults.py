@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 import torchvision.models.detection.roi_heads as roi_heads
 
 from tasks.checkpoints import AtomicCheckpointIO
-from tasks.errors import UserError
+from tasks.errors import UserError, exit_on_user_error, user_error
 from tasks.nonfinite import NonFiniteLossError
 from tasks.runner import train
 from tests.conftest import (
@@ -97,27 +96,27 @@ def test_segmentation_stops_on_a_nonfinite_loss(
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
-_WRITER = """
-import sys, torch
-from tasks.checkpoints import AtomicCheckpointIO
-io, step = AtomicCheckpointIO(), 0
-while True:
-    step += 1
-    io.save_checkpoint({"step": step, "weights": torch.full((3_000_000,), float(step))}, sys.argv[1])
-    print(step, flush=True)
-"""
+def _write_checkpoints_forever(path: Path, weights: torch.Tensor) -> None:
+    io, step = AtomicCheckpointIO(), 0
+    while True:  # serialising only: no torch kernels, which could deadlock in a forked child
+        step += 1
+        io.save_checkpoint({"step": step, "weights": weights}, path)
 
 
 def test_a_writer_killed_at_any_moment_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
-    path = tmp_path / "last.ckpt"
-    for delay in (0.05, 0.11, 0.17, 0.23, 0.29):
-        writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
-        writer.stdout.readline()  # one checkpoint written
-        time.sleep(delay)  # then killed mid-way through a later one, most likely
+    path, weights = tmp_path / "last.ckpt", torch.arange(3_000_000, dtype=torch.float32)
+    fork = multiprocessing.get_context("fork")  # the child starts at once, with torch already imported
+    for delay in (0.0, 0.03, 0.07, 0.11, 0.17):
+        writer = fork.Process(target=_write_checkpoints_forever, args=(path, weights), daemon=True)
+        writer.start()
+        deadline = time.time() + 60
+        while not path.is_file() and time.time() < deadline:
+            time.sleep(0.005)
+        time.sleep(delay)  # then killed mid-way through a later write, most likely
         os.kill(writer.pid, signal.SIGKILL)
-        writer.wait()
-        content = torch.load(path, weights_only=True)
-        assert content["step"] >= 1 and bool((content["weights"] == content["step"]).all())
+        writer.join()
+        content = torch.load(path, weights_only=True)  # reads every byte: a torn file fails here
+        assert content["step"] >= 1 and torch.equal(content["weights"], weights)
 
 
 def test_checkpoint_write_replaces_the_file_in_one_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,35 +164,48 @@ def test_user_errors_print_one_message_and_exit_2_unless_full_error(tmp_path: Pa
     assert "ckpt_path=/no/such/run/last.ckpt does not exist" in output and "Traceback" not in output
     full = run_script("train.py", args, env={"HYDRA_FULL_ERROR": "1"})
     assert full.returncode != 0 and "Traceback" in full.stderr and "UserError" in full.stderr
-    # a config value checked by the project's own code counts as the user's error too
-    bad_value = run_script("train.py", ["backbone.trainable_stages=9", f"hydra.run.dir={tmp_path}/b"])
-    assert bad_value.returncode == 2 and "Traceback" not in bad_value.stdout + bad_value.stderr
-    assert "trainable_stages=9 must be between 0 and 5" in bad_value.stdout + bad_value.stderr
 
 
-_GENERATE_THEN_READ = """
-import sys, time
-from pathlib import Path
-from tasks.data.shapes import ShapesSpec, ensure_shapes
-root = Path(sys.argv[1])
-ensure_shapes(root, ShapesSpec(num_train=24, num_val=8, image_size=64, max_objects=2))
-files = sorted(p.name for p in (root / "train2017").iterdir())
-folder = (root / "train2017").stat().st_ino
-end = time.time() + 3
-while time.time() < end:  # keep reading, as a training run would, while the others finish
-    assert (root / "train2017").stat().st_ino == folder, "the folder was replaced under a reader"
-    assert sorted(p.name for p in (root / "train2017").iterdir()) == files, "files changed under a reader"
-print(len(files))
-"""
+def test_a_config_value_checked_by_the_project_is_the_users_error(
+    shapes_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = compose_config(_tiny_detection(shapes_root, "backbone.trainable_stages=9"), tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        exit_on_user_error(train)(config)
+    assert exited.value.code == 2
+    assert "trainable_stages=9 must be between 0 and 5" in caplog.text and "Traceback" not in caplog.text
+    # an error raised inside a library is not the user's: it keeps its traceback
+    with pytest.raises(ZeroDivisionError):
+        exit_on_user_error(lambda: 1 / 0)()
+    assert user_error(ValueError("raised by a library")) is None
+
+
+def _generate_then_read(root: Path, barrier, results) -> None:
+    from tasks.data.shapes import ShapesSpec, ensure_shapes
+
+    barrier.wait()  # every run starts at the same moment
+    ensure_shapes(root, ShapesSpec(num_train=24, num_val=8, image_size=64, max_objects=2))
+    files = sorted(p.name for p in (root / "train2017").iterdir())
+    folder = (root / "train2017").stat().st_ino
+    end = time.time() + 1.5
+    while time.time() < end:  # keep reading, as a training run would, while the others finish
+        if (root / "train2017").stat().st_ino != folder:
+            results.put("the folder was replaced under a reader")
+            return
+    results.put(len(files))
 
 
 def test_runs_started_together_on_empty_data_all_succeed(tmp_path: Path) -> None:
     root = tmp_path / "data" / "shapes"
-    runs = [
-        subprocess.Popen([sys.executable, "-c", _GENERATE_THEN_READ, str(root)], stdout=subprocess.PIPE, text=True)
-        for _ in range(3)
-    ]
-    outputs = [run.communicate(timeout=120)[0] for run in runs]
-    assert [run.returncode for run in runs] == [0, 0, 0]
-    assert [out.strip() for out in outputs] == ["24"] * 3
+    fork = multiprocessing.get_context("fork")
+    barrier, results = fork.Barrier(3), fork.Queue()
+    runs = [fork.Process(target=_generate_then_read, args=(root, barrier, results)) for _ in range(3)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(timeout=120)
+        if run.is_alive():
+            run.kill()
+    assert [run.exitcode for run in runs] == [0, 0, 0]
+    assert sorted(results.get(timeout=5) for _ in runs) == [24, 24, 24]
     assert [p.name for p in root.parent.iterdir()] == ["shapes"]  # no temporary folder left behind
