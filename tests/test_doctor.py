@@ -98,3 +98,15 @@ def test_check_dataset_command_exits_nonzero_with_the_report(tmp_path: Path) -> 
         "error(s)",
     ):
         assert expected in result.stdout, expected
+
+
+@pytest.mark.parametrize("bad_id", [[7], [7, 8], "7", None])
+def test_malformed_annotation_ids_are_reported_not_crashed_on(bad_id: object) -> None:
+    images = [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}]
+    annotations = [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10]},
+        {"id": bad_id, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10]},
+    ]
+    dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]}
+    findings = inspect_coco(dataset, Path("/nonexistent"), "x.json", read_images=False)
+    assert [f.message for f in findings if f.check == "zero annotation id"] == ["x.json: 1 annotations have id None"]

@@ -54,8 +54,11 @@ def read_instances(ann_file: Path, *, keep_segmentation: bool = False) -> dict:
 def _ids(rows: list[dict], key: str) -> np.ndarray:
     """``row[key]`` of every row as int64; MISSING where it is absent or not an integer."""
     values = [row.get(key, MISSING) for row in rows]
-    column = np.asarray(values, dtype=object if not values else None)
-    if column.dtype.kind in "iu":  # the usual case: every id an integer
+    try:
+        column = np.asarray(values)
+    except ValueError:  # ragged: some id is a list
+        column = np.empty(0, object)
+    if column.ndim == 1 and (column.dtype.kind in "iu" or not values):  # the usual case: every id an integer
         return column.astype(np.int64)
     return np.asarray([v if isinstance(v, int) and not isinstance(v, bool) else MISSING for v in values], np.int64)
 
