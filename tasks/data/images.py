@@ -21,14 +21,16 @@ def upright_size(image: Image.Image) -> tuple[int, int]:
     return (height, width) if transposed else (width, height)
 
 
-def image_file_problem(
+def inspect_image_file(
     path: Path, *, decode: bool = True, recorded_size: tuple[int, int] | None = None, max_pixels: int = MAX_PIXELS
-) -> str | None:
-    """What makes an image file unusable, or None. Header checks first (pixel count, size against
-    the annotation's, EXIF rotation); ``decode`` then decodes every pixel, which finds truncated
-    files that ``Image.verify`` passes."""
+) -> tuple[str | None, tuple[int, int] | None]:
+    """What makes an image file unusable (or None), and its upright (width, height) when the header
+    could be read. Header checks first (pixel count, size against the annotation's, EXIF
+    rotation); ``decode`` then decodes every pixel, which finds truncated files that
+    ``Image.verify`` passes. The file is opened once."""
     if not path.is_file():
-        return "missing"
+        return "missing", None
+    upright = None
     try:
         with Image.open(path) as image:
             width, height = image.size
@@ -36,7 +38,7 @@ def image_file_problem(
                 return (
                     f"{width}x{height} ({width * height / 1e6:.0f} MP), over max_pixels={max_pixels}: refused before "
                     "decoding (a decompression bomb?); raise max_pixels if the image is genuine"
-                )
+                ), None
             upright = upright_size(image)
             if recorded_size is not None and tuple(recorded_size) != upright:
                 if upright != (width, height) and tuple(recorded_size) == (width, height):
@@ -44,13 +46,19 @@ def image_file_problem(
                         f"EXIF-rotated: upright it is {upright[0]}x{upright[1]}, but the annotation records the "
                         f"unrotated {width}x{height}, so its boxes would be misplaced; save the pixels upright "
                         "without the EXIF orientation tag, or fix the annotation"
-                    )
-                return f"{upright[0]}x{upright[1]}, but the annotation records {recorded_size[0]}x{recorded_size[1]}"
+                    ), upright
+                recorded = f"{recorded_size[0]}x{recorded_size[1]}"
+                return f"{upright[0]}x{upright[1]}, but the annotation records {recorded}", upright
             if decode:
                 image.load()
     except Exception as err:  # noqa: BLE001 - any decoder failure (truncation, bomb, format) makes it unusable
-        return f"unreadable ({err})"
-    return None
+        return f"unreadable ({err})", upright
+    return None, upright
+
+
+def image_file_problem(path: Path, **checks) -> str | None:
+    """What makes an image file unusable, or None (``inspect_image_file``'s checks)."""
+    return inspect_image_file(path, **checks)[0]
 
 
 def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:

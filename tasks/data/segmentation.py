@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tasks.data.coco import load_coco, read_categories
 from tasks.data.doctor import ERROR, Finding
-from tasks.data.images import MAX_PIXELS, image_file_problem, read_rgb, upright_size
+from tasks.data.images import MAX_PIXELS, inspect_image_file, read_rgb
 from tasks.data.shapes import SHAPE_CLASSES, ensure_shapes, split_spec
 from tasks.data.voc import VOC_CLASSES
 from tasks.metrics.confusion import ConfusionMatrixEvaluator
@@ -62,17 +62,16 @@ def record_problems(
     the images' own problems too (truncation, pixel count, ...), by decoding them."""
     problems = []
     for record in records:
-        image_problem = image_file_problem(record.image, decode=decode, max_pixels=max_pixels)
+        image_problem, upright = inspect_image_file(record.image, decode=decode, max_pixels=max_pixels)
         if image_problem:
             problems.append(f"{record.image} is {image_problem}")
             continue
+        width, height = upright
         try:
             mask = read_mask(record.mask)
         except (OSError, ValueError) as err:
             problems.append(f"{record.mask} is {'missing' if not record.mask.is_file() else f'unreadable ({err})'}")
             continue
-        with Image.open(record.image) as image:
-            width, height = upright_size(image)
         if mask.shape != (height, width):
             problems.append(f"{record.mask} is {mask.shape[1]}x{mask.shape[0]} but {record.image} is {width}x{height}")
         bad = sorted(set(np.unique(mask).tolist()) - set(range(num_classes)) - {IGNORE_INDEX})
