@@ -1,18 +1,24 @@
-"""Lightning's checkpoint callback and CSV logger, made to survive a resume."""
+"""Lightning's checkpoint callback and CSV logger, made to survive a resume; per-batch seeding."""
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from tasks.data.sampling import derive_seed
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -61,3 +67,22 @@ class ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class SeedEachBatch(Callback):
+    """Seeds torch, numpy and python at each training batch from (seed, epoch, batch, rank).
+
+    What a step draws at random (the RPN's and RoI heads' sampling of anchors and proposals,
+    dropout, stochastic depth) is then the same in a run resumed from a checkpoint as in the
+    uninterrupted run, without saving random states into checkpoints. The data order and the
+    augmentations are seeded the same way by the training loader.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        seed = derive_seed(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank)
+        torch.manual_seed(seed)  # CUDA devices too
+        np.random.seed(seed % 2**32)
+        random.seed(seed)

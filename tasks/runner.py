@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    """The dataset config's datamodule; no file is read or written yet."""
-    return instantiate(cfg.dataset)
+    """The dataset config's datamodule; no file is read or written yet. The training order and
+    augmentation derive from the run's seed."""
+    return instantiate(cfg.dataset, sampling_seed=cfg.seed)
 
 
 def resolve_num_classes(configured: int | None, datamodule: L.LightningDataModule) -> int:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torch.utils.data import BatchSampler, RandomSampler
 
-from tasks.data.sampling import GroupedBatchSampler, aspect_ratio_groups
+from tasks.data.sampling import aspect_ratio_groups, group_batches, plain_batches
 from tasks.data.transforms import detection_transforms
 
 
@@ -54,10 +52,11 @@ def test_grouped_batches_are_homogeneous_complete_and_as_many_as_plain_batches()
     ratios = [0.5 + (i % 3) for i in range(23)]  # three aspect-ratio groups
     groups = aspect_ratio_groups(ratios)
     assert len(set(groups)) == 3
-    sampler = RandomSampler(range(23), generator=torch.Generator().manual_seed(0))
-    batches = list(GroupedBatchSampler(sampler, groups, batch_size=4))
+    order = np.random.default_rng(0).permutation(23).tolist()
+    batches = group_batches(order, groups, batch_size=4, drop_last=False)
     assert sorted(i for b in batches for i in b) == list(range(23))
-    assert len(batches) == len(BatchSampler(sampler, 4, False))
+    assert len(batches) == len(plain_batches(order, 4, drop_last=False)) == 6
+    assert len(group_batches(order, groups, batch_size=4, drop_last=True)) == 5
     full = [b for b in batches if len(b) == 4]
     mixed = sum(len({groups[i] for i in b}) > 1 for b in full)
     assert mixed <= 1  # only the final leftovers may mix groups

@@ -1,12 +1,21 @@
-"""Aspect-ratio grouped batching: batches of similarly shaped images pad little."""
+"""The training order of an epoch: shuffled, sharded over DDP ranks, batched (optionally by
+aspect ratio), each sample with its own augmentation seed; all a function of (seed, epoch).
+
+Because nothing depends on state carried from batch to batch, a run resumed in the middle of
+an epoch continues from the exact next batch with the same augmentations, for any number of
+loader workers.
+"""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from torch.utils.data import BatchSampler, Sampler
+from torch.utils.data import DistributedSampler
+
+SampleKey = tuple[int, int]  # (dataset index, augmentation seed)
 
 
 def aspect_ratio_groups(aspect_ratios: Sequence[float], bins_per_side: int = 3) -> list[int]:
@@ -15,28 +24,81 @@ def aspect_ratio_groups(aspect_ratios: Sequence[float], bins_per_side: int = 3) 
     return np.digitize(np.asarray(aspect_ratios, dtype=float), bins).tolist()
 
 
-class GroupedBatchSampler(BatchSampler):
-    """Fills one batch per group from ``sampler``'s order; leftovers are batched together at the end.
+def group_batches(order: Sequence[int], group_ids: Sequence[int], batch_size: int, drop_last: bool) -> list[list[int]]:
+    """Fill one batch per group in ``order``; leftovers are batched together at the end.
 
-    It yields as many batches as a plain ``BatchSampler`` over the same sampler, so every
-    DDP rank (each with its own shard, since Lightning swaps ``sampler`` for a distributed
-    one) runs the same number of steps.
+    There are as many batches as plain batching of ``order`` gives, so every DDP rank runs the
+    same number of steps.
+    """
+    batches, pending = [], defaultdict(list)
+    for index in order:
+        group = pending[group_ids[index]]
+        group.append(index)
+        if len(group) == batch_size:
+            batches.append(group.copy())
+            group.clear()
+    leftovers = [index for group in pending.values() for index in group]
+    return batches + plain_batches(leftovers, batch_size, drop_last)
+
+
+def plain_batches(order: Sequence[int], batch_size: int, drop_last: bool) -> list[list[int]]:
+    batches = [list(order[start : start + batch_size]) for start in range(0, len(order), batch_size)]
+    return batches[:-1] if batches and drop_last and len(batches[-1]) < batch_size else batches
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (a run's seed, an epoch, a step, a rank ...)."""
+    state = np.random.SeedSequence([int(p) % 2**63 for p in parts]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+class EpochBatchSampler(DistributedSampler):
+    """Batches of ``SampleKey`` for one rank: the same batches for the same (seed, epoch).
+
+    It is a ``DistributedSampler`` so that Lightning keeps it instead of wrapping it; it shards
+    itself like one (the order padded to a multiple of the ranks, then every ``num_replicas``-th
+    sample). ``start(epoch, batches_done)`` sets where the next iteration begins: a resumed run
+    skips the batches its checkpoint had already trained on.
     """
 
-    def __init__(self, sampler: Sampler[int], group_ids: Sequence[int], batch_size: int, drop_last: bool = False):
-        super().__init__(sampler, batch_size, drop_last)
-        self.group_ids = list(group_ids)
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        *,
+        seed: int,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        group_ids: Sequence[int] | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.size, self.batch_size, self.drop_last_batch = size, batch_size, drop_last
+        self.group_ids = list(group_ids) if group_ids is not None else None
+        self.skip = 0
 
-    def __iter__(self) -> Iterator[list[int]]:
-        pending: dict[int, list[int]] = defaultdict(list)
-        for index in self.sampler:
-            group = pending[self.group_ids[index]]
-            group.append(index)
-            if len(group) == self.batch_size:
-                yield group.copy()
-                group.clear()
-        leftovers = [index for group in pending.values() for index in group]
-        for start in range(0, len(leftovers), self.batch_size):
-            batch = leftovers[start : start + self.batch_size]
-            if len(batch) == self.batch_size or not self.drop_last:
-                yield batch
+    def __len__(self) -> int:
+        per_rank = math.ceil(self.size / self.num_replicas)
+        return per_rank // self.batch_size if self.drop_last_batch else math.ceil(per_rank / self.batch_size)
+
+    def start(self, epoch: int, batches_done: int = 0) -> None:
+        if batches_done >= len(self):  # saved at the end of an epoch: the next one starts afresh
+            epoch, batches_done = epoch + 1, 0
+        self.set_epoch(epoch)
+        self.skip = batches_done
+
+    def epoch_batches(self, epoch: int) -> list[list[SampleKey]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
+        seeds = rng.integers(0, 2**63 - 1, size=self.size)
+        padded = np.resize(order, self.num_replicas * math.ceil(self.size / self.num_replicas))
+        shard = padded[self.rank :: self.num_replicas].tolist()
+        if self.group_ids is None:
+            batches = plain_batches(shard, self.batch_size, self.drop_last_batch)
+        else:
+            batches = group_batches(shard, self.group_ids, self.batch_size, self.drop_last_batch)
+        return [[(index, int(seeds[index])) for index in batch] for batch in batches]
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        yield from self.epoch_batches(self.epoch)[self.skip :]
