@@ -21,7 +21,7 @@ from tasks.errors import exit_on_user_error  # noqa: E402
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     datamodule = instantiate(cfg.dataset)  # inspect() reads the files as they are (shapes: generated first)
-    findings, class_names = datamodule.inspect(read_images=True, max_pixels=cfg.max_pixels)
+    findings, class_names = datamodule.inspect(read_images=True, max_pixels=datamodule.max_pixels)
     findings += check_num_classes(cfg.task.model.get("num_classes"), class_names)
     print(format_report(findings))
     errors = sum(f.severity == ERROR for f in findings)

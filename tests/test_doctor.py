@@ -51,13 +51,13 @@ def test_every_seeded_problem_is_reported(tmp_path: Path) -> None:
     assert "num_classes=5" in check_num_classes(5, ["a", "b", "c"])[0].message
 
 
-def test_training_start_stops_on_errors_without_reading_images(tmp_path: Path) -> None:
+def test_training_start_stops_on_annotation_errors(tmp_path: Path) -> None:
     _seed(tmp_path)
     with pytest.raises(DatasetError) as info:
-        CocoDetection(tmp_path / "val2017", tmp_path / "annotations/instances_val2017.json")
+        CocoDetection(tmp_path / "val2017", tmp_path / "annotations/instances_val2017.json", check_images=False)
     message = str(info.value)
-    assert "duplicate annotation id" in message and "000000000004.png (image_id 4) is missing" in message
-    assert "unreadable" not in message  # the start-up subset only checks that files exist
+    assert "duplicate annotation id" in message and "zero annotation id" in message
+    assert "000000000004.png" not in message  # image files are the datamodule's start-up check (test_bad_images)
 
 
 def test_safe_problems_are_repaired_with_a_count(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -148,10 +148,10 @@ def coco_index(tables: CocoTables, source: str) -> DetectionIndex:
 
 
 def index_coco_file(ann_file: Path, image_dir: Path) -> tuple[DetectionIndex, dict]:
-    """Read, check (errors stop here with the doctor's report: annotations, and that every image
-    file exists) and index one instances json."""
+    """Read, check (annotation errors stop here with the doctor's report; image files are checked
+    by the caller) and index one instances json."""
     tables = CocoTables.from_dataset(read_instances(ann_file))
-    raise_on_errors(inspect_coco_tables(tables, image_dir, str(ann_file), files="exist"), str(ann_file))
+    raise_on_errors(inspect_coco_tables(tables, image_dir, str(ann_file), files="skip"), str(ann_file))
     if not tables.categories:
         raise ValueError(f"{ann_file} declares no categories")
     metadata = {"category_ids": tables.category_ids, "class_names": tables.class_names}
@@ -191,14 +191,8 @@ class CocoDetection(DetectionDataset):
         if not image_dir.is_dir():
             raise FileNotFoundError(f"image folder {image_dir} not found: expected the images of {ann_file}")
         key = source_key(ann_file, images=str(image_dir.resolve()))
-        built: list[bool] = []  # indexing checks the image files itself
-
-        def build() -> tuple[DetectionIndex, dict]:
-            built.append(True)
-            return index_coco_file(ann_file, image_dir)
-
-        index, metadata = cached_index(cache_dir, "coco", key, build)
-        if check_images and not built:
+        index, metadata = cached_index(cache_dir, "coco", key, lambda: index_coco_file(ann_file, image_dir))
+        if check_images:
             raise_on_errors(image_file_findings(index, image_dir), str(ann_file))
         super().__init__(
             index,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -9,13 +10,15 @@ from pathlib import Path
 import albumentations as A
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader
 
+from tasks.data.bad_images import keep_good_images
 from tasks.data.coco import CocoDetection, read_categories, read_instances
 from tasks.data.detection_dataset import DetectionDataset, collate_detection
 from tasks.data.doctor import ERROR, Finding, inspect_coco, inspect_voc
 from tasks.data.images import MAX_PIXELS
-from tasks.data.sampling import GroupedBatchSampler, aspect_ratio_groups
+from tasks.data.loader import training_loader
+from tasks.data.sampling import aspect_ratio_groups
 from tasks.data.transforms import RESIZING_PRESETS, detection_transforms
 from tasks.data.voc import VOC_CLASSES, VocDetection
 from tasks.metrics.coco_eval import CocoEvaluator
@@ -29,6 +32,8 @@ class DetectionDataModule(L.LightningDataModule):
     (``_read_metadata``, without preparing or loading the data). ``augment`` names a preset of
     ``tasks.data.transforms``; ``preset_options`` passes its sizes (e.g. ``multiscale_sizes``).
     ``group_aspect_ratio`` batches wide and tall images apart so batches pad little.
+    ``skip_bad_images``: leave out (with a warning) image files that the start-up check finds
+    unusable, instead of stopping; ``max_pixels``: larger images are refused from their header.
 
     Lightning calls ``prepare_data`` on global rank 0 only (``prepare_per_node=true``: on each
     node's first process, for data on node-local disks) while the others wait, then ``setup``
@@ -47,9 +52,16 @@ class DetectionDataModule(L.LightningDataModule):
         group_aspect_ratio: bool = False,
         pin_memory: bool = False,
         prepare_per_node: bool = False,
+        cache_dir: str | Path | None = None,
+        skip_bad_images: bool = False,
+        max_pixels: int = MAX_PIXELS,
+        sampling_seed: int = 0,
     ) -> None:
         super().__init__()
         self.prepare_data_per_node = prepare_per_node
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self.skip_bad_images, self.max_pixels = skip_bad_images, max_pixels
+        self.sampling_seed = sampling_seed
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
@@ -70,8 +82,40 @@ class DetectionDataModule(L.LightningDataModule):
     def _build_split(
         self, split: str, transforms: A.Compose | None, *, prepared: bool
     ) -> DetectionDataset:  # pragma: no cover - abstract
-        """The dataset of ``split``; ``prepared``: ``prepare_data`` already checked its files."""
+        """The dataset of ``split`` (its annotations checked; its image files are checked by the caller);
+        ``prepared``: ``prepare_data`` already indexed it."""
         raise NotImplementedError
+
+    def _checked_split(self, split: str, transforms: A.Compose | None, *, prepared: bool) -> DetectionDataset:
+        """``split`` without its bad image files, or a stop naming them (``keep_good_images``).
+
+        The check runs in ``prepare_data`` (one process, reported there); the other processes read
+        its remembered results in ``setup`` and leave out the same files.
+        """
+        dataset = self._build_split(split, transforms, prepared=prepared)
+        index = dataset.index
+        items = [
+            (
+                dataset.image_root / index.file_name(i),
+                (int(index.widths[i]), int(index.heights[i])),
+                f" (image_id {index.image_ids[i]})",
+            )
+            for i in range(len(index))
+        ]
+        key = hashlib.sha1(f"{dataset.source}|{dataset.image_root.resolve()}".encode()).hexdigest()[:16]
+        cache_file = self.cache_dir / f"image-checks-{key}.json" if self.cache_dir else None
+        keep = keep_good_images(
+            items,
+            source=f"{dataset.source} ({split})",
+            skip_bad_images=self.skip_bad_images,
+            max_pixels=self.max_pixels,
+            cache_file=cache_file,
+            report=not prepared,
+        )
+        if len(keep) < len(index):
+            dataset.index = index.select(keep)
+        dataset.max_pixels = self.max_pixels
+        return dataset
 
     def _read_metadata(self) -> tuple[list[int], list[str]]:  # pragma: no cover - abstract
         """Category ids and class names, read without preparing or loading the data."""
@@ -93,7 +137,7 @@ class DetectionDataModule(L.LightningDataModule):
         if self._prepared:
             return
         for split in ("train", "val"):
-            self._build_split(split, None, prepared=False)
+            self._checked_split(split, None, prepared=False)
         self._prepared = True
 
     def setup(self, stage: str | None = None) -> None:
@@ -101,8 +145,8 @@ class DetectionDataModule(L.LightningDataModule):
             return
         if self.trainer is None:  # used on its own: nobody prepared the data
             self.prepare_data()
-        self.train_set = self._build_split("train", self._transforms(train=True), prepared=True)
-        self.val_set = self._build_split("val", self._transforms(train=False), prepared=True)
+        self.train_set = self._checked_split("train", self._transforms(train=True), prepared=True)
+        self.val_set = self._checked_split("val", self._transforms(train=False), prepared=True)
         for dataset in (self.train_set, self.val_set):
             if (dataset.category_ids, dataset.class_names) != (self.category_ids, self.class_names):
                 raise ValueError(
@@ -132,25 +176,28 @@ class DetectionDataModule(L.LightningDataModule):
         val = self.val_set
         return CocoEvaluator(val.ground_truth, val.category_ids, backend=backend, class_names=val.class_names)
 
-    def _loader(self, dataset: DetectionDataset, batch_size: int, train: bool) -> DataLoader:
-        options = dict(
+    def _loader_options(self) -> dict:
+        return dict(
             num_workers=self.num_workers,
             collate_fn=collate_detection,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
-        if train and self.group_aspect_ratio:
-            groups = aspect_ratio_groups(dataset.index.aspect_ratios)
-            sampler = GroupedBatchSampler(RandomSampler(dataset), groups, batch_size)
-            return DataLoader(dataset, batch_sampler=sampler, **options)
-        sampler = RandomSampler(dataset) if train else SequentialSampler(dataset)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **options)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, train=True)
+        dataset = self.train_set
+        groups = aspect_ratio_groups(dataset.index.aspect_ratios) if self.group_aspect_ratio else None
+        return training_loader(
+            dataset,
+            self.batch_size,
+            seed=self.sampling_seed,
+            trainer=self.trainer,
+            group_ids=groups,
+            **self._loader_options(),
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.val_batch_size, train=False)
+        return DataLoader(self.val_set, batch_size=self.val_batch_size, **self._loader_options())
 
 
 class CocoDataModule(DetectionDataModule):
@@ -166,13 +213,11 @@ class CocoDataModule(DetectionDataModule):
         train_annotations: str = "annotations/instances_train2017.json",
         val_images: str = "val2017",
         val_annotations: str = "annotations/instances_val2017.json",
-        cache_dir: str | Path | None = None,
         **options,
     ) -> None:
         super().__init__(**options)
         self.root = Path(root).expanduser() if root else Path()
         self.splits = {"train": (train_images, train_annotations), "val": (val_images, val_annotations)}
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
 
     def _layout(self) -> str:
         return ", ".join(f"{images}/ and {ann}" for images, ann in self.splits.values())
@@ -197,7 +242,7 @@ class CocoDataModule(DetectionDataModule):
 
     def _build_split(self, split: str, transforms: A.Compose | None, *, prepared: bool) -> DetectionDataset:
         images, annotations = self._split_paths(split)
-        return CocoDetection(images, annotations, transforms, cache_dir=self.cache_dir, check_images=not prepared)
+        return CocoDetection(images, annotations, transforms, cache_dir=self.cache_dir, check_images=False)
 
     def _read_metadata(self) -> tuple[list[int], list[str]]:
         """From the validation json (the smaller one; setup checks that training agrees)."""
@@ -255,7 +300,13 @@ class VocDataModule(DetectionDataModule):
         # difficult objects are never trained on in evaluation splits; they are ignore regions there
         use_difficult = self.use_difficult and split == "train"
         return VocDetection(
-            self.root, years, image_set, transforms, class_names=self.voc_class_names, use_difficult=use_difficult
+            self.root,
+            years,
+            image_set,
+            transforms,
+            class_names=self.voc_class_names,
+            use_difficult=use_difficult,
+            check_images=False,
         )
 
     def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:

@@ -13,7 +13,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from tasks.data.detection_index import DetectionIndex, ImageRecord, IndexRecords
-from tasks.data.images import read_rgb
+from tasks.data.images import MAX_PIXELS, read_rgb
 
 __all__ = ["DetectionDataset", "ImageRecord", "clip_boxes", "collate_detection"]
 
@@ -57,6 +57,7 @@ class DetectionDataset(Dataset):
         self.ground_truth = ground_truth
         self.transforms = transforms
         self.source = source
+        self.max_pixels = MAX_PIXELS  # larger files are refused from their header
 
     @property
     def num_classes(self) -> int:
@@ -72,7 +73,7 @@ class DetectionDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         record = self.index.record(index, self.image_root)
         try:
-            image = read_rgb(record.path)
+            image = read_rgb(record.path, self.max_pixels)
         except (OSError, ValueError) as err:
             raise OSError(f"cannot read image {record.path} (image_id {record.image_id}): {err}") from err
         boxes, labels = record.boxes, record.labels

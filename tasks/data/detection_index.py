@@ -74,6 +74,23 @@ class DetectionIndex:
             np.asarray(boxes[ignored]),
         )
 
+    def select(self, positions: Sequence[int]) -> DetectionIndex:
+        """The images at ``positions``, with their boxes, as a new in-memory index."""
+        positions = np.asarray(positions, np.int64)
+        starts, ends = self.box_offsets[:-1], self.box_offsets[1:]
+        rows = [np.arange(starts[i], ends[i]) for i in positions]
+        rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        return DetectionIndex.build(
+            self.image_ids[positions],
+            self.heights[positions],
+            self.widths[positions],
+            [self.file_name(i) for i in positions],
+            [ends[i] - starts[i] for i in positions],
+            self.boxes[rows],
+            self.labels[rows],
+            self.ignored[rows],
+        )
+
     @property
     def aspect_ratios(self) -> np.ndarray:
         return self.widths / self.heights

@@ -26,9 +26,11 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset
 
+from tasks.data.bad_images import keep_good_images
 from tasks.data.coco import load_coco, read_categories
 from tasks.data.doctor import ERROR, Finding
 from tasks.data.images import MAX_PIXELS, inspect_image_file, read_rgb
+from tasks.data.loader import training_loader
 from tasks.data.shapes import SHAPE_CLASSES, ensure_shapes, split_spec
 from tasks.data.voc import VOC_CLASSES
 from tasks.metrics.confusion import ConfusionMatrixEvaluator
@@ -157,6 +159,7 @@ class SegmentationDataset(Dataset):
         self.transforms = transforms
         self.resize = A.LongestMaxSize(max_size=eval_size) if eval_size else None
         self.source = source
+        self.max_pixels = MAX_PIXELS  # larger files are refused from their header
 
     @property
     def num_classes(self) -> int:
@@ -167,7 +170,7 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         record = self.records[index]
-        image, mask = read_rgb(record.image), read_mask(record.mask)
+        image, mask = read_rgb(record.image, self.max_pixels), read_mask(record.mask)
         if self.transforms is not None:
             out = self.transforms(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
@@ -320,9 +323,14 @@ class SegmentationDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         prepare_per_node: bool = False,
         cache_dir: str | Path | None = None,
+        skip_bad_images: bool = False,
+        max_pixels: int = MAX_PIXELS,
+        sampling_seed: int = 0,
     ) -> None:
         super().__init__()
         self.prepare_data_per_node = prepare_per_node
+        self.skip_bad_images, self.max_pixels = skip_bad_images, max_pixels
+        self.sampling_seed = sampling_seed
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.crop_size, self.scale_range, self.color_jitter = crop_size, tuple(scale_range), color_jitter
@@ -348,8 +356,27 @@ class SegmentationDataModule(L.LightningDataModule):
             records, names, source = self._records(split, build=True)
             if not records:
                 raise ValueError(f"{source} lists no images")
-            check_records_once(records, len(names), source, self.cache_dir)
+            good = self._good_records(records, source, report=True)
+            check_records_once(good, len(names), source, self.cache_dir)
         self._prepared = True
+
+    def _good_records(
+        self, records: list[SegmentationRecord], source: str, *, report: bool
+    ) -> list[SegmentationRecord]:
+        """``records`` without those whose image file is unusable, or a stop naming them
+        (``keep_good_images``; checked once in ``prepare_data``, remembered for ``setup``)."""
+        items = [(record.image, None, "") for record in records]
+        key = hashlib.sha1(source.encode()).hexdigest()[:16]
+        cache_file = self.cache_dir / f"image-checks-{key}.json" if self.cache_dir else None
+        keep = keep_good_images(
+            items,
+            source=source,
+            skip_bad_images=self.skip_bad_images,
+            max_pixels=self.max_pixels,
+            cache_file=cache_file,
+            report=report,
+        )
+        return [records[i] for i in keep]
 
     def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:
         """The dataset doctor's report: every problem of both splits, nothing raised."""
@@ -374,10 +401,12 @@ class SegmentationDataModule(L.LightningDataModule):
         )
         for split in ("train", "val"):
             records, names, source = self._records(split, build=False)
+            records = self._good_records(records, source, report=False)
             train = split == "train"
             dataset = SegmentationDataset(
                 records, names, transforms if train else None, None if train else self.eval_size, source
             )
+            dataset.max_pixels = self.max_pixels
             setattr(self, f"{split}_set", dataset)
 
     @cached_property
@@ -391,12 +420,8 @@ class SegmentationDataModule(L.LightningDataModule):
     def build_evaluator(self) -> ConfusionMatrixEvaluator:
         return ConfusionMatrixEvaluator(self.class_names, ignore_index=IGNORE_INDEX)
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,  # ASPP's pooled branch normalises over the batch: no batch of one
+    def _loader_options(self) -> dict:
+        return dict(
             num_workers=self.num_workers,
             collate_fn=collate_segmentation,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
@@ -404,10 +429,18 @@ class SegmentationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        # no batch of one: ASPP's pooled branch normalises over the batch
+        return training_loader(
+            self.train_set,
+            self.batch_size,
+            seed=self.sampling_seed,
+            trainer=self.trainer,
+            drop_last=True,
+            **self._loader_options(),
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.val_batch_size, shuffle=False)
+        return DataLoader(self.val_set, batch_size=self.val_batch_size, **self._loader_options())
 
 
 class VocSegDataModule(SegmentationDataModule):

@@ -83,12 +83,16 @@ class VocDetection(DetectionDataset):
         *,
         class_names: Sequence[str] = VOC_CLASSES,
         use_difficult: bool = False,
+        check_images: bool = True,
     ) -> None:
         root = Path(root)
         source = f"{root} VOC{'+'.join(map(str, years))} {split}"
         for year in map(str, years):  # a missing image set is a layout error, not a data problem
             read_image_set(root, year, split)
-        raise_on_errors(inspect_voc(root, list(years), split, list(class_names), read_images=False), source)
+        findings = inspect_voc(root, list(years), split, list(class_names), read_images=False)
+        if not check_images:  # the caller checks the image files (and may leave bad ones out)
+            findings = [f for f in findings if f.check != "image file"]
+        raise_on_errors(findings, source)
         label_of = {name: i + 1 for i, name in enumerate(class_names)}
         self.names, self.voc_ground_truth = {}, {}
         columns: dict[str, list] = {key: [] for key in ("ids", "heights", "widths", "files", "counts")}
