@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import lightning as L
 import torch
 
@@ -17,3 +19,39 @@ class SpoilWeightsAfterResume(L.Callback):
         with torch.no_grad():
             for parameter in module.parameters():
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * 3)
+
+
+class KillAtStep(L.Callback):
+    """Ends the process abruptly (as ``kill -9`` would: no cleanup, no final checkpoint) once
+    ``step`` optimizer steps are done, after the checkpoint callbacks of that step ran."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            os._exit(9)
+
+
+class NanBoxLossOnRank(L.Callback):
+    """On one DDP process only, make torchvision's box regression loss NaN on training call ``call``
+    (1-based), as when one process meets a bad batch."""
+
+    def __init__(self, rank: int, call: int) -> None:
+        self.rank, self.call = rank, call
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.global_rank != self.rank:
+            return
+        import torchvision.models.detection.roi_heads as roi_heads
+
+        original, count, call = roi_heads.fastrcnn_loss, [0], self.call
+
+        def loss(*args, **kwargs):
+            classifier, box = original(*args, **kwargs)
+            if torch.is_grad_enabled():
+                count[0] += 1
+                box = box * float("nan") if count[0] == call else box
+            return classifier, box
+
+        roi_heads.fastrcnn_loss = loss

@@ -17,6 +17,7 @@ from tasks.errors import UserError, exit_on_user_error, user_error
 from tasks.nonfinite import NonFiniteLossError
 from tasks.runner import train
 from tests.conftest import (
+    CPU_DDP,
     TINY_DETECTION,
     TINY_SEGMENTATION,
     compose_config,
@@ -82,6 +83,23 @@ def test_skip_nonfinite_batches_tolerates_that_many(shapes_root: Path, tmp_path:
         NonFiniteLossError, match=r"step 2 \(epoch 0, batch 2\)"
     ):  # a skipped batch still counts as a step
         train(compose_config(overrides, tmp_path / "two"))
+
+
+def test_nonfinite_loss_on_one_ddp_process_stops_every_process(shapes_root: Path, tmp_path: Path) -> None:
+    nan = ["+callbacks.nan._target_=tests.helpers.NanBoxLossOnRank", "+callbacks.nan.rank=1", "+callbacks.nan.call=3"]
+    steps = ["trainer.max_steps=6", "checkpoint_every_n_steps=2", "trainer.enable_progress_bar=false"]
+    args = [*_tiny_detection(shapes_root), *CPU_DDP, *steps, *nan, f"paths.log_dir={tmp_path}"]
+    result = run_script("train.py", args)  # returns: neither process waits forever for the other
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    (run,) = (tmp_path / "detection").iterdir()
+    rank0, rank1 = (run / "train.log").read_text(), (run / "train_ddp_process_1_node0_local1.log").read_text()
+    assert "non-finite loss at step 2 (epoch 1, batch 0): on another process" in rank0
+    assert "non-finite loss at step 2 (epoch 1, batch 0): loss_box_reg=nan" in rank1
+    assert str(shapes_root / "train2017") in rank1 and "Traceback" not in output
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]  # one last
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 2  # nothing written after the bad step
 
 
 def test_segmentation_stops_on_a_nonfinite_loss(
