@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -97,3 +98,14 @@ def test_missing_image_set_names_the_layout(tmp_path: Path) -> None:
     (tmp_path / "VOC2007").mkdir()
     with pytest.raises(FileNotFoundError, match="VOC2007/ImageSets/Main/trainval.txt not found"):
         VocDataModule(tmp_path, train_years=[2007]).setup()
+
+
+def test_malformed_xml_names_file_line_and_column(shapes_voc_root: Path, tmp_path: Path) -> None:
+    root = Path(shutil.copytree(shapes_voc_root, tmp_path / "VOCdevkit"))
+    first = (root / "VOC2007/ImageSets/Main/test.txt").read_text().split()[0]
+    xml_path = root / "VOC2007" / "Annotations" / f"{first}.xml"
+    xml_path.write_text("<annotation>\n  <size><width>64</width>\n  <height>64</height></size\n</annotation>\n")
+    with pytest.raises(DatasetError) as info:
+        VocDetection(root, [2007], "test", class_names=SHAPE_CLASSES)
+    message = str(info.value)
+    assert f"{xml_path} is not valid XML" in message and "line 4, column" in message, message
