@@ -13,13 +13,18 @@ top of it (FPN, box head) can follow it.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
+
+from backbones.weights import apply_weights
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,63 @@ class Backbone(nn.Module):
         """Input sides should be multiples of this so every level's grid lines up."""
         return max(spec.stride for spec in self.output_shape().values())
 
+    def initialise(
+        self,
+        network: nn.Module,
+        *,
+        weights: str,
+        init: str | None,
+        norm: str,
+        imagenet: Callable[[], Mapping[str, Tensor]],
+        prefixes: tuple[str, ...],
+        ignore_unused: tuple[str, ...] = (),
+        pretrained: bool | None = None,
+    ) -> nn.Module:
+        """The set-up every family shares, in order: ``weights`` then ``init`` loaded into ``network``
+        (keys remapped under ``prefixes``; ``imagenet()`` gives the family's ImageNet state dict), then
+        its BatchNorm turned into ``norm`` (``auto`` resolved from whether it starts from weights;
+        ``pretrained`` says so when the weights came in another way). Returns the network."""
+        for source in (weights, init or "none"):
+            apply_weights(
+                network, source, name=self._label(), imagenet=imagenet, prefixes=prefixes, ignore_unused=ignore_unused
+            )
+        starts_from_weights = weights != "none" or bool(init) if pretrained is None else pretrained or bool(init)
+        self.norm = resolve_norm(norm, pretrained=starts_from_weights)
+        return apply_norm(network, self.norm, name=self._label(), freeze=self.freeze_norm)
+
+    def dilate_to(self, output_stride: int) -> int:
+        """Dilate the deepest stages so that no output is coarser than ``output_stride`` (8 or 16), by
+        ``backbones.dilation``'s rule; returns the output stride reached. The rule is tried on a copy
+        first: a backbone it cannot dilate (a downsampling it does not see) stays as it is, with a
+        warning saying why."""
+        from backbones.dilation import dilate  # it builds on this module's stage contract
+
+        current = max(spec.stride for spec in self.output_shape().values())
+        if output_stride >= current:
+            return current
+        if current != 32:
+            raise ValueError(f"{self._label()} is already dilated to output stride {current}")
+        expected = [min(spec.stride, output_stride) for spec in self.output_shape().values()]
+        trial = copy.deepcopy(self)
+        try:
+            dilate(trial.stages(), output_stride, name=self._label())
+            trial._after_dilation(output_stride)
+            reached = [spec.stride for spec in measure_output_shape(trial).values()]
+            if reached != expected:
+                raise ValueError(f"{self._label()} gives strides {reached} once dilated, not {expected}")
+        except (ValueError, RuntimeError) as err:
+            log.warning("%s: it keeps output stride %d", err, current)
+            return current
+        dilate(self.stages(), output_stride, name=self._label())
+        self._after_dilation(output_stride)
+        return output_stride
+
+    def _after_dilation(self, output_stride: int) -> None:
+        """Update what ``output_shape`` declares (families that keep it computed override this)."""
+
+    def _label(self) -> str:
+        return str(getattr(self, "name", type(self).__name__))
+
     def freeze_norm(self, module: nn.Module) -> nn.Module:
         """``module`` with its BatchNorm layers' statistics frozen (families with fused layers override)."""
         return freeze_batch_norm(module)
@@ -89,6 +151,21 @@ class Backbone(nn.Module):
         for name in getattr(self, "_frozen_names", []):
             self.get_submodule(name).eval()
         return self
+
+
+def measure_output_shape(body: nn.Module, size: int = 64) -> OrderedDict[str, FeatureSpec]:
+    """Channels and strides of the feature maps ``body`` returns (a dict, or a list named ``c<log2 stride>``),
+    read from one forward pass on a blank ``size`` x ``size`` image."""
+    was_training = body.training
+    body.eval()
+    with torch.no_grad():
+        outputs = body(torch.zeros(1, 3, size, size))
+    body.train(was_training)
+    if not isinstance(outputs, dict):
+        outputs = {f"c{round(math.log2(size / t.shape[-1]))}": t for t in outputs}
+    return OrderedDict(
+        (name, FeatureSpec(int(t.shape[1]), 2 ** round(math.log2(size / t.shape[-1])))) for name, t in outputs.items()
+    )
 
 
 def resolve_norm(norm: str, *, pretrained: bool) -> str:

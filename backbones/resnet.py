@@ -8,8 +8,9 @@ from collections.abc import Callable, Sequence
 from torch import Tensor, nn
 from torchvision import models
 
-from backbones.base import Backbone, FeatureSpec, apply_norm, resolve_norm
-from backbones.weights import apply_weights, torchvision_state_dict
+from backbones.base import Backbone, FeatureSpec
+from backbones.dilation import OUTPUT_STRIDES
+from backbones.weights import torchvision_state_dict
 
 # name -> (torchvision builder, the ImageNet weights detection models start from)
 RESNETS: dict[str, tuple[Callable[..., models.ResNet], models.WeightsEnum]] = {
@@ -25,7 +26,6 @@ RESNETS: dict[str, tuple[Callable[..., models.ResNet], models.WeightsEnum]] = {
 
 STAGES = ("c2", "c3", "c4", "c5")  # outputs of layer1..layer4, strides 4..32
 _LAYER_OF_STAGE = {"c2": "layer1", "c3": "layer2", "c4": "layer3", "c5": "layer4"}
-_DILATION = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
 # Prefixes under which a ResNet body sits in checkpoints this loader understands.
 _KNOWN_PREFIXES = ("body.", "backbone.body.", "model.backbone.body.", "backbone.", "model.backbone.")
 
@@ -42,7 +42,7 @@ class ResNetBackbone(Backbone):
         norm: ``"frozen_bn"``, ``"bn"``, ``"gn"`` (GroupNorm, for training from scratch at a few
             images per device), or ``"auto"``: frozen statistics when starting from weights,
             trainable BatchNorm from scratch.
-        output_stride: 32, or 16/8 by dilating the last stages instead of striding.
+        output_stride: 32, or 16/8 by dilating the last stages instead of striding (any depth).
         out_features: which stages ``forward`` returns.
         init: a checkpoint to start from, loaded after ``weights``: one of this project
             (detection or segmentation), or a torchvision classification or segmentation
@@ -63,36 +63,32 @@ class ResNetBackbone(Backbone):
         super().__init__()
         if name not in RESNETS:
             raise ValueError(f"unknown ResNet {name!r}; choose one of {sorted(RESNETS)}")
-        if output_stride not in _DILATION:
-            raise ValueError(f"output_stride={output_stride} must be one of {sorted(_DILATION)}")
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride={output_stride} must be one of {OUTPUT_STRIDES}")
         unknown = [f for f in out_features if f not in STAGES]
         if unknown or not out_features:
             raise ValueError(f"out_features {list(out_features)} must be a non-empty subset of {STAGES}")
         builder, imagenet = RESNETS[name]
-        self.norm = resolve_norm(norm, pretrained=weights != "none" or bool(init))
-        try:
-            net = builder(weights=None, replace_stride_with_dilation=_DILATION[output_stride])
-        except NotImplementedError as err:  # BasicBlock refuses dilation
-            raise ValueError(
-                f"{name} cannot dilate (basic blocks), so output_stride={output_stride} is unavailable; "
-                "use output_stride=32 or a bottleneck ResNet such as resnet50"
-            ) from err
+        net = builder(weights=None)
         self.name = name
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self._out_features = [s for s in STAGES if s in out_features]
-        self._output_stride = output_stride
-        for source in (weights, init or "none"):
-            apply_weights(
-                self,
-                source,
-                name=name,
-                imagenet=lambda: torchvision_state_dict(imagenet),
-                prefixes=_KNOWN_PREFIXES,
-                ignore_unused=("fc.",),
-            )
-        apply_norm(self, self.norm, name=name)
+        self._output_stride = 32
+        self.dilate_to(output_stride)  # torchvision's rule, basic blocks included
+        self.initialise(
+            self,
+            weights=weights,
+            init=init,
+            norm=norm,
+            imagenet=lambda: torchvision_state_dict(imagenet),
+            prefixes=_KNOWN_PREFIXES,
+            ignore_unused=("fc.",),
+        )
         self.freeze_stages(trainable_stages)
+
+    def _after_dilation(self, output_stride: int) -> None:
+        self._output_stride = output_stride
 
     def stages(self) -> list[list[nn.Module]]:
         return [[self.conv1, self.bn1], [self.layer1], [self.layer2], [self.layer3], [self.layer4]]

@@ -7,8 +7,8 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
-from backbones.base import Backbone, FeatureSpec, apply_norm, resolve_norm
-from backbones.weights import BODY_PREFIXES, WeightsError, apply_weights
+from backbones.base import Backbone, FeatureSpec, measure_output_shape
+from backbones.weights import BODY_PREFIXES, WeightsError
 
 
 def _create(name: str, *, pretrained: bool, output_stride: int) -> nn.Module:
@@ -22,7 +22,11 @@ def _create(name: str, *, pretrained: bool, output_stride: int) -> nn.Module:
             raise ValueError(f"timm has no model {name!r}: see timm.list_models()") from err
         raise
     except (AssertionError, TypeError) as err:  # timm's own refusal of dilation for this model
-        raise ValueError(f"timm model {name} cannot give output_stride={output_stride}: {err}") from err
+        raise DilationRefused(f"timm model {name} cannot give output_stride={output_stride}: {err}") from err
+
+
+class DilationRefused(ValueError):
+    """timm cannot dilate this model itself."""
 
 
 def _units(module: nn.Module, ends: list[str], prefix: str = ""):
@@ -58,24 +62,28 @@ class TimmBackbone(Backbone):
         super().__init__()
         self.name = name
         try:
-            self.body = _create(name, pretrained=weights == "imagenet", output_stride=output_stride)
+            try:
+                self.body = _create(name, pretrained=weights == "imagenet", output_stride=output_stride)
+                generic_dilation = False
+            except DilationRefused:  # dilated below instead, by this project's rule
+                self.body = _create(name, pretrained=weights == "imagenet", output_stride=32)
+                generic_dilation = output_stride != 32
         except OSError as err:  # the hub could not be reached
             raise WeightsError(
                 f"could not fetch timm's ImageNet weights for {name} ({err}). Without network access, save them "
                 f"where it is available (torch.save(timm.create_model('{name}', pretrained=True).state_dict(), "
                 f"'{name}.pth')) and pass backbone.weights=/path/to/{name}.pth"
             ) from err
-        for source in ((weights if weights != "imagenet" else "none"), init or "none"):
-            apply_weights(
-                self.body,
-                source,
-                name=name,
-                imagenet=dict,
-                prefixes=BODY_PREFIXES,
-                ignore_unused=("fc.", "head.", "classifier.", "conv_head.", "bn2."),
-            )
-        self.norm = resolve_norm(norm, pretrained=weights != "none" or bool(init))
-        self.body = apply_norm(self.body, self.norm, name=name, freeze=self.freeze_norm)
+        self.body = self.initialise(
+            self.body,
+            weights=weights if weights != "imagenet" else "none",  # timm loaded its own ImageNet weights
+            init=init,
+            norm=norm,
+            imagenet=dict,
+            prefixes=BODY_PREFIXES,
+            ignore_unused=("fc.", "head.", "classifier.", "conv_head.", "bn2."),
+            pretrained=weights != "none",
+        )
         info = self.body.feature_info
         self._keep = [i for i, r in enumerate(info.reduction()) if 4 <= r <= 32 or r == output_stride]
         if len(self._keep) < 2:
@@ -84,7 +92,9 @@ class TimmBackbone(Backbone):
             (f"c{round(math.log2(info.reduction()[i]))}", FeatureSpec(info.channels()[i], info.reduction()[i]))
             for i in self._keep
         )
-        if len(self._shapes) != len(self._keep):  # dilated: later levels share a stride
+        if generic_dilation:
+            self.dilate_to(output_stride)
+        elif len(self._shapes) != len(self._keep):  # dilated by timm: later levels share a stride
             self._shapes = OrderedDict(
                 (f"c{k + 2}", FeatureSpec(info.channels()[i], info.reduction()[i])) for k, i in enumerate(self._keep)
             )
@@ -95,6 +105,9 @@ class TimmBackbone(Backbone):
         from timm.layers import freeze_batch_norm_2d
 
         return freeze_batch_norm_2d(module)
+
+    def _after_dilation(self, output_stride: int) -> None:
+        self._shapes = OrderedDict(zip(self._shapes, measure_output_shape(self).values(), strict=True))
 
     def stages(self) -> list[list[nn.Module]]:
         names = {name for name, _ in self.body.named_modules()}

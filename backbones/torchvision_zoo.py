@@ -7,18 +7,16 @@ from a dry run, never written down.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 from torchvision import models
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from backbones.base import Backbone, FeatureSpec, apply_norm, resolve_norm
-from backbones.weights import BODY_PREFIXES, apply_weights, torchvision_state_dict
+from backbones.base import Backbone, FeatureSpec, measure_output_shape
+from backbones.weights import BODY_PREFIXES, torchvision_state_dict
 
 
 @dataclass(frozen=True)
@@ -71,8 +69,8 @@ ZOO: dict[str, Family] = {
 class TorchvisionBackbone(Backbone):
     """A torchvision classification network cut at its stage ends; outputs ``c2``..``c5``.
 
-    Args mirror ``ResNetBackbone``; these families do not dilate, so ``output_stride``
-    must stay 32. ``norm="frozen_bn"`` turns BatchNorm into FrozenBatchNorm and ``norm="gn"`` into
+    Args mirror ``ResNetBackbone``; ``output_stride`` 16 or 8 dilates the last stages
+    (``backbones.dilation``). ``norm="frozen_bn"`` turns BatchNorm into FrozenBatchNorm and ``norm="gn"`` into
     GroupNorm (ConvNeXt's LayerNorm is left as it is).
     """
 
@@ -89,40 +87,26 @@ class TorchvisionBackbone(Backbone):
         super().__init__()
         if name not in ZOO:
             raise ValueError(f"unknown torchvision backbone {name!r}; choose one of {sorted(ZOO)}")
-        if output_stride != 32:
-            raise ValueError(
-                f"{name} cannot dilate, so output_stride={output_stride} is unavailable; use output_stride=32 "
-                "(for segmentation: task.backbone_output_stride=32 with task.model.features=fpn or dilated)"
-            )
         family = ZOO[name]
         self.name = name
-        network = family.builder(weights=None)
-        for source in (weights, init or "none"):
-            apply_weights(
-                network,
-                source,
-                name=name,
-                imagenet=lambda: torchvision_state_dict(family.imagenet),
-                prefixes=BODY_PREFIXES,
-                ignore_unused=("classifier.", "fc."),
-            )
-        self.norm = resolve_norm(norm, pretrained=weights != "none" or bool(init))
-        network = apply_norm(network, self.norm, name=name)
+        network = self.initialise(
+            family.builder(weights=None),
+            weights=weights,
+            init=init,
+            norm=norm,
+            imagenet=lambda: torchvision_state_dict(family.imagenet),
+            prefixes=BODY_PREFIXES,
+            ignore_unused=("classifier.", "fc."),
+        )
         names = [f"c{i}" for i in range(2, 6)]
         self.body = create_feature_extractor(network, return_nodes=dict(zip(family.nodes, names, strict=True)))
         self._stage_prefixes = family.stages
-        self._shapes = self._measure_shapes()
+        self._shapes = measure_output_shape(self.body)
+        self.dilate_to(output_stride)
         self.freeze_stages(trainable_stages)
 
-    def _measure_shapes(self) -> OrderedDict[str, FeatureSpec]:
-        was_training = self.body.training
-        self.body.eval()
-        with torch.no_grad():
-            outputs = self.body(torch.zeros(1, 3, 64, 64))
-        self.body.train(was_training)
-        return OrderedDict(
-            (name, FeatureSpec(int(t.shape[1]), 2 ** round(math.log2(64 / t.shape[-1])))) for name, t in outputs.items()
-        )
+    def _after_dilation(self, output_stride: int) -> None:
+        self._shapes = measure_output_shape(self.body)
 
     def stages(self) -> list[list[nn.Module]]:
         modules = dict(self.body.named_modules())

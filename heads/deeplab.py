@@ -8,6 +8,7 @@ channels and the auxiliary head on ``c4``, the state dict is key for key torchvi
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -19,6 +20,8 @@ from torchvision.models.segmentation.fcn import FCNHead
 
 from backbones import Backbone, FeaturePyramid
 from heads.faster_rcnn import IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger(__name__)
 
 VARIANTS = ("v3", "v3plus")
 FEATURE_SOURCES = ("dilated", "fpn")
@@ -119,6 +122,7 @@ def build_deeplab(
     num_classes: int,
     variant: str = "v3",
     features: str = "dilated",
+    output_stride: int | None = None,
     high_level: str | None = None,
     low_level: str | None = None,
     aux_level: str | None = "c4",
@@ -129,8 +133,9 @@ def build_deeplab(
 ) -> DeepLab:
     """Build DeepLabV3 (``variant="v3"``) or V3+ (``"v3plus"``) reading channels from the backbone contract.
 
-    ``features="dilated"`` uses the backbone's own outputs (dilate it with
-    ``output_stride=8/16``): defaults ``c5`` for ASPP, ``c2`` for the V3+ decoder.
+    ``features="dilated"`` uses the backbone's own outputs, dilated to ``output_stride`` (8 or 16;
+    None: as given) whatever the family: defaults ``c5`` for ASPP, ``c2`` for the V3+ decoder. A
+    backbone that cannot be dilated gets a FPN instead, with a warning.
     ``features="fpn"`` puts a FPN (``fpn_channels`` wide, ``fpn_norm``) on an undilated backbone:
     defaults ``p4`` and ``p2``; the FPN builds only the levels the heads read.
     ``aux_level`` feeds the auxiliary FCN head (None: no auxiliary head); it names a
@@ -140,12 +145,22 @@ def build_deeplab(
         raise ValueError(f"variant={variant!r} must be one of {VARIANTS}")
     if features not in FEATURE_SOURCES:
         raise ValueError(f"features={features!r} must be one of {FEATURE_SOURCES}")
+    name = getattr(backbone, "name", type(backbone).__name__)
+    if features == "dilated" and output_stride is not None:
+        reached = backbone.dilate_to(output_stride)
+        if reached > output_stride:
+            log.warning(
+                "DeepLab: %s cannot reach output stride %d; ASPP reads a FPN on it instead", name, output_stride
+            )
+            features = "fpn"
+    deepest = max(spec.stride for spec in backbone.output_shape().values())
+    source = f"{name} at output stride {deepest}" if features == "dilated" else f"a FPN on {name}"
+    log.info("DeepLab %s reads %s", variant, source)
     if features == "fpn":
         strides = [s.stride for s in backbone.output_shape().values()]
         if len(set(strides)) != len(strides):
             raise ValueError(
-                f"features=fpn needs an undilated backbone (its strides are {strides}): "
-                "set task.backbone_output_stride=32"
+                f"features=fpn needs an undilated backbone (its strides are {strides}): set backbone.output_stride=32"
             )
         high_level, low_level = high_level or "p4", low_level or "p2"
         aux_level = "p5" if aux_level == "c4" else aux_level

@@ -15,6 +15,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from tasks.data.doctor import ERROR, check_num_classes, format_report  # noqa: E402
 from tasks.errors import exit_on_user_error  # noqa: E402
+from tasks.recipes import accept_recipe_null  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -31,4 +32,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = accept_recipe_null(sys.argv[1:])
     main()

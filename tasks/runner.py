@@ -7,6 +7,7 @@ start-up checks) while the others wait, then sets it up on every process.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from functools import partial
@@ -14,12 +15,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from tasks.checkpoints import AtomicCheckpointIO, check_checkpoint_fits, read_checkpoint
 from tasks.errors import UserError
+from tasks.recipes import log_recipe
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +42,21 @@ def resolve_num_classes(configured: int | None, datamodule: L.LightningDataModul
     return found
 
 
+def model_arguments(model_cfg: DictConfig, datamodule: L.LightningDataModule) -> dict:
+    """What the dataset knows (``datamodule.model_metadata()``: class count and names, whether its
+    augmentation already sizes the images ...) for every argument the model builder takes and
+    the config leaves null; the runner needs to know nothing of any task."""
+    resolve_num_classes(model_cfg.get("num_classes"), datamodule)
+    accepted = inspect.signature(get_method(model_cfg._target_)).parameters
+    return {
+        name: value
+        for name, value in datamodule.model_metadata().items()
+        if name in accepted and model_cfg.get(name) is None
+    }
+
+
 def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
-    model_options = {"num_classes": resolve_num_classes(cfg.task.model.get("num_classes"), datamodule)}
-    if "resize_in_training" in cfg.task.model and cfg.task.model.resize_in_training is None:
-        # auto: the detector resizes unless the augmentation preset already chose the size
-        model_options["resize_in_training"] = not getattr(datamodule, "resizes_training_images", False)
-    if "class_names" in cfg.task.model and cfg.task.model.class_names is None:
-        model_options["class_names"] = list(datamodule.class_names)
-    model = instantiate(cfg.task.model, **model_options)
+    model = instantiate(cfg.task.model, **model_arguments(cfg.task.model, datamodule))
     evaluator = partial(datamodule.build_evaluator, **cfg.task.get("evaluator", {}))  # built once data is set up
     options = {
         "channels_last": bool(cfg.get("runtime", {}).get("channels_last", False)),
@@ -122,6 +131,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     included (the checkpoint callback's state travels in the checkpoint).
     """
     resume = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None  # before anything is built
+    log_recipe(cfg)
     configure_torch(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)

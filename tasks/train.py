@@ -9,6 +9,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from tasks.errors import exit_on_user_error  # noqa: E402
+from tasks.recipes import accept_recipe_null  # noqa: E402
 from tasks.runner import train  # noqa: E402
 
 
@@ -19,4 +20,5 @@ def main(cfg: DictConfig) -> dict[str, float]:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = accept_recipe_null(sys.argv[1:])
     main()

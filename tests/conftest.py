@@ -125,7 +125,7 @@ def shapes_voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 TINY_SEGMENTATION = [
     "task=segmentation",
     "backbone=resnet18",
-    "task.backbone_output_stride=32",
+    "task.model.output_stride=null",  # ASPP on the undilated c5
     "task.model.variant=v3plus",
     "task.model.channels=32",
     "task.model.atrous_rates=[1,2,3]",

@@ -35,13 +35,14 @@ def test_cfg_job_shows_the_coco_reference_recipe(shapes_root: Path) -> None:
         assert line in result.stdout, line
 
 
-RECIPES = {
+RECIPES = {  # fmt: skip
     # dataset: (backbone norm, trainable stages, lr, reference batch, what else the reference sets)
     "coco": ("frozen_bn", 3, 0.02, 16, {"dataset.group_aspect_ratio": True, "task.model.min_size": 800}),
     "voc": ("frozen_bn", 3, 0.01, 16, {"task.monitor": "val/voc07_map", "task.model.min_size": 600}),
-    "voc_seg": ("bn", 5, 0.01, 16, {"trainer.max_steps": 20000, "dataset.crop_size": 512, "backbone.output_stride": 8}),
+    "voc_seg": ("bn", 5, 0.01, 16, {"trainer.max_steps": 20000, "dataset.crop_size": 512,
+                                    "task.model.output_stride": 8}),
     "coco_seg": ("bn", 5, 0.02, 32, {"trainer.max_epochs": 30, "dataset.crop_size": 480, "dataset.categories": "voc"}),
-}
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("dataset", sorted(RECIPES))
@@ -65,6 +66,20 @@ def test_reference_recipes_compose_and_build(
     built = build_module(scratch, build_datamodule(scratch))
     assert any(isinstance(m, nn.GroupNorm) for m in built.model.backbone.modules())
     assert build_trainer(scratch).max_steps == cfg.trainer.max_steps
+
+
+def test_recipe_null_leaves_it_out_and_the_log_lists_what_it_sets(tmp_path: Path) -> None:
+    from tasks.recipes import recipe_settings
+
+    tuned, plain = compose_config([], tmp_path), compose_config(["~recipe"], tmp_path)
+    assert (tuned.trainer.max_epochs, tuned.task.model.min_size) == (4, 128)  # recipe/detection_shapes.yaml
+    assert (plain.trainer.max_epochs, plain.task.model.min_size) != (4, 128)
+    shown = run_script("train.py", ["--cfg", "job", "recipe=null"])  # the command line's spelling
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert f"max_epochs: {plain.trainer.max_epochs}" in shown.stdout and "min_size: 128" not in shown.stdout
+    settings = recipe_settings(compose_config(["trainer.max_epochs=2"], tmp_path), "detection_shapes")
+    assert settings["trainer.max_epochs"] == 2 and settings["task.module.optimizer.name"] == "adamw"
+    assert "backbone.name" not in settings  # only what the recipe sets
 
 
 def test_coco_detector_weights_freeze_batchnorm_by_themselves(tmp_path: Path) -> None:

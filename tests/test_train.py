@@ -41,6 +41,8 @@ def test_train_command_writes_metrics_checkpoint_and_logs(shapes_root: Path, tmp
     rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
     assert any(row.get("train/loss_classifier") for row in rows)
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "data").exists()
+    log = (run_dir / "train.log").read_text()
+    assert "recipe detection_shapes applied (recipe=null leaves it out); it sets task.model.min_size=64" in log
 
 
 def test_coco_layout_folder_trains(shapes_root: Path, tmp_path: Path) -> None:

@@ -79,6 +79,14 @@ class DetectionDataModule(L.LightningDataModule):
         """True when the training preset chooses image sizes itself (the detector must not resize again)."""
         return self.augment in RESIZING_PRESETS
 
+    def model_metadata(self) -> dict:
+        """What a model built for this data may take from it (read without loading the data)."""
+        return {
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "resize_in_training": not self.resizes_training_images,
+        }
+
     def _build_split(
         self, split: str, transforms: A.Compose | None, *, prepared: bool
     ) -> DetectionDataset:  # pragma: no cover - abstract

@@ -417,6 +417,10 @@ class SegmentationDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def model_metadata(self) -> dict:
+        """What a model built for this data may take from it (read without loading the data)."""
+        return {"num_classes": self.num_classes, "class_names": self.class_names}
+
     def build_evaluator(self) -> ConfusionMatrixEvaluator:
         return ConfusionMatrixEvaluator(self.class_names, ignore_index=IGNORE_INDEX)
 
