@@ -47,6 +47,18 @@ class RunCheckpoint(ModelCheckpoint):
         super().load_state_dict(carried)
 
 
+class StepCheckpoint(RunCheckpoint):
+    """``last.ckpt`` every ``every_n_train_steps`` optimizer steps, between validations.
+
+    Lightning also writes a "last" checkpoint when training ends if this callback wrote none; it
+    holds the loops' state after the end, and a run resumed from it skips an epoch and a step. The
+    validation checkpoint already wrote ``last.ckpt`` by then, so this one does not.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        return
+
+
 class _AppendingWriter(ExperimentWriter):
     """Lightning's CSV writer, continuing an existing metrics.csv instead of deleting it."""
 
