@@ -3,8 +3,8 @@
     python -m tasks.benchmarks.backbone_table
 
 Columns: backbone parameters; GMACs of Faster R-CNN (torchvision's COCO settings, 91 outputs)
-on an 800x800 image and of DeepLabV3 (21 classes, output stride 8 where the backbone can
-dilate, else 32) on 512x512, counted by ``torch.utils.flop_counter`` (convolutions and matrix
+on an 800x800 image and of DeepLabV3 (21 classes, the backbone dilated to output stride 8) on
+512x512, counted by ``torch.utils.flop_counter`` (convolutions and matrix
 products; MACs = FLOPs / 2); median CPU latency of one 256x256 backbone forward here. Then
 ResNet50's stages as measured from torchvision's model at 224x224.
 """
@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
@@ -64,11 +63,9 @@ def backbone_rows() -> list[str]:
         body = backbone(config)
         params = sum(p.numel() for p in body.parameters()) / 1e6
         detector = gmacs(build_faster_rcnn(backbone(config), num_classes=90), [torch.rand(3, 800, 800)])
-        try:
-            seg_backbone, stride = backbone(config, output_stride=8), 8
-        except (ValueError, InstantiationException):  # cannot dilate
-            seg_backbone, stride = backbone(config), 32
-        deeplab = gmacs(build_deeplab(seg_backbone, num_classes=21), torch.rand(1, 3, 512, 512))
+        model = build_deeplab(backbone(config), num_classes=21, output_stride=8)  # dilated by the head itself
+        stride = max(spec.stride for spec in model.backbone.output_shape().values())
+        deeplab = gmacs(model, torch.rand(1, 3, 512, 512))
         label = config.stem if config.stem != "timm" else f"timm ({body.name})"
         rows.append(f"| {label} | {params:.1f} | {detector:.1f} | {deeplab:.1f} ({stride}) | {latency_ms(body):.0f} |")
         print(rows[-1], flush=True)

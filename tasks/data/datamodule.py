@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
 import albumentations as A
-import lightning as L
-import torch
-from torch.utils.data import DataLoader
 
-from tasks.data.bad_images import keep_good_images
+from tasks.data.base import TaskDataModule
 from tasks.data.coco import CocoDetection, read_categories, read_instances
 from tasks.data.detection_dataset import DetectionDataset, collate_detection
 from tasks.data.doctor import ERROR, Finding, inspect_coco, inspect_voc
 from tasks.data.images import MAX_PIXELS
-from tasks.data.loader import training_loader
 from tasks.data.sampling import aspect_ratio_groups
 from tasks.data.transforms import RESIZING_PRESETS, detection_transforms
 from tasks.data.voc import VOC_CLASSES, VocDetection
@@ -25,20 +20,16 @@ from tasks.metrics.coco_eval import CocoEvaluator
 from tasks.metrics.voc_eval import VocEvaluator
 
 
-class DetectionDataModule(L.LightningDataModule):
-    """Loaders, augmentation and evaluator shared by every detection dataset.
+class DetectionDataModule(TaskDataModule):
+    """Augmentation and evaluator shared by every detection dataset, on the shared data module.
 
     Subclasses say how to build a split (``_build_split``) and where the class names come from
     (``_read_metadata``, without preparing or loading the data). ``augment`` names a preset of
     ``tasks.data.transforms``; ``preset_options`` passes its sizes (e.g. ``multiscale_sizes``).
     ``group_aspect_ratio`` batches wide and tall images apart so batches pad little.
-    ``skip_bad_images``: leave out (with a warning) image files that the start-up check finds
-    unusable, instead of stopping; ``max_pixels``: larger images are refused from their header.
-
-    Lightning calls ``prepare_data`` on global rank 0 only (``prepare_per_node=true``: on each
-    node's first process, for data on node-local disks) while the others wait, then ``setup``
-    on every process: files are written and checked once, and read everywhere.
     """
+
+    collate_fn = staticmethod(collate_detection)
 
     def __init__(
         self,
@@ -50,29 +41,13 @@ class DetectionDataModule(L.LightningDataModule):
         resize_longest: int | None = None,
         preset_options: dict | None = None,
         group_aspect_ratio: bool = False,
-        pin_memory: bool = False,
-        prepare_per_node: bool = False,
-        cache_dir: str | Path | None = None,
-        skip_bad_images: bool = False,
-        max_pixels: int = MAX_PIXELS,
-        sampling_seed: int = 0,
+        **options,
     ) -> None:
-        super().__init__()
-        self.prepare_data_per_node = prepare_per_node
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
-        self.skip_bad_images, self.max_pixels = skip_bad_images, max_pixels
-        self.sampling_seed = sampling_seed
-        self.batch_size = batch_size
-        self.val_batch_size = val_batch_size or batch_size
-        self.num_workers = num_workers
+        super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, **options)
         self.augment = augment
         self.resize_longest = resize_longest
         self.preset_options = dict(preset_options or {})
         self.group_aspect_ratio = group_aspect_ratio
-        self.pin_memory = pin_memory
-        self.train_set: DetectionDataset | None = None
-        self.val_set: DetectionDataset | None = None
-        self._prepared = False  # fit, then validate, would prepare twice
 
     @property
     def resizes_training_images(self) -> bool:
@@ -80,12 +55,7 @@ class DetectionDataModule(L.LightningDataModule):
         return self.augment in RESIZING_PRESETS
 
     def model_metadata(self) -> dict:
-        """What a model built for this data may take from it (read without loading the data)."""
-        return {
-            "num_classes": self.num_classes,
-            "class_names": self.class_names,
-            "resize_in_training": not self.resizes_training_images,
-        }
+        return {**super().model_metadata(), "resize_in_training": not self.resizes_training_images}
 
     def _build_split(
         self, split: str, transforms: A.Compose | None, *, prepared: bool
@@ -110,16 +80,7 @@ class DetectionDataModule(L.LightningDataModule):
             )
             for i in range(len(index))
         ]
-        key = hashlib.sha1(f"{dataset.source}|{dataset.image_root.resolve()}".encode()).hexdigest()[:16]
-        cache_file = self.cache_dir / f"image-checks-{key}.json" if self.cache_dir else None
-        keep = keep_good_images(
-            items,
-            source=f"{dataset.source} ({split})",
-            skip_bad_images=self.skip_bad_images,
-            max_pixels=self.max_pixels,
-            cache_file=cache_file,
-            report=not prepared,
-        )
+        keep = self.good_positions(items, f"{dataset.source} ({split})", report=not prepared)
         if len(keep) < len(index):
             dataset.index = index.select(keep)
         dataset.max_pixels = self.max_pixels
@@ -140,19 +101,12 @@ class DetectionDataModule(L.LightningDataModule):
             self.augment, train=train, resize_longest=self.resize_longest, **self.preset_options
         )
 
-    def prepare_data(self) -> None:
+    def _prepare(self) -> None:
         """Index both splits (cached where the format allows) and run the start-up checks, once."""
-        if self._prepared:
-            return
         for split in ("train", "val"):
             self._checked_split(split, None, prepared=False)
-        self._prepared = True
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        if self.trainer is None:  # used on its own: nobody prepared the data
-            self.prepare_data()
+    def _setup(self) -> None:
         self.train_set = self._checked_split("train", self._transforms(train=True), prepared=True)
         self.val_set = self._checked_split("val", self._transforms(train=False), prepared=True)
         for dataset in (self.train_set, self.val_set):
@@ -165,10 +119,6 @@ class DetectionDataModule(L.LightningDataModule):
     @cached_property
     def _metadata(self) -> tuple[list[int], list[str]]:
         return self._read_metadata()
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.category_ids)
 
     @property
     def class_names(self) -> list[str]:
@@ -184,28 +134,8 @@ class DetectionDataModule(L.LightningDataModule):
         val = self.val_set
         return CocoEvaluator(val.ground_truth, val.category_ids, backend=backend, class_names=val.class_names)
 
-    def _loader_options(self) -> dict:
-        return dict(
-            num_workers=self.num_workers,
-            collate_fn=collate_detection,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        dataset = self.train_set
-        groups = aspect_ratio_groups(dataset.index.aspect_ratios) if self.group_aspect_ratio else None
-        return training_loader(
-            dataset,
-            self.batch_size,
-            seed=self.sampling_seed,
-            trainer=self.trainer,
-            group_ids=groups,
-            **self._loader_options(),
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.val_batch_size, **self._loader_options())
+    def group_ids(self) -> list[int] | None:
+        return aspect_ratio_groups(self.train_set.index.aspect_ratios) if self.group_aspect_ratio else None
 
 
 class CocoDataModule(DetectionDataModule):
