@@ -24,19 +24,19 @@ def _backbone(name: str, **overrides) -> Backbone:
     return instantiate(OmegaConf.merge(OmegaConf.load(CONF_DIR / "backbone" / f"{name}.yaml"), overrides))
 
 
-@pytest.mark.parametrize("output_stride", [8, 16])
 @pytest.mark.parametrize("name", BACKBONE_CONFIGS)
-def test_every_backbone_dilates_and_keeps_its_contract(name: str, output_stride: int) -> None:
+def test_every_backbone_dilates_and_keeps_its_contract(name: str) -> None:
     torch.manual_seed(0)
-    plain = _backbone(name).eval()
-    dilated = _backbone(name).eval()
-    dilated.load_state_dict(plain.state_dict())
-    assert dilated.dilate_to(output_stride) == output_stride
-    shapes = dilated.output_shape()
-    assert [s.stride for s in shapes.values()] == [min(s.stride, output_stride) for s in plain.output_shape().values()]
+    backbone = _backbone(name).eval()
     x = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
-        features, reference = dilated(x), plain(x)
+        reference = backbone(x)
+    plain = [spec.stride for spec in backbone.output_shape().values()]
+    assert backbone.dilate_to(8) == 8
+    shapes = backbone.output_shape()
+    assert [s.stride for s in shapes.values()] == [min(stride, 8) for stride in plain]
+    with torch.no_grad():
+        features = backbone(x)
     for level, feature in features.items():
         assert feature.shape[1] == shapes[level].channels
         assert feature.shape[-2:] == (64 // shapes[level].stride, 96 // shapes[level].stride)
