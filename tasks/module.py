@@ -18,6 +18,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from tasks.checkpoints import latest_checkpoint
+from tasks.metrics.evaluation import Evaluation
 from tasks.nonfinite import NonFiniteLossError, describe_batch, has_nonfinite, nonfinite_tensors
 
 OptimizerFactory = Callable[[Iterable], Optimizer]
@@ -35,6 +36,7 @@ def scaled_lr(lr: float, reference_batch: int | None, total_batch: int) -> tuple
 
 
 class TaskModule(L.LightningModule):
+    progress_metrics: tuple[str, ...] = ()  # shown in the progress bar
     """Base of the task modules.
 
     Args:
@@ -70,7 +72,7 @@ class TaskModule(L.LightningModule):
         self.lr_reference_batch = lr_reference_batch
         self.channels_last = channels_last
         self.skip_nonfinite_batches, self._skipped_nonfinite = skip_nonfinite_batches, 0
-        self.last_metrics: dict = {}
+        self.last_evaluation: Evaluation | None = None
         self._train_loss = (0.0, 0)  # running sum and count since the last validation
         self._val_loss = (0.0, 0)
         if channels_last:
@@ -93,6 +95,15 @@ class TaskModule(L.LightningModule):
         self._val_loss = (0.0, 0)
         if self.evaluator is not None:
             self.evaluator.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        """Score the epoch (on rank 0, shared with every process) and log the scalars."""
+        self.check_loss_scale()
+        if self.evaluator is None:
+            return
+        self.last_evaluation = self.evaluator.compute()  # full precision here; logging rounds to float32
+        for name, value in self.last_evaluation.scalars.items():
+            self.log(f"val/{name}", value, prog_bar=name in self.progress_metrics, sync_dist=True)
 
     def check_loss_scale(self) -> None:
         """Warn when the validation loss dwarfs the training loss: eval-mode normalisation is off."""

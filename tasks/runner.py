@@ -100,18 +100,24 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         module.prediction_dir = output_dir / "masks"
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
     metrics = validation_metrics(trainer, module, datamodule)
-    evaluator = module.evaluator
-    report(metrics, output_dir, checkpoint, evaluator.per_class_table())
-    if hasattr(evaluator, "last_predictions"):
-        write_predictions(evaluator.last_predictions, output_dir / "predictions.json")
+    write_outputs(module, metrics, output_dir, checkpoint)
     return metrics
 
 
+def write_outputs(module: L.LightningModule, metrics: dict[str, float], output_dir: Path, checkpoint: str | None):
+    """``metrics.json`` with the per-class table, and the evaluator's files (``predictions.json`` ...)."""
+    evaluation = module.last_evaluation
+    report(metrics, output_dir, checkpoint, evaluation.per_class if evaluation else None)
+    for name, content in (evaluation.files if evaluation else {}).items():
+        write_json(content, output_dir / name)
+
+
 @rank_zero_only
-def write_predictions(rows: list[dict], path: Path) -> None:
+def write_json(content: object, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows))
-    log.info("%d predictions written to %s", len(rows), path)
+    path.write_text(json.dumps(content))
+    count = f"{len(content)} rows " if isinstance(content, list) else ""
+    log.info("%swritten to %s", count, path)
 
 
 def validation_metrics(
@@ -120,7 +126,8 @@ def validation_metrics(
     """Validate once; logged values (losses) plus the evaluator's metrics at full precision."""
     results = trainer.validate(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
     logged = {name.removeprefix("val/"): float(value) for name, value in (results[0] if results else {}).items()}
-    return {**logged, **getattr(module, "last_metrics", {})}
+    evaluation = getattr(module, "last_evaluation", None)
+    return {**logged, **(evaluation.scalars if evaluation else {})}
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -142,10 +149,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     checkpoint = best_checkpoint(trainer)
     metrics = validation_metrics(trainer, module, datamodule, checkpoint)
-    output_dir = Path(cfg.paths.output_dir)
-    report(metrics, output_dir, checkpoint)
-    if hasattr(module.evaluator, "last_predictions"):
-        write_predictions(module.evaluator.last_predictions, output_dir / "predictions.json")
+    write_outputs(module, metrics, Path(cfg.paths.output_dir), checkpoint)
     return metrics
 
 

@@ -19,11 +19,14 @@ PREDICTION = torch.tensor([[0, 1, 1], [1, 2, 0]])  # the 255 pixel's prediction 
 
 def test_hand_computed_case() -> None:
     evaluator = ConfusionMatrixEvaluator(["bg", "a", "b"])
-    evaluator.update([PREDICTION], [MASK], [1])
+    evaluator.update([PREDICTION], [{"mask": MASK, "image_id": 1}])
     np.testing.assert_array_equal(evaluator.matrix(), [[1, 1, 0], [0, 2, 0], [0, 0, 1]])
-    metrics = evaluator.compute()
+    evaluation = evaluator.compute()
+    metrics = evaluation.scalars
     # IoU: bg 1/(2+1-1), a 2/(2+3-2), b 1/1; class accuracy 1/2, 2/2, 1/1; pixels 4 of 5
-    assert evaluator.last_result["iou_per_class"] == pytest.approx({"bg": 0.5, "a": 2 / 3, "b": 1.0})
+    assert {name: row["iou"] for name, row in evaluation.per_class.items()} == pytest.approx(
+        {"bg": 0.5, "a": 2 / 3, "b": 1.0}
+    )
     assert metrics["miou"] == pytest.approx((0.5 + 2 / 3 + 1) / 3)
     assert metrics["pixel_acc"] == pytest.approx(0.8)
     assert metrics["mean_class_acc"] == pytest.approx((0.5 + 1 + 1) / 3)
@@ -31,9 +34,9 @@ def test_hand_computed_case() -> None:
 
 def test_class_neither_present_nor_predicted_is_left_out() -> None:
     evaluator = ConfusionMatrixEvaluator(["bg", "a", "b", "never"])
-    evaluator.update([PREDICTION], [MASK], [1])
+    evaluator.update([PREDICTION], [{"mask": MASK, "image_id": 1}])
     with pytest.warns(UserWarning, match="'never'"):
-        metrics = evaluator.compute()
+        metrics = evaluator.compute().scalars
     assert metrics["miou"] == pytest.approx((0.5 + 2 / 3 + 1) / 3)
 
 
@@ -54,7 +57,7 @@ def _rank(rank: int, port: int, shards: list[list[int]], results) -> None:
     images = _images()
     evaluator = ConfusionMatrixEvaluator(["bg", "a", "b", "c"])
     for index in shards[rank]:
-        evaluator.update([images[index][0]], [images[index][1]], [index])
+        evaluator.update([images[index][0]], [{"mask": images[index][1], "image_id": index}])
     matrix = evaluator.matrix()  # summed on rank 0 only
     results[rank] = (matrix.tolist() if matrix is not None else None, evaluator.compute())
     dist.destroy_process_group()
@@ -63,7 +66,7 @@ def _rank(rank: int, port: int, shards: list[list[int]], results) -> None:
 def test_two_processes_match_one_with_a_repeated_image() -> None:
     single = ConfusionMatrixEvaluator(["bg", "a", "b", "c"])
     for index, (prediction, mask) in enumerate(_images()):
-        single.update([prediction], [mask], [index])
+        single.update([prediction], [{"mask": mask, "image_id": index}])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -27,8 +27,8 @@ def test_train_then_evaluate_with_masks(shapes_voc_root: Path, tmp_path: Path) -
     train = run_script("train.py", [*overrides, "trainer.max_steps=3", f"hydra.run.dir={tmp_path / 'train'}"])
     assert train.returncode == 0, train.stderr[-3000:]
     metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
-    assert {"miou", "pixel_acc", "mean_class_acc", "iou_per_class", "loss"} <= set(metrics)
-    assert 0 <= metrics["miou"] <= 1 and set(metrics["iou_per_class"]) <= {
+    assert {"miou", "pixel_acc", "mean_class_acc", "per_class", "loss"} <= set(metrics)
+    assert 0 <= metrics["miou"] <= 1 and set(metrics["per_class"]) <= {
         "background",
         "circle",
         "square",

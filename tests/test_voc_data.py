@@ -67,8 +67,8 @@ def test_perfect_predictions_score_one_on_both_metrics(shapes_voc_root: Path) ->
         gt = datamodule.val_set.voc_ground_truth[record.image_id]
         boxes = torch.tensor(gt.boxes + [0, 0, 1, 1], dtype=torch.float32).reshape(-1, 4)
         detections = {"boxes": boxes, "labels": torch.tensor(gt.labels + 1), "scores": torch.ones(len(boxes))}
-        evaluator.update([detections], [record.image_id])
-    stats = evaluator.compute()
+        evaluator.update([detections], [{"image_id": record.image_id}])
+    stats = evaluator.compute().scalars
     assert stats["voc07_map"] == pytest.approx(1.0) and stats["voc_map"] == pytest.approx(1.0)
     assert stats["map"] == pytest.approx(1.0)
 

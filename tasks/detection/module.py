@@ -28,6 +28,8 @@ class DetectionModule(TaskModule):
     those of :class:`tasks.module.TaskModule`.
     """
 
+    progress_metrics = ("map", "map_50")
+
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         return self.model(to_float_images(images))
 
@@ -62,13 +64,4 @@ class DetectionModule(TaskModule):
             detections = self.model(images)
         rescale_to_original(detections, images, targets)
         if self.evaluator is not None:
-            self.evaluator.update(detections, [t["image_id"] for t in targets])
-
-    def on_validation_epoch_end(self) -> None:
-        self.check_loss_scale()
-        if self.evaluator is None:
-            return
-        stats = self.evaluator.compute()  # computed on rank 0, identical on every rank
-        self.last_metrics = dict(stats)  # full precision (logging rounds to float32)
-        for name, value in stats.items():
-            self.log(f"val/{name}", value, prog_bar=name in ("map", "map_50"), sync_dist=True)
+            self.evaluator.update(detections, targets)

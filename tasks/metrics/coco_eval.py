@@ -6,7 +6,7 @@ import contextlib
 import copy
 import io
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -15,6 +15,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from tasks.metrics.evaluation import Evaluation
 from tasks.metrics.gather import from_rank_zero, gather_by_image_id
 
 COCO_STAT_NAMES = (
@@ -143,9 +144,11 @@ class CocoEvaluator:
     def reset(self) -> None:
         self._results = {}
 
-    def update(self, detections: Sequence[dict[str, torch.Tensor]], image_ids: Sequence[int]) -> None:
-        for image_detections, image_id in zip(detections, image_ids, strict=True):
-            self._results[int(image_id)] = to_coco_results(image_detections, image_id, self.category_ids)
+    def update(self, detections: Sequence[dict[str, torch.Tensor]], targets: Sequence[Mapping]) -> None:
+        """One batch's detections (boxes in the original image's pixels) and their targets."""
+        for image_detections, target in zip(detections, targets, strict=True):
+            image_id = int(target["image_id"])
+            self._results[image_id] = to_coco_results(image_detections, image_id, self.category_ids)
 
     def _score(self, per_image: dict[int, list[dict]]) -> CocoResult:
         """Rank 0's work: COCOeval of the gathered rows."""
@@ -153,10 +156,13 @@ class CocoEvaluator:
         self.last_predictions = rows
         return coco_evaluate(self.coco_gt, rows, image_ids=list(per_image), backend=self.backend)
 
-    def compute(self) -> dict[str, float]:
+    def compute(self) -> Evaluation:
+        """The stats and per-class table on every process; ``predictions.json`` (COCO results, the
+        dataset's own ids) on rank 0."""
         per_image = gather_by_image_id(self._results)
         self.last_result = from_rank_zero(self._score(per_image) if per_image is not None else None)
-        return dict(self.last_result.stats)
+        files = {"predictions.json": self.last_predictions} if per_image is not None else {}
+        return Evaluation(dict(self.last_result.stats), self.per_class_table(), files)
 
     def per_class_table(self) -> dict[str, dict[str, float]]:
         """Per-class AP of the last ``compute``, keyed by class name."""

@@ -7,11 +7,12 @@ repeated are counted once after gathering on rank 0, which sums the matrix and s
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
+from tasks.metrics.evaluation import Evaluation
 from tasks.metrics.gather import from_rank_zero, gather_by_image_id
 
 
@@ -42,7 +43,8 @@ def confusion_matrix_metrics(matrix: np.ndarray, class_names: Sequence[str]) -> 
 
 
 class ConfusionMatrixEvaluator:
-    """Accumulate predictions (class index maps) against masks; ``ignore_index`` pixels do not count."""
+    """Accumulate predictions (class index maps) against masks; ``ignore_index`` pixels do not count.
+    Implements ``tasks.metrics.evaluation.Evaluator``."""
 
     def __init__(self, class_names: Sequence[str], ignore_index: int = 255) -> None:
         self.class_names = list(class_names)
@@ -54,8 +56,10 @@ class ConfusionMatrixEvaluator:
     def reset(self) -> None:
         self._per_image = {}
 
-    def update(self, predictions: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], image_ids: Sequence[int]):
-        for prediction, mask, image_id in zip(predictions, masks, image_ids, strict=True):
+    def update(self, predictions: Sequence[torch.Tensor], targets: Sequence[Mapping]) -> None:
+        """Class index maps at their mask's resolution, and the targets holding ``mask`` and ``image_id``."""
+        for prediction, target in zip(predictions, targets, strict=True):
+            mask, image_id = target["mask"], target["image_id"]
             valid = mask != self.ignore_index
             cells = mask[valid].long() * self.num_classes + prediction[valid].long()
             values, counts = torch.unique(cells, return_counts=True)
@@ -71,13 +75,14 @@ class ConfusionMatrixEvaluator:
             np.add.at(flat, values, counts)
         return flat.reshape(self.num_classes, self.num_classes)
 
-    def compute(self) -> dict[str, float]:
-        """Scalar metrics (computed on rank 0, shared with every process); per-class IoU in ``last_result``."""
+    def compute(self) -> Evaluation:
+        """Scalar metrics and IoU per class (computed on rank 0, shared with every process)."""
         matrix = self.matrix()
         self.last_result = from_rank_zero(
             confusion_matrix_metrics(matrix, self.class_names) if matrix is not None else None
         )
-        return {k: v for k, v in self.last_result.items() if not isinstance(v, dict)}
+        scalars = {k: v for k, v in self.last_result.items() if not isinstance(v, dict)}
+        return Evaluation(scalars, self.per_class_table())
 
     def per_class_table(self) -> dict[str, dict[str, float]]:
         return {name: {"iou": iou} for name, iou in self.last_result.get("iou_per_class", {}).items()}

@@ -37,6 +37,8 @@ class SegmentationModule(TaskModule):
             most pixels); None weighs every pixel alike.
     """
 
+    progress_metrics = ("miou",)
+
     def __init__(
         self,
         model: nn.Module,
@@ -94,22 +96,12 @@ class SegmentationModule(TaskModule):
         loss = loss_sum / max(pixels, 1)
         self.log("val/loss", loss, batch_size=len(images), sync_dist=True)
         self.record_val_loss(loss)
-        masks, ids = [t["mask"] for t in targets], [t["image_id"] for t in targets]
         if self.evaluator is not None:
-            self.evaluator.update(predictions, masks, ids)
+            self.evaluator.update(predictions, targets)
         if self.prediction_dir is not None:
             self.prediction_dir.mkdir(parents=True, exist_ok=True)
-            for prediction, image_id in zip(predictions, ids, strict=True):
-                save_palette_png(prediction.cpu().numpy(), self.prediction_dir / f"{image_id}.png")
-
-    def on_validation_epoch_end(self) -> None:
-        self.check_loss_scale()
-        if self.evaluator is None:
-            return
-        metrics = self.evaluator.compute()  # computed on rank 0 from every process's counts, shared
-        self.last_metrics = dict(self.evaluator.last_result)
-        for name, value in metrics.items():
-            self.log(f"val/{name}", value, prog_bar=name == "miou", sync_dist=True)
+            for prediction, target in zip(predictions, targets, strict=True):
+                save_palette_png(prediction.cpu().numpy(), self.prediction_dir / f"{target['image_id']}.png")
 
     def parameter_groups(self) -> list[dict]:
         backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
