@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import lightning as L
 import torch
 
@@ -19,18 +17,6 @@ class SpoilWeightsAfterResume(L.Callback):
         with torch.no_grad():
             for parameter in module.parameters():
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * 3)
-
-
-class KillAtStep(L.Callback):
-    """Ends the process abruptly (as ``kill -9`` would: no cleanup, no final checkpoint) once
-    ``step`` optimizer steps are done, after the checkpoint callbacks of that step ran."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
-        if trainer.global_step == self.step:
-            os._exit(9)
 
 
 class NanBoxLossOnRank(L.Callback):
@@ -55,3 +41,19 @@ class NanBoxLossOnRank(L.Callback):
             return classifier, box
 
         roi_heads.fastrcnn_loss = loss
+
+
+class Crash(RuntimeError):
+    """A run stopped from inside, as a crash would stop it."""
+
+
+class CrashAtStep(L.Callback):
+    """Raises ``Crash`` once ``step`` optimizer steps are done, after the checkpoint callbacks of
+    that step ran (an in-process stand-in for ``KillAtStep``)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            raise Crash(f"stopped after step {self.step}")

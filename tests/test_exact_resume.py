@@ -1,25 +1,28 @@
-"""A run killed mid-epoch and resumed from its step checkpoint trains exactly as if it had never
-stopped: the same loss at every later step and the same final metrics, with 0 or 2 loader workers."""
+"""A run stopped mid-epoch and resumed from its step checkpoint trains exactly as if it had never
+stopped: the same loss at every later step and the same final metrics, with 0 or 2 loader workers.
+(``tests/test_faults.py`` kills real processes with ``kill -9``; here runs stop in-process to keep
+the suite short.)"""
 
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import TINY_DETECTION, run_script, shapes_overrides
+from tasks.runner import train
+from tests.conftest import TINY_DETECTION, compose_config, shapes_overrides
+from tests.helpers import Crash
 
 # 16 training images in batches of 4: 4 steps per epoch, 2 epochs. Step checkpoints every 3 steps
-# (3, 6) besides those at validation (4, 8); the kill after step 7 leaves last.ckpt of step 6, in
+# (3, 6) besides those at validation (4, 8); the crash after step 7 leaves last.ckpt of step 6, in
 # the middle of the second epoch.
-KILL = ["+callbacks.kill._target_=tests.helpers.KillAtStep", "+callbacks.kill.step=7"]
+CRASH = ["+callbacks.crash._target_=tests.helpers.CrashAtStep", "+callbacks.crash.step=7"]
 
 
-def _args(shapes_root: Path, log_dir: Path, workers: int, *extra: str) -> list[str]:
-    return [
+def _config(shapes_root: Path, run: Path, workers: int, *extra: str):
+    overrides = [
         "backbone=resnet18",
         *TINY_DETECTION,
         *shapes_overrides(shapes_root),
@@ -29,46 +32,39 @@ def _args(shapes_root: Path, log_dir: Path, workers: int, *extra: str) -> list[s
         "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1",
         "checkpoint_every_n_steps=3",
-        f"paths.log_dir={log_dir}",
         *extra,
     ]
+    return compose_config(overrides, run)
 
 
-def _losses(run: Path) -> dict[int, float]:
-    rows = csv.DictReader((run / "logs" / "metrics.csv").open())
+def _losses(*runs: Path) -> dict[int, float]:
+    rows = [row for run in runs for row in csv.DictReader((run / "logs" / "metrics.csv").open())]
     return {int(row["step"]): float(row["train/loss"]) for row in rows if row.get("train/loss")}
 
 
-def _run(args: list[str], log_dir: Path) -> Path:
-    result = run_script("train.py", args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = (log_dir / "detection").iterdir()
-    return run
+def _scores(metrics: dict) -> dict:
+    return {name: value for name, value in metrics.items() if name != "checkpoint"}
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(shapes_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    log_dir = tmp_path_factory.mktemp("uninterrupted")
-    return _run(_args(shapes_root, log_dir, workers=0), log_dir)
+def uninterrupted(shapes_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    run = tmp_path_factory.mktemp("uninterrupted")
+    return run, train(_config(shapes_root, run, workers=0))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_killed_run_resumes_exactly(shapes_root: Path, tmp_path: Path, uninterrupted: Path, workers: int) -> None:
-    killed = run_script("train.py", _args(shapes_root, tmp_path, workers, *KILL))
-    assert killed.returncode == 9, killed.stderr[-3000:]
-    (run,) = (tmp_path / "detection").iterdir()
-    last = run / "checkpoints" / "last.ckpt"  # the only one: validation and step checkpoints share it
+def test_stopped_run_resumes_exactly(shapes_root: Path, tmp_path: Path, uninterrupted, workers: int) -> None:
+    with pytest.raises(Crash):
+        train(_config(shapes_root, tmp_path / "stopped", workers, *CRASH))
+    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"  # the only one: validation and steps share it
     assert sorted(p.name for p in last.parent.iterdir()) == ["best.ckpt", "last.ckpt"]
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 6
-    resumed = _run(_args(shapes_root, tmp_path, workers, f"ckpt_path={last}"), tmp_path)
+    metrics = train(_config(shapes_root, tmp_path / "resumed", workers, f"ckpt_path={last}"))
 
-    # Lightning logs step k's loss as step k - 1; steps 0-6 come from the killed run, 6-7 from the
+    # Lightning logs step k's loss as step k - 1: steps 0-6 come from the stopped run, 6-7 from the
     # resumed one; the uninterrupted run loaded its data without workers
-    expected, losses = _losses(uninterrupted), _losses(resumed)
+    reference_run, reference_metrics = uninterrupted
+    expected, losses = _losses(reference_run), _losses(tmp_path / "stopped", tmp_path / "resumed")
     assert sorted(expected) == sorted(losses) == list(range(8))
     assert losses == expected
-    metrics = json.loads((resumed / "metrics.json").read_text())
-    reference = json.loads((uninterrupted / "metrics.json").read_text())
-    assert {k: v for k, v in metrics.items() if k != "checkpoint"} == {
-        k: v for k, v in reference.items() if k != "checkpoint"
-    }
+    assert _scores(metrics) == _scores(reference_metrics)
