@@ -13,8 +13,6 @@ from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
 
-from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
-
 # Rank 0 of a multi-node job without a launcher job id serves its run name on MASTER_PORT + 1.
 RUN_NAME_PORT_OFFSET = 1
 RUN_NAME_TIMEOUT = timedelta(minutes=15)  # nodes of one job may start minutes apart
@@ -51,6 +49,9 @@ def rank_suffix() -> str:
 
 def launcher_job_id() -> str | None:
     """The job id of SLURM (srun) or torchrun (``--rdzv-id``), which every process of the job shares."""
+    # imported here: composing a config (--cfg job, check_dataset.py) then costs no Lightning import
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
     if SLURMEnvironment.detect() and SLURMEnvironment.job_id() is not None:
         array_task = os.environ.get("SLURM_ARRAY_TASK_ID")
         return f"slurm{SLURMEnvironment.job_id()}" + (f"_{array_task}" if array_task else "")

@@ -10,12 +10,13 @@ from omegaconf import DictConfig  # noqa: E402
 
 from tasks.errors import exit_on_user_error  # noqa: E402
 from tasks.recipes import accept_recipe_null  # noqa: E402
-from tasks.runner import train  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @exit_on_user_error
 def main(cfg: DictConfig) -> dict[str, float]:
+    from tasks.runner import train  # here: showing the config (--cfg job) imports no Lightning
+
     return train(cfg)
 
 
