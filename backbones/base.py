@@ -105,7 +105,6 @@ class Backbone(nn.Module):
         trial = copy.deepcopy(self)
         try:
             dilate(trial.stages(), output_stride, name=self._label())
-            trial._after_dilation(output_stride)
             reached = [spec.stride for spec in measure_output_shape(trial).values()]
             if reached != expected:
                 raise ValueError(f"{self._label()} gives strides {reached} once dilated, not {expected}")

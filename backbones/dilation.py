@@ -13,6 +13,7 @@ checks the strides the result really has.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,12 +31,8 @@ def _strided(module: nn.Module) -> bool:
     return max(stride) > 1
 
 
-def _pad_right_bottom(module: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    return (F.pad(inputs[0], (0, 1, 0, 1)), *inputs[1:])
-
-
-def _pad_right_bottom_edge(module: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    return (F.pad(inputs[0], (0, 1, 0, 1), mode="replicate"), *inputs[1:])
+def _pad_right_bottom(module: nn.Module, inputs: tuple[Tensor, ...], mode: str = "constant") -> tuple[Tensor, ...]:
+    return (F.pad(inputs[0], (0, 1, 0, 1), mode=mode), *inputs[1:])
 
 
 def _keep_size(pool: nn.Module) -> None:
@@ -43,7 +40,7 @@ def _keep_size(pool: nn.Module) -> None:
     kernel = pool.kernel_size if isinstance(pool.kernel_size, int) else pool.kernel_size[0]
     pool.stride, pool.padding, pool.ceil_mode = 1, (kernel - 1) // 2, False
     if (kernel - 1) % 2:
-        pool.register_forward_pre_hook(_pad_right_bottom_edge)
+        pool.register_forward_pre_hook(partial(_pad_right_bottom, mode="replicate"))
 
 
 def _set_rate(conv: nn.Conv2d, rate: int) -> None:
@@ -90,5 +87,7 @@ def dilate(stages: Sequence[Sequence[nn.Module]], output_stride: int, *, name: s
             if _strided(module):  # the downsampling conv (and a parallel shortcut) keeps the previous rate
                 _set_rate(module, previous)
                 passed_stride = True
-            elif (rate if passed_stride else previous) > 1:
-                _set_rate(module, rate if passed_stride else previous)
+                continue
+            current = rate if passed_stride else previous
+            if current > 1:
+                _set_rate(module, current)

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from backbones.weights import WeightsError
+from tasks import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_PACKAGES = ("backbones", "heads", "tasks")
 INPUT_ERRORS = (ValueError, FileNotFoundError, WeightsError)  # WeightsError: offline, names the file
 USER_ERROR_STATUS = 2

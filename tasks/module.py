@@ -36,7 +36,6 @@ def scaled_lr(lr: float, reference_batch: int | None, total_batch: int) -> tuple
 
 
 class TaskModule(L.LightningModule):
-    progress_metrics: tuple[str, ...] = ()  # shown in the progress bar
     """Base of the task modules.
 
     Args:
@@ -52,6 +51,8 @@ class TaskModule(L.LightningModule):
         skip_nonfinite_batches: how many batches with a NaN/inf loss (or loss component) to skip,
             each with a warning, before the run stops at the next one. 0: stop at the first.
     """
+
+    progress_metrics: tuple[str, ...] = ()  # shown in the progress bar
 
     def __init__(
         self,

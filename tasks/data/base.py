@@ -53,6 +53,7 @@ class TaskDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self._prepared = False  # fit, then validate, would prepare twice
+        self._good: dict[str, list[int]] = {}  # source -> usable positions, found once per process
 
     # -- preparation ---------------------------------------------------------------------------
     def _prepare(self) -> None:  # pragma: no cover - abstract
@@ -77,17 +78,20 @@ class TaskDataModule(L.LightningDataModule):
 
     def good_positions(self, items: Sequence[ImageItem], source: str, *, report: bool) -> list[int]:
         """Positions of ``items`` whose image file is usable, or a stop naming the bad ones
-        (``keep_good_images``; decoded once in ``prepare_data``, remembered for ``setup``)."""
-        key = hashlib.sha1(source.encode()).hexdigest()[:16]
-        cache_file = self.cache_dir / f"image-checks-{key}.json" if self.cache_dir else None
-        return keep_good_images(
-            items,
-            source=source,
-            skip_bad_images=self.skip_bad_images,
-            max_pixels=self.max_pixels,
-            cache_file=cache_file,
-            report=report,
-        )
+        (``keep_good_images``; decoded once in ``prepare_data``, remembered in ``cache_dir`` for the
+        other processes' ``setup``, and in memory for this process's)."""
+        if source not in self._good:
+            key = hashlib.sha1(source.encode()).hexdigest()[:16]
+            cache_file = self.cache_dir / f"image-checks-{key}.json" if self.cache_dir else None
+            self._good[source] = keep_good_images(
+                items,
+                source=source,
+                skip_bad_images=self.skip_bad_images,
+                max_pixels=self.max_pixels,
+                cache_file=cache_file,
+                report=report,
+            )
+        return self._good[source]
 
     # -- metadata --------------------------------------------------------------------------------
     @property

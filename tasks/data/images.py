@@ -14,6 +14,16 @@ _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # rotated by 90 or 270 degrees: width and height swap
 
 
+def oversize_problem(width: int, height: int, max_pixels: int) -> str | None:
+    """Why an image of this size is refused before decoding, or None."""
+    if width * height <= max_pixels:
+        return None
+    return (
+        f"{width}x{height} ({width * height / 1e6:.0f} MP), over max_pixels={max_pixels}: refused before "
+        "decoding (a decompression bomb?); raise dataset.max_pixels if the image is genuine"
+    )
+
+
 def upright_size(image: Image.Image) -> tuple[int, int]:
     """(width, height) once the EXIF orientation is applied, read from the header only."""
     width, height = image.size
@@ -34,11 +44,9 @@ def inspect_image_file(
     try:
         with Image.open(path) as image:
             width, height = image.size
-            if width * height > max_pixels:
-                return (
-                    f"{width}x{height} ({width * height / 1e6:.0f} MP), over max_pixels={max_pixels}: refused before "
-                    "decoding (a decompression bomb?); raise max_pixels if the image is genuine"
-                ), None
+            oversize = oversize_problem(width, height, max_pixels)
+            if oversize:
+                return oversize, None
             upright = upright_size(image)
             if recorded_size is not None and tuple(recorded_size) != upright:
                 if upright != (width, height) and tuple(recorded_size) == (width, height):
@@ -76,11 +84,9 @@ def read_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     ``max_pixels`` are refused from their header, before decoding.
     """
     with Image.open(path) as image:
-        if image.width * image.height > max_pixels:
-            raise ValueError(
-                f"{image.width}x{image.height} is over max_pixels={max_pixels}: refused before decoding "
-                "(raise dataset.max_pixels if the image is genuine)"
-            )
+        oversize = oversize_problem(image.width, image.height, max_pixels)
+        if oversize:
+            raise ValueError(oversize)
         image = ImageOps.exif_transpose(image)
         if image.mode in _WIDE_INT_MODES:
             return _gray_to_rgb(np.asarray(image, dtype=np.float64) / 257.0)
