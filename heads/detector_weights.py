@@ -6,16 +6,24 @@ import logging
 from collections.abc import Sequence
 
 from torch import Tensor, nn
-from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+from torchvision.models import WeightsEnum
+from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights, MaskRCNN_ResNet50_FPN_Weights
 
 from backbones.weights import WeightsError, load_state_dict_file, strip_prefix, torchvision_state_dict
 
 log = logging.getLogger(__name__)
 
 COCO_WEIGHTS = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
+COCO_MASK_WEIGHTS = MaskRCNN_ResNet50_FPN_Weights.COCO_V1  # 37.9 box AP, 34.6 mask AP
 # torchvision's COCO detectors predict 91 indices: background, then COCO category ids 1..90 ("N/A" for gaps)
 COCO_91_NAMES: list[str] = list(COCO_WEIGHTS.meta["categories"])
 _PREDICTOR = "roi_heads.box_predictor."
+# per-class rows of the predictors: (state-dict key, rows per class)
+_PER_CLASS_ROWS = (
+    ("roi_heads.box_predictor.cls_score", 1),
+    ("roi_heads.box_predictor.bbox_pred", 4),
+    ("roi_heads.mask_predictor.mask_fcn_logits", 1),
+)
 # PASCAL VOC names of COCO categories, so that COCO weights map all 20 VOC classes
 VOC_TO_COCO_NAMES = {
     "aeroplane": "airplane",
@@ -43,9 +51,11 @@ def _predictor_rows(source_names: Sequence[str], class_names: Sequence[str]) -> 
 
 def _remap_predictor(state: dict[str, Tensor], own: dict[str, Tensor], rows: list[int | None]) -> None:
     """Pick predictor rows by class (4 box-regression rows per class), keeping ours where unknown."""
-    for key, per_class in (("cls_score", 1), ("bbox_pred", 4)):
+    for key, per_class in _PER_CLASS_ROWS:
         for suffix in ("weight", "bias"):
-            name = f"{_PREDICTOR}{key}.{suffix}"
+            name = f"{key}.{suffix}"
+            if name not in own:
+                continue  # no mask branch
             source, target = state[name], own[name].clone()
             for k, row in enumerate(rows):
                 if row is not None:
@@ -53,8 +63,10 @@ def _remap_predictor(state: dict[str, Tensor], own: dict[str, Tensor], rows: lis
             state[name] = target
 
 
-def load_detector_weights(model: nn.Module, weights: str, class_names: Sequence[str] | None = None) -> None:
-    """Load ``weights`` (``"coco"``: torchvision's COCO_V1 through its weights API; or a file path).
+def load_detector_weights(
+    model: nn.Module, weights: str, class_names: Sequence[str] | None = None, *, coco: WeightsEnum = COCO_WEIGHTS
+) -> None:
+    """Load ``weights`` (``"coco"``: torchvision's ``coco`` weights through its weights API; or a file path).
 
     A predictor trained on torchvision's 91 COCO indices is remapped by class name onto
     ``class_names`` (this model's labels 1..K; VOC's names of COCO classes count, see
@@ -62,10 +74,8 @@ def load_detector_weights(model: nn.Module, weights: str, class_names: Sequence[
     initialisation. Every other tensor must match in shape, else the error names them.
     """
     if weights == "coco":
-        state = torchvision_state_dict(
-            COCO_WEIGHTS, instead="set task.model.weights=none to start from backbone weights only"
-        )
-        source = str(COCO_WEIGHTS)
+        state = torchvision_state_dict(coco, instead="set task.model.weights=none to start from backbone weights only")
+        source = str(coco)
     else:
         state, source = strip_prefix(load_state_dict_file(weights), "model."), weights
     own = model.state_dict()

@@ -1,7 +1,8 @@
 """Evaluate a checkpoint: ``python tasks/evaluate.py task=detection ckpt_path=PATH [dataset=...]``.
 
-Prints the metrics and a per-class table; writes ``metrics.json`` and ``predictions.json``
-(COCO results format, the dataset's own image and category ids) into the run directory.
+Prints the metrics and a per-class table; writes ``metrics.json`` and the evaluator's files into the
+run directory: detection ``predictions.json`` (COCO results format, the dataset's own image and
+category ids), instance segmentation also ``segmentations.json`` (COCO segm results, RLE masks).
 """
 
 import sys

@@ -23,10 +23,16 @@ def _leaves(node: object, prefix: str = "") -> list[str]:
     return [prefix.rstrip(".")]
 
 
+def _recipe_keys(recipe: str) -> list[str]:
+    """The keys ``recipe`` sets, those of the recipes it builds on (its ``defaults``) first."""
+    content = OmegaConf.load(RECIPE_DIR / f"{recipe}.yaml")
+    bases = [name for name in content.pop("defaults", []) if isinstance(name, str) and name != "_self_"]
+    return list(dict.fromkeys([key for base in bases for key in _recipe_keys(base)] + _leaves(content)))
+
+
 def recipe_settings(cfg: DictConfig, recipe: str) -> dict[str, object]:
     """Every key ``recipe`` sets, with the value the run uses (a command-line override wins)."""
-    keys = _leaves(OmegaConf.load(RECIPE_DIR / f"{recipe}.yaml"))
-    return {key: OmegaConf.select(cfg, key, throw_on_missing=False) for key in keys}
+    return {key: OmegaConf.select(cfg, key, throw_on_missing=False) for key in _recipe_keys(recipe)}
 
 
 def log_recipe(cfg: DictConfig) -> None:

@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    """The dataset config's datamodule; no file is read or written yet. The training order and
-    augmentation derive from the run's seed."""
-    return instantiate(cfg.dataset, sampling_seed=cfg.seed)
+    """The dataset config's datamodule, with what the task asks of any dataset (``task.dataset_options``,
+    e.g. instance masks); no file is read or written yet. The training order and augmentation
+    derive from the run's seed."""
+    return instantiate(cfg.dataset, sampling_seed=cfg.seed, **cfg.task.get("dataset_options", {}))
 
 
 def resolve_num_classes(configured: int | None, datamodule: L.LightningDataModule) -> int:
@@ -57,12 +58,19 @@ def model_arguments(model_cfg: DictConfig, datamodule: L.LightningDataModule) ->
 
 def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
     model = instantiate(cfg.task.model, **model_arguments(cfg.task.model, datamodule))
-    evaluator = partial(datamodule.build_evaluator, **cfg.task.get("evaluator", {}))  # built once data is set up
+    evaluator = partial(build_evaluator, cfg.task.get("evaluator"), datamodule)  # built once the data is set up
     options = {
         "channels_last": bool(cfg.get("runtime", {}).get("channels_last", False)),
         "skip_nonfinite_batches": int(cfg.get("skip_nonfinite_batches", 0)),
     }
     return instantiate(cfg.task.module, model=model, evaluator=evaluator, **options)
+
+
+def build_evaluator(evaluator_cfg: DictConfig | None, datamodule: L.LightningDataModule) -> object:
+    """The task config's evaluator (a partial) completed with the validation split's ground truth."""
+    if not evaluator_cfg:
+        return None
+    return instantiate(evaluator_cfg)(**datamodule.evaluation_inputs())
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:

@@ -21,7 +21,7 @@ def test_boxes_follow_the_object(preset: str) -> None:
     box = [100, 60, 220, 180]
     transform = detection_transforms(preset, train=True, multiscale_sizes=[150, 200], max_size=350, lsj_size=256)
     for _ in range(10):
-        out = transform(image=_marked_image(box), bboxes=np.array([box], float), labels=np.array([1]))
+        out = transform(image=_marked_image(box), bboxes=np.array([box], float), labels=np.array([1]), box_ids=[0])
         if len(out["bboxes"]) == 0:
             assert preset == "lsj"  # the random crop may leave the object out: box and label go together
             assert len(out["labels"]) == 0
@@ -35,7 +35,9 @@ def test_boxes_follow_the_object(preset: str) -> None:
 def test_multiscale_shorter_side_and_cap() -> None:
     transform = detection_transforms("multiscale", train=True, multiscale_sizes=[150, 200], max_size=350)
     shapes = {
-        transform(image=_marked_image([0, 0, 10, 10]), bboxes=np.zeros((0, 4)), labels=np.zeros(0))["image"].shape[:2]
+        transform(image=_marked_image([0, 0, 10, 10]), bboxes=np.zeros((0, 4)), labels=np.zeros(0), box_ids=[])[
+            "image"
+        ].shape[:2]
         for _ in range(30)
     }
     assert shapes == {(150, 300), (175, 350)}  # 200 would make the long side 400 > 350
@@ -44,7 +46,7 @@ def test_multiscale_shorter_side_and_cap() -> None:
 def test_lsj_output_is_fixed_square() -> None:
     transform = detection_transforms("lsj", train=True, lsj_size=128)
     for _ in range(5):
-        out = transform(image=_marked_image([0, 0, 10, 10]), bboxes=np.zeros((0, 4)), labels=np.zeros(0))
+        out = transform(image=_marked_image([0, 0, 10, 10]), bboxes=np.zeros((0, 4)), labels=np.zeros(0), box_ids=[])
         assert out["image"].shape[:2] == (128, 128)
 
 
@@ -64,9 +66,13 @@ def test_grouped_batches_are_homogeneous_complete_and_as_many_as_plain_batches()
 
 def test_resize_longest_shrinks_but_never_enlarges() -> None:
     transform = detection_transforms("none", train=False, resize_longest=100)
-    small = transform(image=np.zeros((48, 64, 3), np.uint8), bboxes=np.array([[4, 4, 20, 20]], float), labels=[1])
+    small = transform(
+        image=np.zeros((48, 64, 3), np.uint8), bboxes=np.array([[4, 4, 20, 20]], float), labels=[1], box_ids=[0]
+    )
     assert small["image"].shape == (48, 64, 3)  # albumentations' LongestMaxSize would make it 75x100
     np.testing.assert_allclose(small["bboxes"], [[4, 4, 20, 20]], atol=1e-4)
-    large = transform(image=np.zeros((100, 200, 3), np.uint8), bboxes=np.array([[20, 10, 60, 50]], float), labels=[1])
+    large = transform(
+        image=np.zeros((100, 200, 3), np.uint8), bboxes=np.array([[20, 10, 60, 50]], float), labels=[1], box_ids=[0]
+    )
     assert large["image"].shape == (50, 100, 3)
     np.testing.assert_allclose(large["bboxes"], [[10, 5, 30, 25]], atol=1e-4)

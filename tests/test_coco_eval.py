@@ -1,4 +1,4 @@
-"""The module's reported COCO stats equal pycocotools run directly on the same predictions."""
+"""The module's reported COCO stats (boxes and masks) equal pycocotools run directly on the same predictions."""
 
 from __future__ import annotations
 
@@ -10,12 +10,17 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
 from tasks.data.coco import load_coco
 from tasks.data.datamodule import CocoDataModule
+from tasks.data.masks import encode_mask
 from tasks.detection.module import DetectionModule
+from tasks.instance_segmentation.module import InstanceSegmentationModule
 from tasks.metrics.coco_eval import COCO_STAT_NAMES, coco_stats
+from tasks.metrics.detection import detection_evaluator
 from tests.coco_folder import CATEGORY_IDS, write_coco_folder
 
 
@@ -94,7 +99,9 @@ def test_module_stats_equal_pycocotools(tmp_path: Path) -> None:
     datamodule = CocoDataModule(tmp_path, batch_size=3, num_workers=0, augment="none", resize_longest=64)
     datamodule.setup()
     module = DetectionModule(
-        ReplayDetector(rows, images), optimizer=torch.optim.SGD, evaluator=datamodule.build_evaluator()
+        ReplayDetector(rows, images),
+        optimizer=torch.optim.SGD,
+        evaluator=detection_evaluator(**datamodule.evaluation_inputs()),
     )
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
     reported = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
@@ -117,3 +124,65 @@ def test_no_detections_give_zeros_with_a_warning(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="no detections"):
         stats = coco_stats(load_coco(ann_file), [])
     assert stats == dict.fromkeys(COCO_STAT_NAMES, 0.0)
+
+
+def _rectangle_polygon(x: float, y: float, w: float, h: float) -> list[list[float]]:
+    return [[x, y, x + w, y, x + w, y + h, x, y + h]]
+
+
+class ReplayMaskDetector(ReplayDetector):
+    """Also returns each row's mask (decoded at the file's size) as probabilities at the model's input size."""
+
+    def forward(self, batch: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        pending = [self.queue[i] for i in range(len(batch))]
+        out = super().forward(batch)
+        for detections, tensor, (image, rows) in zip(out, batch, pending, strict=True):
+            masks = [mask_utils.decode(r["segmentation"]) for r in rows]
+            full = torch.tensor(np.stack(masks) if masks else np.zeros((0, image["height"], image["width"])))
+            size = tuple(tensor.shape[-2:])
+            detections["masks"] = F.interpolate(full[:, None].float(), size=size, mode="bilinear") if masks else full
+        return out
+
+
+def test_module_box_and_mask_stats_equal_pycocotools(tmp_path: Path) -> None:
+    """Instance segmentation: the reported segm stats are pycocotools' on the written segmentations.json, and
+    masks predicted at the model's (smaller) input size are scored in the file's pixels."""
+    rng = np.random.default_rng(0)
+    images, annotations = _ground_truth(rng)
+    for ann in annotations:
+        ann["segmentation"] = _rectangle_polygon(*ann["bbox"])
+    for split in ("train2017", "val2017"):
+        ann_file = write_coco_folder(tmp_path, [dict(i) for i in images], [dict(a) for a in annotations], split)
+    rows = _predictions(rng, images, annotations)
+    sizes = {image["id"]: (image["height"], image["width"]) for image in images}
+    for row in rows:
+        polygon = mask_utils.frPyObjects(_rectangle_polygon(*row["bbox"]), *sizes[row["image_id"]])
+        row["segmentation"] = encode_mask(mask_utils.decode(mask_utils.merge(polygon)))
+    datamodule = CocoDataModule(tmp_path, batch_size=3, num_workers=0, augment="none", resize_longest=64, masks=True)
+    datamodule.setup()
+    evaluator = detection_evaluator(**datamodule.evaluation_inputs(), iou_types=["bbox", "segm"])
+    module = InstanceSegmentationModule(
+        ReplayMaskDetector(rows, images), optimizer=torch.optim.SGD, evaluator=evaluator
+    )
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    reported = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+
+    coco_gt = load_coco(ann_file)
+    written = module.last_evaluation.files["segmentations.json"]
+    assert len(written) == len(rows)
+    for name, iou_type, results in (("", "bbox", rows), ("mask_", "segm", written)):
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluation = COCOeval(coco_gt, coco_gt.loadRes(results), iou_type)
+            evaluation.evaluate()
+            evaluation.accumulate()
+            evaluation.summarize()
+        assert evaluation.stats[1] > 0.1  # a non-trivial case
+        for stat, expected in zip(COCO_STAT_NAMES, evaluation.stats, strict=True):
+            assert reported[f"val/{name}{stat}"] == pytest.approx(expected, abs=1e-6), name + stat
+    # the masks went to 64 px and back: the file-size masks score close to the original rows
+    with contextlib.redirect_stdout(io.StringIO()):
+        original = COCOeval(coco_gt, coco_gt.loadRes(rows), "segm")
+        original.evaluate()
+        original.accumulate()
+        original.summarize()
+    assert reported["val/mask_map_50"] == pytest.approx(original.stats[1], abs=0.1)

@@ -1,4 +1,4 @@
-"""Whole-detector weights: torchvision's 91-index COCO predictor maps onto our labels by class name."""
+"""Whole-detector weights: torchvision's 91-index COCO predictors (boxes, masks) map onto our labels by class name."""
 
 from __future__ import annotations
 
@@ -8,10 +8,15 @@ from urllib.error import URLError
 import pytest
 import torch
 from torchvision.models import WeightsEnum
-from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn
+from torchvision.models.detection import (
+    FasterRCNN_ResNet50_FPN_Weights,
+    MaskRCNN_ResNet50_FPN_Weights,
+    fasterrcnn_resnet50_fpn,
+    maskrcnn_resnet50_fpn,
+)
 
 from backbones import ResNetBackbone, WeightsError
-from heads import build_faster_rcnn
+from heads import build_faster_rcnn, build_mask_rcnn
 
 PREDICTOR = "roi_heads.box_predictor."
 
@@ -111,3 +116,32 @@ def test_voc_names_map_onto_all_twenty_coco_rows(coco_checkpoint, caplog: pytest
     torch.testing.assert_close(
         model.state_dict()[f"{PREDICTOR}cls_score.weight"], source[f"{PREDICTOR}cls_score.weight"][rows]
     )
+
+
+def test_mask_rcnn_coco_weights_remap_box_and_mask_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """task.model.weights=coco for Mask R-CNN asks torchvision for MaskRCNN_ResNet50_FPN_Weights.COCO_V1
+    and picks the box and mask predictor rows of each class by name (here from a same-architecture
+    state dict standing in for the download)."""
+    import heads.detector_weights as detector_weights
+
+    torch.manual_seed(0)
+    source = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91).state_dict()
+    asked = []
+    monkeypatch.setattr(
+        detector_weights, "torchvision_state_dict", lambda weights, **_: asked.append(weights) or dict(source)
+    )
+    names = ["dog", "person", "car"]
+    model = build_mask_rcnn(ResNetBackbone("resnet50", norm="bn"), num_classes=3, weights="coco", class_names=names)
+    assert asked == [MaskRCNN_ResNet50_FPN_Weights.COCO_V1]
+    ours, rows = model.state_dict(), [0, 18, 1, 3]
+    for key, per_class in (
+        ("box_predictor.cls_score", 1),
+        ("box_predictor.bbox_pred", 4),
+        ("mask_predictor.mask_fcn_logits", 1),
+    ):
+        for suffix in ("weight", "bias"):
+            name = f"roi_heads.{key}.{suffix}"
+            torch.testing.assert_close(ours[name], source[name][_rows(rows, per_class)], rtol=0, atol=0)
+    for key, value in source.items():
+        if "_predictor." not in key:
+            torch.testing.assert_close(ours[key], value, rtol=0, atol=0)

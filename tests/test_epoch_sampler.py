@@ -66,7 +66,7 @@ class _Noise(Dataset):
 
     def __getitem__(self, index: int):
         image = np.tile(np.arange(16, dtype=np.uint8)[None, :, None] * (index + 1), (8, 1, 3))
-        out = self.transforms(image=image, bboxes=np.zeros((0, 4)), labels=np.zeros(0))
+        out = self.transforms(image=image, bboxes=np.zeros((0, 4)), labels=np.zeros(0), box_ids=[])
         return torch.from_numpy(out["image"].copy()), {"index": index}
 
 

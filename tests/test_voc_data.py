@@ -14,6 +14,7 @@ from tasks.data.datamodule import VocDataModule
 from tasks.data.doctor import DatasetError
 from tasks.data.shapes import SHAPE_CLASSES
 from tasks.data.voc import VocDetection
+from tasks.metrics.detection import detection_evaluator
 from tests.conftest import TINY_SHAPES
 
 
@@ -62,7 +63,7 @@ def test_use_difficult_trains_on_them(shapes_voc_root: Path) -> None:
 def test_perfect_predictions_score_one_on_both_metrics(shapes_voc_root: Path) -> None:
     datamodule = VocDataModule(shapes_voc_root, class_names=SHAPE_CLASSES, num_workers=0, augment="none")
     datamodule.setup()
-    evaluator = datamodule.build_evaluator()
+    evaluator = detection_evaluator(**datamodule.evaluation_inputs())
     for record in datamodule.val_set.records:
         gt = datamodule.val_set.voc_ground_truth[record.image_id]
         boxes = torch.tensor(gt.boxes + [0, 0, 1, 1], dtype=torch.float32).reshape(-1, 4)

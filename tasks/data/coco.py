@@ -16,7 +16,9 @@ from pycocotools.coco import COCO
 
 from tasks.data.detection_dataset import DetectionDataset, clip_boxes
 from tasks.data.detection_index import DetectionIndex, cached_index, source_key
-from tasks.data.doctor import image_file_findings, inspect_coco_tables, raise_on_errors
+from tasks.data.doctor import Finding, image_file_findings, inspect_coco_tables, raise_on_errors
+from tasks.data.images import MAX_PIXELS
+from tasks.data.masks import segmentation_problem
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +92,10 @@ class CocoTables:
     bboxes: np.ndarray  # xywh
     iscrowd: np.ndarray
     categories: list[dict]
+    segmentations: list | None = None  # each annotation's ``segmentation`` (None where absent), when read
 
     @classmethod
-    def from_dataset(cls, dataset: dict) -> CocoTables:
+    def from_dataset(cls, dataset: dict, *, masks: bool = False) -> CocoTables:
         images, annotations = dataset.get("images", []), dataset.get("annotations", [])
         return cls(
             image_ids=_ids(images, "id"),
@@ -105,6 +108,7 @@ class CocoTables:
             bboxes=_bboxes(annotations),
             iscrowd=np.asarray([bool(a.get("iscrowd", 0)) for a in annotations], bool),
             categories=sorted(dataset.get("categories", []), key=lambda c: c["id"]),
+            segmentations=[a.get("segmentation") for a in annotations] if masks else None,
         )
 
     @property
@@ -144,18 +148,43 @@ def coco_index(tables: CocoTables, source: str) -> DetectionIndex:
         boxes[kept],
         labels[kept],
         tables.iscrowd[kept],
+        None if tables.segmentations is None else [tables.segmentations[i] for i in kept],
     )
 
 
-def index_coco_file(ann_file: Path, image_dir: Path) -> tuple[DetectionIndex, dict]:
+def check_segmentations(tables: CocoTables, ann_file: Path) -> None:
+    """Every object trained on needs a usable segmentation (crowd regions are only ignored)."""
+    bad = []
+    for k, segmentation in enumerate(tables.segmentations or []):
+        problem = "no segmentation" if segmentation is None else segmentation_problem(segmentation)
+        if problem and not (segmentation is None and tables.iscrowd[k]):
+            bad.append(f"annotation id {tables.ann_ids[k]} has {problem}")
+    if bad:
+        raise ValueError(
+            f"{ann_file}: {len(bad)} annotations cannot give an instance mask ({'; '.join(bad[:5])}). Instance "
+            "segmentation needs polygons or an RLE per object: fix or remove them, or train task=detection"
+        )
+
+
+def index_coco_file(ann_file: Path, image_dir: Path, *, masks: bool = False) -> tuple[DetectionIndex, dict]:
     """Read, check (annotation errors stop here with the doctor's report; image files are checked
-    by the caller) and index one instances json."""
-    tables = CocoTables.from_dataset(read_instances(ann_file))
+    by the caller) and index one instances json, with each object's segmentation when ``masks``."""
+    tables = CocoTables.from_dataset(read_instances(ann_file, keep_segmentation=masks), masks=masks)
     raise_on_errors(inspect_coco_tables(tables, image_dir, str(ann_file), files="skip"), str(ann_file))
+    if masks:
+        check_segmentations(tables, ann_file)
     if not tables.categories:
         raise ValueError(f"{ann_file} declares no categories")
     metadata = {"category_ids": tables.category_ids, "class_names": tables.class_names}
     return coco_index(tables, str(ann_file)), metadata
+
+
+def inspect_coco(
+    dataset: dict, image_dir: Path, source: str, *, read_images: bool = True, max_pixels: int = MAX_PIXELS
+) -> list[Finding]:
+    """Check a loaded COCO instances json (``dataset``) against its image folder."""
+    files = "decode" if read_images else "exist"
+    return inspect_coco_tables(CocoTables.from_dataset(dataset), image_dir, source, files=files, max_pixels=max_pixels)
 
 
 def read_categories(ann_file: Path) -> tuple[list[int], list[str]]:
@@ -173,7 +202,8 @@ class CocoDetection(DetectionDataset):
 
     ``cache_dir``: where the index is kept between runs (rebuilt when the json changes); without
     one it is built in memory. ``check_images``: check that every image file exists (the caller
-    may have done so already, e.g. when preparing data on one process).
+    may have done so already, e.g. when preparing data on one process). ``masks``: items also
+    carry each object's mask (instance segmentation).
     """
 
     def __init__(
@@ -184,6 +214,7 @@ class CocoDetection(DetectionDataset):
         *,
         cache_dir: Path | None = None,
         check_images: bool = True,
+        masks: bool = False,
     ) -> None:
         image_dir, ann_file = Path(image_dir), Path(ann_file)
         if not ann_file.is_file():
@@ -191,7 +222,8 @@ class CocoDetection(DetectionDataset):
         if not image_dir.is_dir():
             raise FileNotFoundError(f"image folder {image_dir} not found: expected the images of {ann_file}")
         key = source_key(ann_file, images=str(image_dir.resolve()))
-        index, metadata = cached_index(cache_dir, "coco", key, lambda: index_coco_file(ann_file, image_dir))
+        kind = "coco-masks" if masks else "coco"  # apart: the masks make the index several times larger
+        index, metadata = cached_index(cache_dir, kind, key, lambda: index_coco_file(ann_file, image_dir, masks=masks))
         if check_images:
             raise_on_errors(image_file_findings(index, image_dir), str(ann_file))
         super().__init__(

@@ -9,15 +9,13 @@ from pathlib import Path
 import albumentations as A
 
 from tasks.data.base import TaskDataModule
-from tasks.data.coco import CocoDetection, read_categories, read_instances
+from tasks.data.coco import CocoDetection, inspect_coco, read_categories, read_instances
 from tasks.data.detection_dataset import DetectionDataset, collate_detection
-from tasks.data.doctor import ERROR, Finding, inspect_coco, inspect_voc
+from tasks.data.doctor import ERROR, Finding
 from tasks.data.images import MAX_PIXELS
 from tasks.data.sampling import aspect_ratio_groups
 from tasks.data.transforms import RESIZING_PRESETS, detection_transforms
-from tasks.data.voc import VOC_CLASSES, VocDetection
-from tasks.metrics.coco_eval import CocoEvaluator
-from tasks.metrics.voc_eval import VocEvaluator
+from tasks.data.voc import VOC_CLASSES, VocDetection, inspect_voc
 
 
 class DetectionDataModule(TaskDataModule):
@@ -26,7 +24,8 @@ class DetectionDataModule(TaskDataModule):
     Subclasses say how to build a split (``_build_split``) and where the class names come from
     (``_read_metadata``, without preparing or loading the data). ``augment`` names a preset of
     ``tasks.data.transforms``; ``preset_options`` passes its sizes (e.g. ``multiscale_sizes``).
-    ``group_aspect_ratio`` batches wide and tall images apart so batches pad little.
+    ``group_aspect_ratio`` batches wide and tall images apart so batches pad little. ``masks``:
+    items carry instance masks too (the instance segmentation task asks for them).
     """
 
     collate_fn = staticmethod(collate_detection)
@@ -41,9 +40,11 @@ class DetectionDataModule(TaskDataModule):
         resize_longest: int | None = None,
         preset_options: dict | None = None,
         group_aspect_ratio: bool = False,
+        masks: bool = False,
         **options,
     ) -> None:
         super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, **options)
+        self.masks = masks
         self.augment = augment
         self.resize_longest = resize_longest
         self.preset_options = dict(preset_options or {})
@@ -128,11 +129,12 @@ class DetectionDataModule(TaskDataModule):
     def category_ids(self) -> list[int]:
         return list(self._metadata[0])
 
-    def build_evaluator(self, backend: str = "pycocotools") -> CocoEvaluator:
-        """COCO mAP against the validation ground truth itself (crowd regions included)."""
+    def evaluation_inputs(self) -> dict:
+        """What a detection evaluator needs of the validation split: its ground truth (a function that
+        loads it with pycocotools, crowd regions included), category ids and class names."""
         self.setup()
         val = self.val_set
-        return CocoEvaluator(val.ground_truth, val.category_ids, backend=backend, class_names=val.class_names)
+        return {"ground_truth": val.ground_truth, "category_ids": val.category_ids, "class_names": val.class_names}
 
     def group_ids(self) -> list[int] | None:
         return aspect_ratio_groups(self.train_set.index.aspect_ratios) if self.group_aspect_ratio else None
@@ -180,7 +182,9 @@ class CocoDataModule(DetectionDataModule):
 
     def _build_split(self, split: str, transforms: A.Compose | None, *, prepared: bool) -> DetectionDataset:
         images, annotations = self._split_paths(split)
-        return CocoDetection(images, annotations, transforms, cache_dir=self.cache_dir, check_images=False)
+        return CocoDetection(
+            images, annotations, transforms, cache_dir=self.cache_dir, check_images=False, masks=self.masks
+        )
 
     def _read_metadata(self) -> tuple[list[int], list[str]]:
         """From the validation json (the smaller one; setup checks that training agrees)."""
@@ -234,6 +238,11 @@ class VocDataModule(DetectionDataModule):
                 f"dataset.root={self.root} does not exist; expected a VOCdevkit folder holding "
                 "VOC<year>/Annotations, VOC<year>/JPEGImages and VOC<year>/ImageSets/Main"
             )
+        if self.masks:
+            raise ValueError(
+                "PASCAL VOC detection data (dataset=voc) carries no instance masks; instance segmentation "
+                "reads COCO-format instances jsons with polygons or RLE (dataset=coco or dataset=coco_custom)"
+            )
         years, image_set = self.splits[split]
         # difficult objects are never trained on in evaluation splits; they are ignore regions there
         use_difficult = self.use_difficult and split == "train"
@@ -255,7 +264,6 @@ class VocDataModule(DetectionDataModule):
             )
         return findings, self.voc_class_names
 
-    def build_evaluator(self, backend: str = "pycocotools") -> VocEvaluator:
-        self.setup()
-        val = self.val_set
-        return VocEvaluator(val.ground_truth, val.category_ids, val.voc_ground_truth, val.class_names, backend=backend)
+    def evaluation_inputs(self) -> dict:
+        """Also each image's boxes with VOC's difficult flags: VOC AP is reported next to COCO's stats."""
+        return {**super().evaluation_inputs(), "voc_ground_truth": self.val_set.voc_ground_truth}

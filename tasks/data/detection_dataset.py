@@ -11,9 +11,11 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
+from torchvision.ops import masks_to_boxes
 
 from tasks.data.detection_index import DetectionIndex, ImageRecord, IndexRecords
 from tasks.data.images import MAX_PIXELS, read_rgb
+from tasks.data.masks import decode_masks
 
 __all__ = ["DetectionDataset", "ImageRecord", "clip_boxes", "collate_detection"]
 
@@ -32,7 +34,8 @@ def clip_boxes(boxes: np.ndarray, width, height) -> tuple[np.ndarray, np.ndarray
 
 class DetectionDataset(Dataset):
     """Items are ``(uint8 CHW image, target)`` with target keys ``boxes`` (xyxy), ``labels``
-    (1..K), ``image_id`` and ``orig_size`` (h, w of the file on disk).
+    (1..K), ``image_id`` and ``orig_size`` (h, w of the file on disk); with an index that has
+    masks, also ``masks`` (N x H x W uint8, one per box, moved by the same augmentation).
 
     ``category_ids[label - 1]`` is the annotation file's id of label ``label``.
     ``ground_truth()`` builds the pycocotools ground truth that COCO-style evaluation scores
@@ -77,9 +80,9 @@ class DetectionDataset(Dataset):
         except (OSError, ValueError) as err:
             raise OSError(f"cannot read image {record.path} (image_id {record.image_id}): {err}") from err
         boxes, labels = record.boxes, record.labels
+        masks = None if record.segmentations is None else decode_masks(record.segmentations, *image.shape[:2])
         if self.transforms is not None:
-            out = self.transforms(image=image, bboxes=boxes, labels=labels)
-            image, boxes, labels = out["image"], out["bboxes"], out["labels"]
+            image, boxes, labels, masks = self._augment(image, boxes, labels, masks)
         target = {
             "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(np.asarray(labels, dtype=np.int64)),
@@ -87,7 +90,36 @@ class DetectionDataset(Dataset):
             "orig_size": (record.height, record.width),
             "file": str(record.path),  # named in error reports
         }
+        if masks is not None:
+            target["masks"] = torch.from_numpy(np.ascontiguousarray(masks))
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), target
+
+    def _augment(self, image: np.ndarray, boxes, labels, masks: np.ndarray | None) -> tuple:
+        """The pipeline on image, boxes and masks together. A box the augmentation drops takes its mask
+        with it (``box_ids`` says which boxes survived), and a box whose mask left the image goes too.
+        With masks, boxes are then the masks' own extents: a crop that cuts an object leaves its box
+        around the visible part, not around the cut rectangle of the old box."""
+        data = {"image": image, "bboxes": boxes, "labels": labels, "box_ids": np.arange(len(boxes))}
+        if masks is not None and len(masks):
+            data["masks"] = masks
+        out = self.transforms(**data)
+        image, boxes, labels, kept = out["image"], out["bboxes"], out["labels"], np.asarray(out["box_ids"], np.int64)
+        if masks is None:
+            return image, boxes, labels, None
+        if not len(masks):
+            return image, boxes, labels, np.zeros((0, *image.shape[:2]), np.uint8)
+        masks = np.asarray(out["masks"])[kept]
+        visible = masks.any(axis=(1, 2))
+        masks, labels = masks[visible], np.asarray(labels)[visible]
+        return image, mask_extents(masks), labels, masks
+
+
+def mask_extents(masks: np.ndarray) -> np.ndarray:
+    """(N, 4) float32 xyxy boxes enclosing each non-empty mask, pixel edges included (COCO's convention)."""
+    if not len(masks):
+        return np.zeros((0, 4), np.float32)
+    boxes = masks_to_boxes(torch.from_numpy(masks)).numpy()  # the extreme pixels' indices
+    return (boxes + np.array([0, 0, 1, 1])).astype(np.float32)
 
 
 def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.data.masks import Segmentation, pack_segmentations, unpack_segmentation
+
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 1  # bump when the arrays change meaning: caches of another version are rebuilt
+INDEX_VERSION = 2  # bump when the arrays change meaning: caches of another version are rebuilt
 
 
 @dataclass
@@ -35,6 +37,8 @@ class ImageRecord:
     boxes: np.ndarray  # (N, 4) float32 xyxy in pixels: the objects trained on
     labels: np.ndarray  # (N,) int64, contiguous 1..num_classes
     ignored: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # crowd / difficult
+    segmentations: list[Segmentation] | None = None  # one per box (COCO encodings) when the index has masks
+    ignored_segmentations: list[Segmentation | None] | None = None
 
     @property
     def aspect_ratio(self) -> float:
@@ -54,6 +58,16 @@ class DetectionIndex:
     boxes: np.ndarray  # (M, 4) float32 xyxy
     labels: np.ndarray  # (M,) int64
     ignored: np.ndarray  # (M,) bool: crowd or difficult, an ignore region rather than a training box
+    # with masks: box j's COCO segmentation as json bytes segms[segm_offsets[j]:segm_offsets[j + 1]]
+    segm_offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (M + 1,), or empty
+    segms: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
+
+    @property
+    def has_masks(self) -> bool:
+        return len(self.segm_offsets) > 0
+
+    def segmentation(self, box: int) -> Segmentation | None:
+        return unpack_segmentation(self.segm_offsets, self.segms, box)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -64,7 +78,7 @@ class DetectionIndex:
     def record(self, i: int, image_root: Path) -> ImageRecord:
         start, end = self.box_offsets[i], self.box_offsets[i + 1]
         boxes, labels, ignored = self.boxes[start:end], self.labels[start:end], self.ignored[start:end]
-        return ImageRecord(
+        record = ImageRecord(
             int(self.image_ids[i]),
             image_root / self.file_name(i),
             int(self.heights[i]),
@@ -73,6 +87,11 @@ class DetectionIndex:
             np.asarray(labels[~ignored]),
             np.asarray(boxes[ignored]),
         )
+        if self.has_masks:
+            rows = np.arange(start, end)
+            record.segmentations = [self.segmentation(j) for j in rows[~ignored]]
+            record.ignored_segmentations = [self.segmentation(j) for j in rows[ignored]]
+        return record
 
     def select(self, positions: Sequence[int]) -> DetectionIndex:
         """The images at ``positions``, with their boxes, as a new in-memory index."""
@@ -89,6 +108,7 @@ class DetectionIndex:
             self.boxes[rows],
             self.labels[rows],
             self.ignored[rows],
+            [self.segmentation(j) for j in rows] if self.has_masks else None,
         )
 
     @property
@@ -106,9 +126,14 @@ class DetectionIndex:
         boxes: np.ndarray,
         labels: np.ndarray,
         ignored: np.ndarray,
+        segmentations: Sequence[Segmentation | None] | None = None,
     ) -> DetectionIndex:
-        """From per-image columns and the boxes of all images in image order."""
+        """From per-image columns and the boxes of all images in image order (with ``segmentations``,
+        one per box, the index has masks)."""
         encoded = [name.encode() for name in file_names]
+        masks = {}
+        if segmentations is not None:
+            masks = dict(zip(("segm_offsets", "segms"), pack_segmentations(segmentations), strict=True))
         return cls(
             image_ids=np.asarray(image_ids, np.int64),
             heights=np.asarray(heights, np.int32),
@@ -119,6 +144,7 @@ class DetectionIndex:
             boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
             labels=np.asarray(labels, np.int64),
             ignored=np.asarray(ignored, bool),
+            **masks,
         )
 
     def save(self, folder: Path) -> None:

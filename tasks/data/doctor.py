@@ -133,16 +133,6 @@ def inspect_coco_tables(
     return findings
 
 
-def inspect_coco(
-    dataset: dict, image_dir: Path, source: str, *, read_images: bool = True, max_pixels: int = MAX_PIXELS
-) -> list[Finding]:
-    """Check a loaded COCO instances json (``dataset``) against its image folder."""
-    from tasks.data.coco import CocoTables  # the parser's own columns (it imports this module)
-
-    files = "decode" if read_images else "exist"
-    return inspect_coco_tables(CocoTables.from_dataset(dataset), image_dir, source, files=files, max_pixels=max_pixels)
-
-
 def image_file_findings(index: DetectionIndex, image_root: Path) -> list[Finding]:
     """The start-up check of an indexed split: every image file exists (one directory listing per
     folder rather than a file-system call per image: 118k images take a fraction of a second)."""
@@ -195,56 +185,3 @@ def raise_on_errors(findings: list[Finding], source: str) -> None:
             f"{source} has problems that would crash training or falsify evaluation:\n{report}\n"
             "Fix the annotation file (python tasks/check_dataset.py dataset=... lists everything)."
         )
-
-
-def inspect_voc(
-    root: Path,
-    years: list,
-    split: str,
-    class_names: list[str],
-    *,
-    read_images: bool = True,
-    max_pixels: int = MAX_PIXELS,
-) -> list[Finding]:
-    """Check a VOCdevkit split: image sets, XML files, boxes, class names and images."""
-    from tasks.data.voc import parse_voc_xml, read_image_set  # the loader's own parsing (imports this module)
-
-    findings: list[Finding] = []
-    for year in map(str, years):
-        try:
-            file_ids = read_image_set(root, year, split)
-        except FileNotFoundError as err:
-            findings.append(Finding(ERROR, "image set", str(err)))
-            continue
-        for file_id in file_ids:
-            xml_path = root / f"VOC{year}" / "Annotations" / f"{file_id}.xml"
-            image_path = root / f"VOC{year}" / "JPEGImages" / f"{file_id}.jpg"
-            try:
-                width, height, objects = parse_voc_xml(xml_path)
-            except (OSError, ValueError) as err:
-                findings.append(Finding(ERROR, "annotation file", f"{xml_path}: {err}"))
-                width = height = objects = None
-            if read_images:
-                size = (width, height) if width else None
-                problem = image_file_problem(image_path, recorded_size=size, max_pixels=max_pixels)
-            else:
-                problem = None if image_path.is_file() else "missing"
-            if problem:
-                findings.append(Finding(ERROR, "image file", f"{image_path} is {problem}"))
-            if objects is None:
-                continue
-            if not objects:
-                findings.append(Finding(INFO, "image without annotations", str(xml_path)))
-            for k, (name, _difficult, (x1, y1, x2, y2)) in enumerate(objects):
-                where = f"{xml_path} object {k}"
-                if name not in class_names:
-                    findings.append(Finding(ERROR, "unknown category", f"{where}: class {name!r} not in {class_names}"))
-                if x2 - x1 <= 0 or y2 - y1 <= 0:
-                    findings.append(Finding(REPAIRED, "degenerate box", f"{where}: box {[x1, y1, x2, y2]} (dropped)"))
-                elif x1 < 0 or y1 < 0 or x2 > width or y2 > height:
-                    findings.append(
-                        Finding(
-                            REPAIRED, "box outside image", f"{where}: box leaves the {width}x{height} image (clipped)"
-                        )
-                    )
-    return findings

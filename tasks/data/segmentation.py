@@ -31,7 +31,6 @@ from tasks.data.segmentation_files import (
 )
 from tasks.data.shapes import SHAPE_CLASSES, ensure_shapes, split_spec
 from tasks.data.voc import VOC_CLASSES
-from tasks.metrics.confusion import ConfusionMatrixEvaluator
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +190,9 @@ class SegmentationDataModule(TaskDataModule):
     def class_names(self) -> list[str]:
         return list(self._read_metadata())
 
-    def build_evaluator(self) -> ConfusionMatrixEvaluator:
-        return ConfusionMatrixEvaluator(self.class_names, ignore_index=IGNORE_INDEX)
+    def evaluation_inputs(self) -> dict:
+        """What a segmentation evaluator needs: the class names (mask values 0..K-1) and the ignored value."""
+        return {"class_names": self.class_names, "ignore_index": IGNORE_INDEX}
 
 
 class VocSegDataModule(SegmentationDataModule):

@@ -21,6 +21,7 @@ from pycocotools import mask as mask_utils
 
 from tasks.data.datamodule import CocoDataModule
 from tasks.data.images import MAX_PIXELS
+from tasks.data.voc import voc_palette
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
 SPEC_FILE = "shapes_spec.json"
@@ -164,19 +165,6 @@ def _write_coco(folder: Path, spec: ShapesSpec) -> None:
         info = {"description": "synthetic shapes", "version": "1.0"}
         full = {"info": info, "licenses": [], **content, "categories": categories}
         (folder / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(full))
-
-
-def voc_palette() -> list[int]:
-    """The PASCAL VOC colour map (bit-interleaved), 256 RGB entries."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for shift in range(7, -1, -1):
-            r, g, b = r | ((c & 1) << shift), g | (((c >> 1) & 1) << shift), b | (((c >> 2) & 1) << shift)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
 
 
 def _voc_xml(file_name: str, size: int, owner: np.ndarray, classes: list[int]) -> str:

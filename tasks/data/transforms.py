@@ -62,7 +62,8 @@ def detection_transforms(
 
     ``resize_longest`` bounds the longest side on the data side (cheaper decoding and
     collation of big images); it never enlarges an image. Boxes leaving the image are clipped; boxes that collapse
-    below one pixel are dropped together with their labels.
+    below one pixel are dropped together with their labels and ``box_ids`` (which a caller
+    passing ``masks`` uses to drop the same masks). Every step moves masks with the image.
     """
     if preset not in DETECTION_PRESETS:
         raise ValueError(f"augmentation preset {preset!r} is unknown; choose one of {DETECTION_PRESETS}")
@@ -85,5 +86,7 @@ def detection_transforms(
         steps.append(A.HorizontalFlip(p=0.5))
     if not steps:
         return None
-    bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels"], min_width=1.0, min_height=1.0, clip=True)
+    bbox_params = A.BboxParams(
+        format="pascal_voc", label_fields=["labels", "box_ids"], min_width=1.0, min_height=1.0, clip=True
+    )
     return A.Compose(steps, bbox_params=bbox_params)

@@ -7,6 +7,7 @@ import io
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import albumentations as A
@@ -15,8 +16,8 @@ from pycocotools.coco import COCO
 
 from tasks.data.detection_dataset import DetectionDataset, clip_boxes
 from tasks.data.detection_index import DetectionIndex
-from tasks.data.doctor import inspect_voc, raise_on_errors
-from tasks.metrics.voc_eval import VocGroundTruth
+from tasks.data.doctor import ERROR, INFO, REPAIRED, Finding, raise_on_errors
+from tasks.data.images import MAX_PIXELS, image_file_problem
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,28 @@ VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
+
+
+@dataclass
+class VocGroundTruth:
+    """One image's boxes as VOC AP scores them."""
+
+    boxes: np.ndarray  # (N, 4) xyxy, inclusive pixel coordinates (x2 is the last pixel column)
+    labels: np.ndarray  # (N,) class index 0..K-1
+    difficult: np.ndarray  # (N,) bool
+
+
+def voc_palette() -> list[int]:
+    """The PASCAL VOC colour map (bit-interleaved), 256 RGB entries."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r, g, b = r | ((c & 1) << shift), g | (((c >> 1) & 1) << shift), b | (((c >> 2) & 1) << shift)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
 
 
 def _text(node: ET.Element, tag: str, xml_path: Path) -> str:
@@ -188,3 +211,54 @@ def _in_memory_coco(dataset: dict) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+def inspect_voc(
+    root: Path,
+    years: list,
+    split: str,
+    class_names: list[str],
+    *,
+    read_images: bool = True,
+    max_pixels: int = MAX_PIXELS,
+) -> list[Finding]:
+    """Check a VOCdevkit split: image sets, XML files, boxes, class names and images."""
+    findings: list[Finding] = []
+    for year in map(str, years):
+        try:
+            file_ids = read_image_set(root, year, split)
+        except FileNotFoundError as err:
+            findings.append(Finding(ERROR, "image set", str(err)))
+            continue
+        for file_id in file_ids:
+            xml_path = root / f"VOC{year}" / "Annotations" / f"{file_id}.xml"
+            image_path = root / f"VOC{year}" / "JPEGImages" / f"{file_id}.jpg"
+            try:
+                width, height, objects = parse_voc_xml(xml_path)
+            except (OSError, ValueError) as err:
+                findings.append(Finding(ERROR, "annotation file", f"{xml_path}: {err}"))
+                width = height = objects = None
+            if read_images:
+                size = (width, height) if width else None
+                problem = image_file_problem(image_path, recorded_size=size, max_pixels=max_pixels)
+            else:
+                problem = None if image_path.is_file() else "missing"
+            if problem:
+                findings.append(Finding(ERROR, "image file", f"{image_path} is {problem}"))
+            if objects is None:
+                continue
+            if not objects:
+                findings.append(Finding(INFO, "image without annotations", str(xml_path)))
+            for k, (name, _difficult, (x1, y1, x2, y2)) in enumerate(objects):
+                where = f"{xml_path} object {k}"
+                if name not in class_names:
+                    findings.append(Finding(ERROR, "unknown category", f"{where}: class {name!r} not in {class_names}"))
+                if x2 - x1 <= 0 or y2 - y1 <= 0:
+                    findings.append(Finding(REPAIRED, "degenerate box", f"{where}: box {[x1, y1, x2, y2]} (dropped)"))
+                elif x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+                    findings.append(
+                        Finding(
+                            REPAIRED, "box outside image", f"{where}: box leaves the {width}x{height} image (clipped)"
+                        )
+                    )
+    return findings

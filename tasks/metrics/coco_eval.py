@@ -1,4 +1,5 @@
-"""COCO box mAP with pycocotools' COCOeval (reference) or faster_coco_eval, computed once on rank 0 under DDP."""
+"""COCO box and mask mAP with pycocotools' COCOeval (reference) or faster_coco_eval, computed once on
+rank 0 under DDP."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from tasks.data.masks import encode_mask
 from tasks.metrics.evaluation import Evaluation
 from tasks.metrics.gather import from_rank_zero, gather_by_image_id
 
@@ -33,6 +35,8 @@ COCO_STAT_NAMES = (
     "mar_large",
 )
 BACKENDS = ("pycocotools", "faster_coco_eval")
+IOU_TYPES = ("bbox", "segm")
+MASK_PREFIX = "mask_"  # segm stats are reported as mask_map, mask_map_50, ...
 
 
 @dataclass
@@ -46,15 +50,15 @@ def _quiet(*args: object, **kwargs: object) -> None:
     """Print function for faster_coco_eval: its progress lines are not wanted."""
 
 
-def _run_cocoeval(coco_gt: COCO, results: list[dict], image_ids: Sequence[int] | None, backend: str):
+def _run_cocoeval(coco_gt: COCO, results: list[dict], image_ids: Sequence[int] | None, backend: str, iou_type: str):
     if backend == "faster_coco_eval":
         from faster_coco_eval import COCO as FastCOCO
         from faster_coco_eval import COCOeval_faster
 
         fast_gt = FastCOCO(coco_gt.dataset, print_function=_quiet)
-        evaluation = COCOeval_faster(fast_gt, fast_gt.loadRes(copy.deepcopy(results)), "bbox", print_function=_quiet)
+        evaluation = COCOeval_faster(fast_gt, fast_gt.loadRes(copy.deepcopy(results)), iou_type, print_function=_quiet)
     else:
-        evaluation = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(results)), iouType="bbox")
+        evaluation = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(results)), iouType=iou_type)
     if image_ids is not None:
         evaluation.params.imgIds = sorted(image_ids)
     evaluation.evaluate()
@@ -64,10 +68,14 @@ def _run_cocoeval(coco_gt: COCO, results: list[dict], image_ids: Sequence[int] |
 
 
 def coco_evaluate(
-    coco_gt: COCO, results: list[dict], image_ids: Sequence[int] | None = None, backend: str = "pycocotools"
+    coco_gt: COCO,
+    results: list[dict],
+    image_ids: Sequence[int] | None = None,
+    backend: str = "pycocotools",
+    iou_type: str = "bbox",
 ) -> CocoResult:
-    """The 12 numbers of ``COCOeval.summarize()`` for bbox ``results`` (COCO results format),
-    and AP per category.
+    """The 12 numbers of ``COCOeval.summarize()`` for ``results`` (COCO results format; ``iou_type``
+    ``bbox`` scores their boxes, ``segm`` their RLE ``segmentation``), and AP per category.
 
     ``image_ids`` restricts evaluation to the images that were predicted on. pycocotools
     reports -1 for an area range without ground truth; that convention is kept. With no
@@ -75,11 +83,13 @@ def coco_evaluate(
     """
     if backend not in BACKENDS:
         raise ValueError(f"COCO evaluation backend {backend!r} must be one of {BACKENDS}")
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"COCO evaluation iou_type {iou_type!r} must be one of {IOU_TYPES}")
     if not results:
         warnings.warn("no detections to evaluate: every COCO stat is reported as 0", stacklevel=2)
         return CocoResult(dict.fromkeys(COCO_STAT_NAMES, 0.0))
     with contextlib.redirect_stdout(io.StringIO()):
-        evaluation = _run_cocoeval(coco_gt, results, image_ids, backend)
+        evaluation = _run_cocoeval(coco_gt, results, image_ids, backend, iou_type)
     stats = {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluation.stats[:12], strict=True)}
     precision = np.asarray(evaluation.eval["precision"])[:, :, :, 0, -1]  # IoUs x recalls x classes, all areas
     per_class, absent = {}, []
@@ -111,13 +121,32 @@ def to_coco_results(detections: dict[str, torch.Tensor], image_id: int, category
     ]
 
 
+def to_segmentation_results(
+    detections: dict[str, torch.Tensor], image_id: int, category_ids: Sequence[int], threshold: float = 0.5
+) -> list[dict]:
+    """One image's mask probabilities (N x 1 x H x W), cut at ``threshold``, as COCO segm result rows (RLE)."""
+    masks = (detections["masks"].detach().float().cpu()[:, 0] >= threshold).numpy()
+    labels = detections["labels"].tolist()
+    scores = detections["scores"].detach().float().cpu().tolist()
+    return [
+        {
+            "image_id": int(image_id),
+            "category_id": int(category_ids[label - 1]),
+            "segmentation": encode_mask(m),
+            "score": s,
+        }
+        for m, label, s in zip(masks, labels, scores, strict=True)
+    ]
+
+
 class CocoEvaluator:
     """Accumulates detections per image, then scores them once against the ground truth.
 
     Under DDP every process's detections are gathered on rank 0 (images that the distributed
     sampler repeated count once), rank 0 alone loads the ground truth (``ground_truth``: a
     COCO object or a function that builds one) and runs COCOeval, and every process receives
-    its stats. ``last_predictions`` is filled on rank 0 only.
+    its stats. ``last_predictions`` is filled on rank 0 only. ``iou_types`` with ``segm`` also
+    scores the detections' ``masks`` (stats prefixed ``mask_``, rows in ``segmentations.json``).
     """
 
     def __init__(
@@ -126,29 +155,38 @@ class CocoEvaluator:
         category_ids: Sequence[int],
         backend: str = "pycocotools",
         class_names: Sequence[str] | None = None,
+        iou_types: Sequence[str] = ("bbox",),
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"COCO evaluation backend {backend!r} must be one of {BACKENDS}")
+        if not set(iou_types) <= set(IOU_TYPES) or "bbox" not in iou_types:
+            raise ValueError(f"task.evaluator.iou_types={list(iou_types)}: choose bbox, or bbox and segm")
+        self.with_masks = "segm" in iou_types
         self._ground_truth = ground_truth
         self.category_ids = list(category_ids)
         self.class_names = list(class_names) if class_names is not None else [str(c) for c in self.category_ids]
         self.backend = backend
         self.last_result: CocoResult | None = None
+        self.last_mask_result: CocoResult | None = None
         self.last_predictions: list[dict] = []  # gathered rows of the last compute, original ids (rank 0)
+        self.last_segmentations: list[dict] = []  # the same for masks
         self._results: dict[int, list[dict]] = {}
+        self._mask_results: dict[int, list[dict]] = {}
 
     @cached_property
     def coco_gt(self) -> COCO:
         return self._ground_truth if isinstance(self._ground_truth, COCO) else self._ground_truth()
 
     def reset(self) -> None:
-        self._results = {}
+        self._results, self._mask_results = {}, {}
 
     def update(self, detections: Sequence[dict[str, torch.Tensor]], targets: Sequence[Mapping]) -> None:
         """One batch's detections (boxes in the original image's pixels) and their targets."""
         for image_detections, target in zip(detections, targets, strict=True):
             image_id = int(target["image_id"])
             self._results[image_id] = to_coco_results(image_detections, image_id, self.category_ids)
+            if self.with_masks:
+                self._mask_results[image_id] = to_segmentation_results(image_detections, image_id, self.category_ids)
 
     def _score(self, per_image: dict[int, list[dict]]) -> CocoResult:
         """Rank 0's work: COCOeval of the gathered rows."""
@@ -156,17 +194,32 @@ class CocoEvaluator:
         self.last_predictions = rows
         return coco_evaluate(self.coco_gt, rows, image_ids=list(per_image), backend=self.backend)
 
+    def _score_masks(self, per_image: dict[int, list[dict]]) -> CocoResult:
+        rows = [row for _, image_rows in sorted(per_image.items()) for row in image_rows]
+        self.last_segmentations = rows
+        return coco_evaluate(self.coco_gt, rows, image_ids=list(per_image), backend=self.backend, iou_type="segm")
+
     def compute(self) -> Evaluation:
         """The stats and per-class table on every process; ``predictions.json`` (COCO results, the
-        dataset's own ids) on rank 0."""
+        dataset's own ids), and ``segmentations.json`` with masks, on rank 0."""
         per_image = gather_by_image_id(self._results)
         self.last_result = from_rank_zero(self._score(per_image) if per_image is not None else None)
+        scalars = dict(self.last_result.stats)
         files = {"predictions.json": self.last_predictions} if per_image is not None else {}
-        return Evaluation(dict(self.last_result.stats), self.per_class_table(), files)
+        if self.with_masks:
+            masks = gather_by_image_id(self._mask_results)
+            self.last_mask_result = from_rank_zero(self._score_masks(masks) if masks is not None else None)
+            scalars.update({MASK_PREFIX + name: value for name, value in self.last_mask_result.stats.items()})
+            if masks is not None:
+                files["segmentations.json"] = self.last_segmentations
+        return Evaluation(scalars, self.per_class_table(), files)
 
     def per_class_table(self) -> dict[str, dict[str, float]]:
         """Per-class AP of the last ``compute``, keyed by class name."""
         if self.last_result is None:
             return {}
         names = dict(zip(self.category_ids, self.class_names, strict=True))
-        return {names.get(cid, str(cid)): {"ap": ap} for cid, ap in self.last_result.ap_per_class.items()}
+        table = {names.get(cid, str(cid)): {"ap": ap} for cid, ap in self.last_result.ap_per_class.items()}
+        for cid, ap in (self.last_mask_result.ap_per_class if self.last_mask_result else {}).items():
+            table.setdefault(names.get(cid, str(cid)), {})["mask_ap"] = ap
+        return table

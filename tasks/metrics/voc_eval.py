@@ -10,19 +10,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from pycocotools.coco import COCO
 
+from tasks.data.voc import VocGroundTruth
 from tasks.metrics.coco_eval import CocoEvaluator, CocoResult
-
-
-@dataclass
-class VocGroundTruth:
-    boxes: np.ndarray  # (N, 4) xyxy, inclusive pixel coordinates (x2 is the last pixel column)
-    labels: np.ndarray  # (N,) class index 0..K-1
-    difficult: np.ndarray  # (N,) bool
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray, *, use_07_metric: bool) -> float:
@@ -115,8 +108,9 @@ class VocEvaluator(CocoEvaluator):
         voc_ground_truth: Mapping[int, VocGroundTruth],
         class_names: Sequence[str],
         backend: str = "pycocotools",
+        iou_types: Sequence[str] = ("bbox",),
     ) -> None:
-        super().__init__(ground_truth, category_ids, backend=backend, class_names=class_names)
+        super().__init__(ground_truth, category_ids, backend=backend, class_names=class_names, iou_types=iou_types)
         self.voc_ground_truth = voc_ground_truth
 
     def _score(self, per_image: dict[int, list[dict]]) -> CocoResult:
