@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.runner import build_datamodule, build_module, build_trainer
+from tasks.runner import build_datamodule, build_module, build_trainer, train
 from tests.conftest import TINY_DETECTION, compose_config, run_script, shapes_overrides
 
 SPOIL = "+callbacks.spoil._target_=tests.helpers.SpoilWeightsAfterResume"
@@ -29,9 +29,8 @@ def _validations(run: Path) -> dict[int, float]:
 
 def test_resume_into_the_run_directory_keeps_the_best(shapes_root: Path, tmp_path: Path) -> None:
     outputs = [f"paths.log_dir={tmp_path / 'outputs'}", f"paths.cache_dir={tmp_path / 'cache'}"]
-    first = run_script("train.py", [*_args(shapes_root, "trainer.max_steps=4"), *outputs])
-    assert first.returncode == 0, first.stderr[-3000:]
-    (run,) = (tmp_path / "outputs" / "detection").iterdir()
+    run = tmp_path / "outputs" / "detection" / "train_2026-01-01_00-00-00"  # where the command would have put it
+    train(compose_config([*_args(shapes_root, "trainer.max_steps=4"), *outputs], run))
     best_before = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     before = _validations(run)
 
