@@ -3,6 +3,7 @@ augmentation preset, and mask (segm) evaluation equal on both backends."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -131,10 +132,13 @@ def test_masks_move_with_their_objects_and_vanish_together(coloured_objects: Pat
     sizes = {"multiscale_sizes": [48, 96], "max_size": 120, "lsj_size": 64}
     folder, ann_file = coloured_objects / "val2017", coloured_objects / "annotations" / "instances_val2017.json"
     plain = CocoDetection(folder, ann_file, masks=True)
-    dataset = CocoDetection(folder, ann_file, detection_transforms(preset, train=True, **sizes), masks=True)
+    transforms = detection_transforms(preset, train=True, **sizes)
+    dataset = CocoDetection(folder, ann_file, transforms, masks=True)
     objects_before = objects_after = checked = 0
-    for _ in range(3):
+    for repeat in range(3):
         for i in range(len(dataset)):
+            seed = repeat * len(dataset) + i  # as the training loader seeds each item: a repeatable test
+            transforms.set_random_state(np.random.default_rng(seed), random.Random(seed))
             image, target = dataset[i]
             masks, boxes, image = target["masks"].numpy(), target["boxes"].numpy(), image.numpy()
             assert masks.shape == (len(boxes), *image.shape[1:]) and len(target["labels"]) == len(boxes)
@@ -152,6 +156,8 @@ def test_masks_move_with_their_objects_and_vanish_together(coloured_objects: Pat
     assert checked > objects_after / 2
     if preset == "lsj":  # random crops of 0.1-2x scaled images leave objects out, masks and all
         assert objects_after < objects_before
+    elif preset == "scale_jitter":  # zooming in on a fixed canvas may push an object out
+        assert objects_after <= objects_before
     else:
         assert objects_after == objects_before
 
