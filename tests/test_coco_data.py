@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.data.coco import CocoDetection
 from tasks.data.datamodule import CocoDataModule
+from tasks.data.formats.coco import CocoDetection
 from tasks.data.transforms import detection_transforms
 from tests.coco_folder import write_coco_folder
 

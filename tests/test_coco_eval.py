@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
-from tasks.data.coco import load_coco
 from tasks.data.datamodule import CocoDataModule
-from tasks.data.masks import encode_mask
+from tasks.data.formats.coco import load_coco
+from tasks.data.formats.masks import encode_mask
 from tasks.detection.module import DetectionModule
 from tasks.instance_segmentation.module import InstanceSegmentationModule
 from tasks.metrics.coco_eval import COCO_STAT_NAMES, coco_stats

@@ -11,8 +11,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader
 
-from tasks.data.coco import CocoDetection
 from tasks.data.detection_dataset import collate_detection
+from tasks.data.formats.coco import CocoDetection
 
 
 def _val(root: Path, cache: Path | None) -> CocoDetection:

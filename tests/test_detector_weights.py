@@ -102,7 +102,7 @@ def test_coco_offline_says_where_to_put_the_file(monkeypatch: pytest.MonkeyPatch
 
 
 def test_voc_names_map_onto_all_twenty_coco_rows(coco_checkpoint, caplog: pytest.LogCaptureFixture) -> None:
-    from tasks.data.voc import VOC_CLASSES
+    from tasks.data.formats.voc import VOC_CLASSES
 
     path, source = coco_checkpoint
     model = build_faster_rcnn(

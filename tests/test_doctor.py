@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tasks import PROJECT_ROOT
-from tasks.data.coco import CocoDetection, inspect_coco
 from tasks.data.doctor import ERROR, INFO, REPAIRED, DatasetError, check_num_classes
+from tasks.data.formats.coco import CocoDetection, inspect_coco
 from tests.coco_folder import write_coco_folder
 
 IMAGES = [{"id": i, "width": 64, "height": 64} for i in range(1, 7)]

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.data.coco import inspect_coco
 from tasks.data.doctor import ERROR
+from tasks.data.formats.coco import inspect_coco
+from tasks.data.formats.voc import inspect_voc
 from tasks.data.images import image_file_problem
 from tasks.data.segmentation import VocSegDataModule
 from tasks.data.shapes import SHAPE_CLASSES
-from tasks.data.voc import inspect_voc
 from tests.conftest import run_script
 
 EXIF_ORIENTATION = 0x0112

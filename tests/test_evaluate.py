@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pycocotools.cocoeval import COCOeval
 
-from tasks.data.coco import load_coco
+from tasks.data.formats.coco import load_coco
 from tasks.data.shapes import ShapesSpec, ensure_shapes
 from tasks.metrics.coco_eval import COCO_STAT_NAMES
 from tasks.runner import evaluate, train

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tasks.data.coco import CocoDetection, load_coco
-from tasks.data.masks import decode_segmentation, encode_mask
+from tasks.data.formats.coco import CocoDetection, load_coco
+from tasks.data.formats.masks import decode_segmentation, encode_mask
 from tasks.data.transforms import detection_transforms
 from tasks.metrics.coco_eval import COCO_STAT_NAMES, coco_evaluate
 from tests.coco_folder import CATEGORY_IDS, write_coco_folder

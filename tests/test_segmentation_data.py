@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tasks.data.formats.semantic import read_mask
 from tasks.data.segmentation import (
     CocoSegDataModule,
     ShapesSegDataModule,
@@ -16,7 +17,6 @@ from tasks.data.segmentation import (
     collate_segmentation,
     segmentation_transforms,
 )
-from tasks.data.segmentation_files import read_mask
 from tasks.data.shapes import SHAPE_CLASSES
 from tests.conftest import TINY_SHAPES
 
@@ -140,7 +140,7 @@ def test_coco_masks_built_in_parallel_equal_serial_ones(shapes_root: Path, tmp_p
 def test_mask_checks_run_once_until_a_file_changes(
     shapes_voc_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tasks.data.segmentation_files as segmentation
+    import tasks.data.formats.semantic as segmentation
 
     root = tmp_path / "VOCdevkit"
     shutil.copytree(shapes_voc_root, root)

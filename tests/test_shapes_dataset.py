@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from tasks.data.coco import CocoDetection, load_coco
+from tasks.data.formats.coco import CocoDetection, load_coco
 from tasks.data.shapes import SHAPE_CLASSES, ShapesSpec, ensure_shapes
 from tests.conftest import TINY_SHAPES
 

@@ -12,8 +12,8 @@ import torch
 
 from tasks.data.datamodule import VocDataModule
 from tasks.data.doctor import DatasetError
+from tasks.data.formats.voc import VocDetection
 from tasks.data.shapes import SHAPE_CLASSES
-from tasks.data.voc import VocDetection
 from tasks.metrics.detection import detection_evaluator
 from tests.conftest import TINY_SHAPES
 

@@ -83,7 +83,7 @@ def main() -> None:
     reference = [
         sys.executable,
         "-c",
-        "import sys; from tasks.data.coco import load_coco; load_coco(sys.argv[1])",
+        "import sys; from tasks.data.formats.coco import load_coco; load_coco(sys.argv[1])",
         str(args.root / "annotations" / "instances_train2017.json"),
     ]
     tiny = [*train, "task.model.min_size=64", "task.model.max_size=64", f"paths.cache_dir={work / 'cache64'}"]

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from tasks.data.coco import CocoDetection
+from tasks.data.formats.coco import CocoDetection
 from tasks.data.transforms import DETECTION_PRESETS, detection_transforms
 from tasks.metrics.coco_eval import COCO_STAT_NAMES, coco_evaluate
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import albumentations as A
 
 from tasks.data.base import TaskDataModule
-from tasks.data.coco import CocoDetection, inspect_coco, read_categories, read_instances
 from tasks.data.detection_dataset import DetectionDataset, collate_detection
 from tasks.data.doctor import ERROR, Finding
+from tasks.data.formats.coco import CocoDetection, inspect_coco, read_categories, read_instances
+from tasks.data.formats.voc import VOC_CLASSES, VocDetection, inspect_voc
 from tasks.data.images import MAX_PIXELS
 from tasks.data.sampling import aspect_ratio_groups
 from tasks.data.transforms import RESIZING_PRESETS, detection_transforms
-from tasks.data.voc import VOC_CLASSES, VocDetection, inspect_voc
 
 
 class DetectionDataModule(TaskDataModule):

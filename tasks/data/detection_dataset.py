@@ -14,8 +14,8 @@ from torch.utils.data import Dataset
 from torchvision.ops import masks_to_boxes
 
 from tasks.data.detection_index import DetectionIndex, ImageRecord, IndexRecords
+from tasks.data.formats.masks import decode_masks
 from tasks.data.images import MAX_PIXELS, read_rgb
-from tasks.data.masks import decode_masks
 
 __all__ = ["DetectionDataset", "ImageRecord", "clip_boxes", "collate_detection"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.data.masks import Segmentation, pack_segmentations, unpack_segmentation
+from tasks.data.formats.masks import Segmentation, pack_segmentations, unpack_segmentation
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import numpy as np
 from tasks.data.images import MAX_PIXELS, image_file_problem
 
 if TYPE_CHECKING:
-    from tasks.data.coco import CocoTables
     from tasks.data.detection_index import DetectionIndex
+    from tasks.data.formats.coco import CocoTables
 
 ERROR, REPAIRED, INFO = "error", "repaired", "info"
 FILE_CHECKS = ("skip", "exist", "decode")

@@ -1,6 +1,6 @@
 """Semantic segmentation datasets: VOC2012 layout (optionally SBD-augmented), masks built from COCO
 instances (cached), and the built-in shapes in VOC layout, behind one data module interface
-(``tasks.data.base.TaskDataModule``). File formats and checks: ``tasks.data.segmentation_files``.
+(``tasks.data.base.TaskDataModule``). File formats and checks: ``tasks.data.formats.semantic``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import torch
 from torch.utils.data import Dataset
 
 from tasks.data.base import TaskDataModule
-from tasks.data.coco import read_categories
 from tasks.data.doctor import ERROR, Finding
-from tasks.data.images import MAX_PIXELS, read_rgb
-from tasks.data.segmentation_files import (
+from tasks.data.formats.coco import read_categories
+from tasks.data.formats.semantic import (
     IGNORE_INDEX,
     SegmentationRecord,
     check_records_once,
@@ -29,8 +28,9 @@ from tasks.data.segmentation_files import (
     record_problems,
     voc_segmentation_records,
 )
+from tasks.data.formats.voc import VOC_CLASSES
+from tasks.data.images import MAX_PIXELS, read_rgb
 from tasks.data.shapes import SHAPE_CLASSES, ensure_shapes, split_spec
-from tasks.data.voc import VOC_CLASSES
 
 log = logging.getLogger(__name__)
 

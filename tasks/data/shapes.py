@@ -20,8 +20,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from tasks.data.datamodule import CocoDataModule
+from tasks.data.formats.voc import voc_palette
 from tasks.data.images import MAX_PIXELS
-from tasks.data.voc import voc_palette
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
 SPEC_FILE = "shapes_spec.json"

@@ -16,7 +16,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from tasks.data.masks import encode_mask
+from tasks.data.formats.masks import encode_mask
 from tasks.metrics.evaluation import Evaluation
 from tasks.metrics.gather import from_rank_zero, gather_by_image_id
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from pycocotools.coco import COCO
 
-from tasks.data.voc import VocGroundTruth
+from tasks.data.formats.voc import VocGroundTruth
 from tasks.metrics.coco_eval import CocoEvaluator
 from tasks.metrics.voc_eval import VocEvaluator
 

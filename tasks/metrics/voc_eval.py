@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from pycocotools.coco import COCO
 
-from tasks.data.voc import VocGroundTruth
+from tasks.data.formats.voc import VocGroundTruth
 from tasks.metrics.coco_eval import CocoEvaluator, CocoResult
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from tasks.data.voc import voc_palette
+from tasks.data.formats.voc import voc_palette
 from tasks.module import TaskModule
 
 

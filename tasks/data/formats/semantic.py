@@ -21,9 +21,9 @@ import numpy as np
 from PIL import Image
 from pycocotools.coco import COCO
 
-from tasks.data.coco import load_coco
+from tasks.data.formats.coco import load_coco
+from tasks.data.formats.voc import VOC_CLASSES
 from tasks.data.images import MAX_PIXELS, inspect_image_file
-from tasks.data.voc import VOC_CLASSES
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from pycocotools.coco import COCO
 from tasks.data.detection_dataset import DetectionDataset, clip_boxes
 from tasks.data.detection_index import DetectionIndex, cached_index, source_key
 from tasks.data.doctor import Finding, image_file_findings, inspect_coco_tables, raise_on_errors
+from tasks.data.formats.masks import segmentation_problem
 from tasks.data.images import MAX_PIXELS
-from tasks.data.masks import segmentation_problem
 
 log = logging.getLogger(__name__)
 
