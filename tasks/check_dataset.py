@@ -21,7 +21,8 @@ from tasks.recipes import accept_recipe_null  # noqa: E402
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    datamodule = instantiate(cfg.dataset)  # inspect() reads the files as they are (shapes: generated first)
+    # inspect() reads the files as they are (shapes: generated first), with what the task asks (masks)
+    datamodule = instantiate(cfg.dataset, **cfg.task.get("dataset_options", {}))
     findings, class_names = datamodule.inspect(read_images=True, max_pixels=datamodule.max_pixels)
     findings += check_num_classes(cfg.task.model.get("num_classes"), class_names)
     print(format_report(findings))

@@ -11,6 +11,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from tasks.data.datamodule import CocoDataModule
+from tasks.data.doctor import DatasetError
 from tasks.data.formats.coco import CocoDetection, load_coco
 from tasks.data.formats.masks import decode_segmentation, encode_mask
 from tasks.data.transforms import detection_transforms
@@ -92,9 +94,16 @@ def test_object_without_a_mask_is_named(tmp_path: Path) -> None:
     del annotations[1]["segmentation"]
     annotations[0]["segmentation"] = [[1, 2, 3]]
     ann_file = write_coco_folder(tmp_path, [{"id": 1, "width": WIDTH, "height": HEIGHT}], annotations)
-    with pytest.raises(ValueError, match=r"instances_val2017.json: 2 annotations .*id 1 has a polygon.*id 2 has no"):
+    with pytest.raises(DatasetError, match=r"(?s)\[error\] segmentation: 2.*id 1 has a polygon.*id 2 has no"):
         CocoDetection(tmp_path / "val2017", ann_file, masks=True)
     CocoDetection(tmp_path / "val2017", ann_file)  # boxes alone are still fine for detection
+    # the dataset doctor (check_dataset.py task=instance_segmentation) lists the same two
+    write_coco_folder(tmp_path, [{"id": 1, "width": WIDTH, "height": HEIGHT}], annotations, "train2017")
+    findings, _ = CocoDataModule(tmp_path, masks=True).inspect(read_images=False)
+    assert [f.message.split(": ", 1)[1][:16] for f in findings if f.check == "segmentation"] == 2 * [
+        "annotation id 1 ",
+        "annotation id 2 ",
+    ]
 
 
 COLOURS = {1: (255, 0, 0), 2: (0, 255, 0), 3: (0, 0, 255)}  # label -> the colour of its objects

@@ -195,11 +195,12 @@ class CocoDataModule(DetectionDataModule):
         for split in self.splits:
             try:
                 images, annotations = self._split_paths(split)
-                dataset = read_instances(annotations)
+                dataset = read_instances(annotations, keep_segmentation=self.masks)
             except (FileNotFoundError, ValueError) as err:
                 findings.append(Finding(ERROR, "layout", str(err)))
                 continue
-            findings += inspect_coco(dataset, images, str(annotations), read_images=read_images, max_pixels=max_pixels)
+            options = {"read_images": read_images, "max_pixels": max_pixels, "masks": self.masks}
+            findings += inspect_coco(dataset, images, str(annotations), **options)
             categories = sorted(dataset.get("categories", []), key=lambda c: c["id"])
             class_names = class_names or [c["name"] for c in categories]
         return findings, class_names

@@ -16,7 +16,7 @@ from pycocotools.coco import COCO
 
 from tasks.data.detection_dataset import DetectionDataset, clip_boxes
 from tasks.data.detection_index import DetectionIndex, cached_index, source_key
-from tasks.data.doctor import Finding, image_file_findings, inspect_coco_tables, raise_on_errors
+from tasks.data.doctor import ERROR, Finding, image_file_findings, inspect_coco_tables, raise_on_errors
 from tasks.data.formats.masks import segmentation_problem
 from tasks.data.images import MAX_PIXELS
 
@@ -152,27 +152,23 @@ def coco_index(tables: CocoTables, source: str) -> DetectionIndex:
     )
 
 
-def check_segmentations(tables: CocoTables, ann_file: Path) -> None:
+def segmentation_findings(tables: CocoTables, source: str) -> list[Finding]:
     """Every object trained on needs a usable segmentation (crowd regions are only ignored)."""
-    bad = []
+    findings = []
     for k, segmentation in enumerate(tables.segmentations or []):
         problem = "no segmentation" if segmentation is None else segmentation_problem(segmentation)
         if problem and not (segmentation is None and tables.iscrowd[k]):
-            bad.append(f"annotation id {tables.ann_ids[k]} has {problem}")
-    if bad:
-        raise ValueError(
-            f"{ann_file}: {len(bad)} annotations cannot give an instance mask ({'; '.join(bad[:5])}). Instance "
-            "segmentation needs polygons or an RLE per object: fix or remove them, or train task=detection"
-        )
+            message = f"{source}: annotation id {tables.ann_ids[k]} has {problem} (instance masks need polygons or RLE)"
+            findings.append(Finding(ERROR, "segmentation", message))
+    return findings
 
 
 def index_coco_file(ann_file: Path, image_dir: Path, *, masks: bool = False) -> tuple[DetectionIndex, dict]:
     """Read, check (annotation errors stop here with the doctor's report; image files are checked
     by the caller) and index one instances json, with each object's segmentation when ``masks``."""
     tables = CocoTables.from_dataset(read_instances(ann_file, keep_segmentation=masks), masks=masks)
-    raise_on_errors(inspect_coco_tables(tables, image_dir, str(ann_file), files="skip"), str(ann_file))
-    if masks:
-        check_segmentations(tables, ann_file)
+    findings = inspect_coco_tables(tables, image_dir, str(ann_file), files="skip")
+    raise_on_errors(findings + segmentation_findings(tables, str(ann_file)), str(ann_file))
     if not tables.categories:
         raise ValueError(f"{ann_file} declares no categories")
     metadata = {"category_ids": tables.category_ids, "class_names": tables.class_names}
@@ -180,11 +176,20 @@ def index_coco_file(ann_file: Path, image_dir: Path, *, masks: bool = False) -> 
 
 
 def inspect_coco(
-    dataset: dict, image_dir: Path, source: str, *, read_images: bool = True, max_pixels: int = MAX_PIXELS
+    dataset: dict,
+    image_dir: Path,
+    source: str,
+    *,
+    read_images: bool = True,
+    max_pixels: int = MAX_PIXELS,
+    masks: bool = False,
 ) -> list[Finding]:
-    """Check a loaded COCO instances json (``dataset``) against its image folder."""
+    """Check a loaded COCO instances json (``dataset``) against its image folder; ``masks``: also each
+    object's segmentation (``dataset`` read with them)."""
     files = "decode" if read_images else "exist"
-    return inspect_coco_tables(CocoTables.from_dataset(dataset), image_dir, source, files=files, max_pixels=max_pixels)
+    tables = CocoTables.from_dataset(dataset, masks=masks)
+    findings = inspect_coco_tables(tables, image_dir, source, files=files, max_pixels=max_pixels)
+    return findings + segmentation_findings(tables, source)
 
 
 def read_categories(ann_file: Path) -> tuple[list[int], list[str]]:
