@@ -95,7 +95,8 @@ def load_detector_weights(
     if mismatched:
         raise WeightsError(
             f"{source} does not fit this detector: shapes differ for {mismatched[:6]}. COCO weights need "
-            "backbone=resnet50, task.model.fpn_channels=256, task.model.fpn_norm=none, representation_size=1024"
+            "backbone=resnet50, task.model.fpn_channels=256, task.model.fpn_norm=none, representation_size=1024 "
+            "(Mask R-CNN also the default mask head: mask_layers of 256, mask_predictor_channels=256)"
         )
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]

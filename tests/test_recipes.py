@@ -35,21 +35,25 @@ def test_cfg_job_shows_the_coco_reference_recipe(shapes_root: Path, tmp_path: Pa
 
 
 RECIPES = {  # fmt: skip
-    # dataset: (backbone norm, trainable stages, lr, reference batch, what else the reference sets)
-    "coco": ("frozen_bn", 3, 0.02, 16, {"dataset.group_aspect_ratio": True, "task.model.min_size": 800}),
-    "voc": ("frozen_bn", 3, 0.01, 16, {"task.monitor": "val/voc07_map", "task.model.min_size": 600}),
-    "voc_seg": ("bn", 5, 0.01, 16, {"trainer.max_steps": 20000, "dataset.crop_size": 512,
-                                    "task.model.output_stride": 8}),
-    "coco_seg": ("bn", 5, 0.02, 32, {"trainer.max_epochs": 30, "dataset.crop_size": 480, "dataset.categories": "voc"}),
+    # (task, dataset): (backbone norm, trainable stages, lr, reference batch, what else the reference sets)
+    ("detection", "coco"): ("frozen_bn", 3, 0.02, 16, {"dataset.group_aspect_ratio": True,
+                                                      "task.model.min_size": 800}),
+    ("instance_segmentation", "coco"): ("frozen_bn", 3, 0.02, 16, {"trainer.max_epochs": 26,
+                                                                  "task.model.mask_layers": [256] * 4,
+                                                                  "task.monitor": "val/mask_map"}),
+    ("detection", "voc"): ("frozen_bn", 3, 0.01, 16, {"task.monitor": "val/voc07_map", "task.model.min_size": 600}),
+    ("segmentation", "voc_seg"): ("bn", 5, 0.01, 16, {"trainer.max_steps": 20000, "dataset.crop_size": 512,
+                                                      "task.model.output_stride": 8}),
+    ("segmentation", "coco_seg"): ("bn", 5, 0.02, 32, {"trainer.max_epochs": 30, "dataset.crop_size": 480,
+                                                       "dataset.categories": "voc"}),
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("dataset", sorted(RECIPES))
+@pytest.mark.parametrize(("task", "dataset"), sorted(RECIPES))
 def test_reference_recipes_compose_and_build(
-    dataset: str, shapes_root: Path, shapes_voc_root: Path, tmp_path: Path
+    task: str, dataset: str, shapes_root: Path, shapes_voc_root: Path, tmp_path: Path
 ) -> None:
-    norm, stages, lr, reference, extra = RECIPES[dataset]
-    task = "segmentation" if dataset.endswith("_seg") else "detection"
+    norm, stages, lr, reference, extra = RECIPES[task, dataset]
     root = shapes_voc_root if dataset.startswith("voc") else shapes_root
     cfg = compose_config([f"task={task}", f"dataset={dataset}", f"dataset.root={root}"], tmp_path)
     assert (cfg.backbone.weights, cfg.backbone.norm, cfg.backbone.trainable_stages) == ("imagenet", norm, stages)
