@@ -105,18 +105,20 @@ class Backbone(nn.Module):
         trial = copy.deepcopy(self)
         try:
             dilate(trial.stages(), output_stride, name=self._label())
-            reached = [spec.stride for spec in measure_output_shape(trial).values()]
+            shapes = measure_output_shape(trial)
+            reached = [spec.stride for spec in shapes.values()]
             if reached != expected:
                 raise ValueError(f"{self._label()} gives strides {reached} once dilated, not {expected}")
         except (ValueError, RuntimeError) as err:
             log.warning("%s: it keeps output stride %d", err, current)
             return current
-        dilate(self.stages(), output_stride, name=self._label())
-        self._after_dilation(output_stride)
+        dilate(self.stages(), output_stride, name=self._label())  # the same rule: the trial's shapes hold
+        self._after_dilation(output_stride, shapes)
         return output_stride
 
-    def _after_dilation(self, output_stride: int) -> None:
-        """Update what ``output_shape`` declares (families that keep it computed override this)."""
+    def _after_dilation(self, output_stride: int, shapes: OrderedDict[str, FeatureSpec]) -> None:
+        """Update what ``output_shape`` declares to ``shapes``, measured on the dilated copy (families
+        that keep it computed override this)."""
 
     def _label(self) -> str:
         return str(getattr(self, "name", type(self).__name__))

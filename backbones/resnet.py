@@ -87,7 +87,7 @@ class ResNetBackbone(Backbone):
         )
         self.freeze_stages(trainable_stages)
 
-    def _after_dilation(self, output_stride: int) -> None:
+    def _after_dilation(self, output_stride: int, shapes: OrderedDict[str, FeatureSpec]) -> None:
         self._output_stride = output_stride
 
     def stages(self) -> list[list[nn.Module]]:

@@ -7,7 +7,7 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
-from backbones.base import Backbone, FeatureSpec, measure_output_shape
+from backbones.base import Backbone, FeatureSpec
 from backbones.weights import BODY_PREFIXES, WeightsError
 
 
@@ -106,8 +106,8 @@ class TimmBackbone(Backbone):
 
         return freeze_batch_norm_2d(module)
 
-    def _after_dilation(self, output_stride: int) -> None:
-        self._shapes = OrderedDict(zip(self._shapes, measure_output_shape(self).values(), strict=True))
+    def _after_dilation(self, output_stride: int, shapes: OrderedDict[str, FeatureSpec]) -> None:
+        self._shapes = OrderedDict(shapes)
 
     def stages(self) -> list[list[nn.Module]]:
         names = {name for name, _ in self.body.named_modules()}

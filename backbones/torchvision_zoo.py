@@ -105,8 +105,8 @@ class TorchvisionBackbone(Backbone):
         self.dilate_to(output_stride)
         self.freeze_stages(trainable_stages)
 
-    def _after_dilation(self, output_stride: int) -> None:
-        self._shapes = measure_output_shape(self.body)
+    def _after_dilation(self, output_stride: int, shapes: OrderedDict[str, FeatureSpec]) -> None:
+        self._shapes = OrderedDict(shapes)
 
     def stages(self) -> list[list[nn.Module]]:
         modules = dict(self.body.named_modules())
