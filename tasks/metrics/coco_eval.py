@@ -170,47 +170,59 @@ class CocoEvaluator:
         self.last_mask_result: CocoResult | None = None
         self.last_predictions: list[dict] = []  # gathered rows of the last compute, original ids (rank 0)
         self.last_segmentations: list[dict] = []  # the same for masks
-        self._results: dict[int, list[dict]] = {}
-        self._mask_results: dict[int, list[dict]] = {}
+        self._results: dict[int, dict[str, list[dict]]] = {}  # image id -> iou type -> result rows
 
     @cached_property
     def coco_gt(self) -> COCO:
         return self._ground_truth if isinstance(self._ground_truth, COCO) else self._ground_truth()
 
     def reset(self) -> None:
-        self._results, self._mask_results = {}, {}
+        self._results = {}
 
     def update(self, detections: Sequence[dict[str, torch.Tensor]], targets: Sequence[Mapping]) -> None:
         """One batch's detections (boxes in the original image's pixels) and their targets."""
         for image_detections, target in zip(detections, targets, strict=True):
             image_id = int(target["image_id"])
-            self._results[image_id] = to_coco_results(image_detections, image_id, self.category_ids)
+            rows = {"bbox": to_coco_results(image_detections, image_id, self.category_ids)}
             if self.with_masks:
-                self._mask_results[image_id] = to_segmentation_results(image_detections, image_id, self.category_ids)
+                rows["segm"] = to_segmentation_results(image_detections, image_id, self.category_ids)
+            self._results[image_id] = rows
+
+    def _evaluate(self, per_image: dict[int, list[dict]], iou_type: str) -> tuple[CocoResult, list[dict]]:
+        """COCOeval of the gathered rows of one kind, and those rows in image order."""
+        rows = [row for _, image_rows in sorted(per_image.items()) for row in image_rows]
+        result = coco_evaluate(self.coco_gt, rows, image_ids=list(per_image), backend=self.backend, iou_type=iou_type)
+        return result, rows
 
     def _score(self, per_image: dict[int, list[dict]]) -> CocoResult:
-        """Rank 0's work: COCOeval of the gathered rows."""
-        rows = [row for _, image_rows in sorted(per_image.items()) for row in image_rows]
-        self.last_predictions = rows
-        return coco_evaluate(self.coco_gt, rows, image_ids=list(per_image), backend=self.backend)
+        """Rank 0's work on the boxes (``VocEvaluator`` adds VOC AP here)."""
+        result, self.last_predictions = self._evaluate(per_image, "bbox")
+        return result
 
-    def _score_masks(self, per_image: dict[int, list[dict]]) -> CocoResult:
-        rows = [row for _, image_rows in sorted(per_image.items()) for row in image_rows]
-        self.last_segmentations = rows
-        return coco_evaluate(self.coco_gt, rows, image_ids=list(per_image), backend=self.backend, iou_type="segm")
+    def _score_all(self, per_image: dict[int, dict[str, list[dict]]]) -> tuple[CocoResult, CocoResult | None]:
+        """Rank 0's work: boxes, and masks when asked for."""
+        boxes = self._score({image_id: rows["bbox"] for image_id, rows in per_image.items()})
+        if not self.with_masks:
+            return boxes, None
+        masks, self.last_segmentations = self._evaluate(
+            {image_id: rows["segm"] for image_id, rows in per_image.items()}, "segm"
+        )
+        return boxes, masks
 
     def compute(self) -> Evaluation:
         """The stats and per-class table on every process; ``predictions.json`` (COCO results, the
         dataset's own ids), and ``segmentations.json`` with masks, on rank 0."""
         per_image = gather_by_image_id(self._results)
-        self.last_result = from_rank_zero(self._score(per_image) if per_image is not None else None)
+        self.last_result, self.last_mask_result = from_rank_zero(
+            self._score_all(per_image) if per_image is not None else None
+        )
         scalars = dict(self.last_result.stats)
-        files = {"predictions.json": self.last_predictions} if per_image is not None else {}
-        if self.with_masks:
-            masks = gather_by_image_id(self._mask_results)
-            self.last_mask_result = from_rank_zero(self._score_masks(masks) if masks is not None else None)
+        if self.last_mask_result is not None:
             scalars.update({MASK_PREFIX + name: value for name, value in self.last_mask_result.stats.items()})
-            if masks is not None:
+        files = {}
+        if per_image is not None:
+            files["predictions.json"] = self.last_predictions
+            if self.with_masks:
                 files["segmentations.json"] = self.last_segmentations
         return Evaluation(scalars, self.per_class_table(), files)
 
