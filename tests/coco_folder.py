@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 CATEGORY_IDS = [3, 7, 90]  # non-contiguous, as in COCO
 
@@ -32,3 +36,13 @@ def write_coco_folder(root: Path, images: list[dict], annotations: list[dict], s
     path = root / "annotations" / f"instances_{split}.json"
     path.write_text(json.dumps(content))
     return path
+
+
+def pycocotools_stats(coco_gt: COCO, rows: list[dict], iou_type: str = "bbox") -> list[float]:
+    """The 12 summary stats of pycocotools' own COCOeval on ``rows`` (the reference the project is held to)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluation = COCOeval(coco_gt, coco_gt.loadRes(rows), iou_type)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return list(evaluation.stats)

@@ -9,12 +9,12 @@ import json
 from pathlib import Path
 
 import pytest
-from pycocotools.cocoeval import COCOeval
 
 from tasks.data.formats.coco import load_coco
 from tasks.data.shapes import ShapesSpec, ensure_shapes
 from tasks.metrics.coco_eval import COCO_STAT_NAMES
 from tasks.runner import evaluate, train
+from tests.coco_folder import pycocotools_stats
 from tests.conftest import CPU_DDP, TINY_DETECTION, TINY_SHAPES, compose_config, run_script, shapes_overrides
 
 MASK_STAT_NAMES = tuple(f"mask_{name}" for name in COCO_STAT_NAMES)
@@ -52,15 +52,6 @@ def _outputs(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
     return read("metrics.json"), read("predictions.json"), read("segmentations.json")
 
 
-def _cocoeval(coco_gt, rows: list[dict], iou_type: str) -> list[float]:
-    with contextlib.redirect_stdout(io.StringIO()):
-        evaluation = COCOeval(coco_gt, coco_gt.loadRes(rows), iou_type)
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    return list(evaluation.stats)
-
-
 @pytest.fixture(scope="module")
 def one_process(trained, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict], list[dict], str]:
     checkpoint, overrides, _ = trained
@@ -82,7 +73,7 @@ def test_box_and_mask_stats_equal_pycocotools_on_the_written_files(trained, one_
     # a few steps leave the stats near zero: tests/test_coco_eval.py compares non-trivial ones
     coco_gt = load_coco(trained[2] / "annotations" / "instances_val2017.json")
     for names, rows, iou_type in ((COCO_STAT_NAMES, predictions, "bbox"), (MASK_STAT_NAMES, segmentations, "segm")):
-        for name, value in zip(names, _cocoeval(coco_gt, rows, iou_type), strict=True):
+        for name, value in zip(names, pycocotools_stats(coco_gt, rows, iou_type), strict=True):
             assert metrics[name] == pytest.approx(value, abs=1e-9), name
 
 

@@ -3,8 +3,8 @@
 Lightning calls ``prepare_data`` on global rank 0 only (``prepare_per_node=true``: on each node's
 first process, for data on node-local disks) while the others wait, then ``setup`` on every
 process: files are written and checked once, and read everywhere. Subclasses implement
-``_prepare`` and ``_setup`` (filling ``train_set`` and ``val_set``), name their classes, and
-build their evaluator.
+``_prepare`` and ``_setup`` (filling ``train_set`` and ``val_set``), name their classes, and say
+what an evaluator needs of their validation split (``evaluation_inputs``).
 """
 
 from __future__ import annotations

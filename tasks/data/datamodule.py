@@ -19,7 +19,7 @@ from tasks.data.transforms import RESIZING_PRESETS, detection_transforms
 
 
 class DetectionDataModule(TaskDataModule):
-    """Augmentation and evaluator shared by every detection dataset, on the shared data module.
+    """Augmentation and evaluation inputs shared by every detection dataset, on the shared data module.
 
     Subclasses say how to build a split (``_build_split``) and where the class names come from
     (``_read_metadata``, without preparing or loading the data). ``augment`` names a preset of

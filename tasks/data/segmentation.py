@@ -110,8 +110,8 @@ def collate_segmentation(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.
 
 
 class SegmentationDataModule(TaskDataModule):
-    """Mask-aware augmentation and the confusion-matrix evaluator; subclasses list records
-    (``_records``) and name the classes (``_read_metadata``, without touching the data).
+    """Mask-aware augmentation and the evaluation inputs of every segmentation dataset; subclasses
+    list records (``_records``) and name the classes (``_read_metadata``, without touching the data).
 
     Preparation builds derived files and checks every image and mask once (remembered in
     ``cache_dir`` until a file changes).
