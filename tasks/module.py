@@ -18,6 +18,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from tasks.checkpoints import latest_checkpoint
+from tasks.inference.metadata import CHECKPOINT_KEY as INFERENCE_KEY
 from tasks.metrics.evaluation import Evaluation
 from tasks.nonfinite import NonFiniteLossError, describe_batch, has_nonfinite, nonfinite_tensors
 
@@ -50,6 +51,10 @@ class TaskModule(L.LightningModule):
             tensor cores and recent CPUs).
         skip_nonfinite_batches: how many batches with a NaN/inf loss (or loss component) to skip,
             each with a warning, before the run stops at the next one. 0: stop at the first.
+
+    ``inference`` (set by the runner) is what rebuilds and feeds the model without its dataset
+    (class names, preprocessing, model config: ``tasks.inference.metadata``); every checkpoint
+    stores it.
     """
 
     progress_metrics: tuple[str, ...] = ()  # shown in the progress bar
@@ -66,6 +71,7 @@ class TaskModule(L.LightningModule):
         skip_nonfinite_batches: int = 0,
     ) -> None:
         super().__init__()
+        self.inference: dict | None = None
         self.model = model
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         built = evaluator is None or hasattr(evaluator, "compute")
@@ -158,6 +164,8 @@ class TaskModule(L.LightningModule):
                 f"not writing a checkpoint at step {self.global_step}: {len(bad)} weight tensors hold NaN/inf "
                 f"({', '.join(bad[:3])}); last good checkpoint: {last}"
             )
+        if self.inference is not None:
+            checkpoint[INFERENCE_KEY] = self.inference
 
     # -- optimisation ------------------------------------------------------------------------
     def parameter_groups(self) -> list[dict]:

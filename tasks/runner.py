@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from tasks.checkpoints import AtomicCheckpointIO, check_checkpoint_fits, read_checkpoint
 from tasks.errors import UserError
+from tasks.inference.metadata import inference_metadata
 from tasks.recipes import log_recipe
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,17 @@ def model_arguments(model_cfg: DictConfig, datamodule: L.LightningDataModule) ->
 
 
 def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
-    model = instantiate(cfg.task.model, **model_arguments(cfg.task.model, datamodule))
+    arguments = model_arguments(cfg.task.model, datamodule)
+    model = instantiate(cfg.task.model, **arguments)
     evaluator = partial(build_evaluator, cfg.task.get("evaluator"), datamodule)  # built once the data is set up
     options = {
         "channels_last": bool(cfg.get("runtime", {}).get("channels_last", False)),
         "skip_nonfinite_batches": int(cfg.get("skip_nonfinite_batches", 0)),
     }
-    return instantiate(cfg.task.module, model=model, evaluator=evaluator, **options)
+    module = instantiate(cfg.task.module, model=model, evaluator=evaluator, **options)
+    # set here, not passed to instantiate: Hydra would build the model config it holds
+    module.inference = inference_metadata(cfg, datamodule, arguments)
+    return module
 
 
 def build_evaluator(evaluator_cfg: DictConfig | None, datamodule: L.LightningDataModule) -> object:

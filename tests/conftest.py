@@ -108,11 +108,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
-    """The config ``tasks/train.py`` would see, with the run directory pinned to ``output_dir``."""
+def compose_config(overrides: list[str], output_dir: Path, config_name: str = "config") -> DictConfig:
+    """The config ``tasks/train.py`` (``config_name``: predict.py, export.py ...) would see, with the
+    run directory pinned to ``output_dir``."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         pinned = [f"paths.output_dir={output_dir}", f"paths.cache_dir={output_dir}/cache"]
-        return compose("config", overrides=[*overrides, *pinned])
+        return compose(config_name, overrides=[*overrides, *pinned])
 
 
 @pytest.fixture(scope="session")

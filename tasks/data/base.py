@@ -106,6 +106,12 @@ class TaskDataModule(L.LightningDataModule):
         """What a model built for this data may take from it (read without loading the data)."""
         return {"num_classes": self.num_classes, "class_names": self.class_names}
 
+    def inference_preprocessing(self) -> dict:
+        """How evaluation images are sized before the model sees them, so that prediction on new
+        images sizes them alike: the longer side brought to ``resize_longest`` (None: kept),
+        enlarging smaller images only when ``upscale``."""
+        return {"resize_longest": None, "upscale": False}
+
     # -- loaders -------------------------------------------------------------------------------
     def group_ids(self) -> Sequence[int] | None:
         """A group per training image; batches are filled within a group (None: no grouping)."""

@@ -58,6 +58,9 @@ class DetectionDataModule(TaskDataModule):
     def model_metadata(self) -> dict:
         return {**super().model_metadata(), "resize_in_training": not self.resizes_training_images}
 
+    def inference_preprocessing(self) -> dict:
+        return {"resize_longest": self.resize_longest, "upscale": False}  # ShrinkLongest never enlarges
+
     def _build_split(
         self, split: str, transforms: A.Compose | None, *, prepared: bool
     ) -> DetectionDataset:  # pragma: no cover - abstract

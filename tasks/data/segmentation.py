@@ -190,6 +190,9 @@ class SegmentationDataModule(TaskDataModule):
     def class_names(self) -> list[str]:
         return list(self._read_metadata())
 
+    def inference_preprocessing(self) -> dict:
+        return {"resize_longest": self.eval_size, "upscale": True}  # LongestMaxSize enlarges too
+
     def evaluation_inputs(self) -> dict:
         """What a segmentation evaluator needs: the class names (mask values 0..K-1) and the ignored value."""
         return {"class_names": self.class_names, "ignore_index": IGNORE_INDEX}

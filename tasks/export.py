@@ -1,0 +1,27 @@
+"""Export a checkpoint: ``python tasks/export.py task=detection ckpt_path=CKPT format=onnx|torchscript``.
+
+Writes ``model.onnx`` (dynamic image size) or ``model.pt`` (TorchScript), and ``model.json`` with the
+class names, input normalisation and sizes, into the run directory.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script from any directory
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from tasks.errors import exit_on_user_error  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@exit_on_user_error
+def main(cfg: DictConfig) -> Path:
+    from tasks.inference.export import export  # here: showing the config (--cfg job) imports no model code
+
+    return export(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Engines run a trained model on prepared images (float RGB in [0, 1], 3 x H x W, already sized by
+the data-side preprocessing) and return, per image, CPU tensors in that image's pixels:
+``boxes``/``labels``/``scores`` (``masks``) for detectors, ``logits`` (C x H x W) for segmenters.
+
+Detection: the PyTorch engine runs ``batch_size`` images per call (padded together as in
+validation); an exported detector takes one image per call. Segmentation: both engines pad a batch
+into one tensor (bottom/right, zeros) and crop each image's logits back out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from tasks.data.segmentation import collate_segmentation
+from tasks.errors import UserError
+from tasks.inference.graphs import is_semantic
+
+ENGINES = ("torch", "onnxruntime")
+
+
+def _padded(images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
+    batch, targets = collate_segmentation([(image, {}) for image in images])
+    return batch, [target["size"] for target in targets]
+
+
+def _cropped(logits: Tensor, sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+    return [{"logits": scores[:, :height, :width]} for scores, (height, width) in zip(logits, sizes, strict=True)]
+
+
+class TorchEngine:
+    """The eager PyTorch model, on ``device`` ("auto": the GPU when there is one)."""
+
+    def __init__(self, model: nn.Module, task: str, device: str = "auto") -> None:
+        self.device = torch.device(
+            "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+        )
+        self.model, self.semantic = model.eval().to(self.device), is_semantic(task)
+
+    @torch.inference_mode()
+    def __call__(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+        if self.semantic:
+            batch, sizes = _padded(images)
+            return _cropped(self.model(batch.to(self.device))["out"].float().cpu(), sizes)
+        detections = self.model([image.to(self.device) for image in images])
+        return [{name: value.cpu() for name, value in found.items()} for found in detections]
+
+
+class OnnxRuntimeEngine:
+    """An exported ``model.onnx`` (``tasks/export.py format=onnx``) in ONNX Runtime."""
+
+    def __init__(self, path: str | Path, task: str) -> None:
+        try:
+            import onnxruntime
+        except ImportError as err:
+            raise UserError('engine=onnxruntime needs the deploy extras: pip install -e ".[deploy]"') from err
+        if not Path(path).is_file():
+            raise UserError(f"onnx_path={path} does not exist: write one with python tasks/export.py format=onnx")
+        providers = [
+            p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in onnxruntime.get_available_providers()
+        ]
+        self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [output.name for output in self.session.get_outputs()]
+        self.semantic = is_semantic(task)
+
+    def _run(self, array: Tensor) -> dict[str, Tensor]:
+        outputs = self.session.run(None, {self.input_name: array.numpy()})
+        return {name: torch.from_numpy(value) for name, value in zip(self.output_names, outputs, strict=True)}
+
+    def __call__(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+        if self.semantic:
+            batch, sizes = _padded(images)
+            return _cropped(self._run(batch.float())["logits"], sizes)
+        return [self._run(image.float()) for image in images]

@@ -1,0 +1,79 @@
+"""``tasks/export.py``: a checkpoint as ``model.onnx`` (dynamic image size) or TorchScript ``model.pt``,
+with ``model.json`` beside it (classes, input, normalisation, sizes, preprocessing)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from tasks.errors import UserError
+from tasks.inference.graphs import inference_graph, is_semantic
+from tasks.inference.metadata import MODEL_CARD, load_trained_model, model_card
+
+log = logging.getLogger(__name__)
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
+EXAMPLE_SIDE = 256  # size of the image the graph is traced with; every size runs afterwards
+
+
+def example_input(task: str) -> torch.Tensor:
+    image = torch.rand(3, EXAMPLE_SIDE, EXAMPLE_SIDE, generator=torch.Generator().manual_seed(0))
+    return image[None] if is_semantic(task) else image
+
+
+def dynamic_axes(graph: nn.Module, task: str) -> dict[str, dict[int, str]]:
+    if is_semantic(task):
+        return {"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
+    axes = {"image": {1: "height", 2: "width"}, "boxes": {0: "detections"}, "labels": {0: "detections"}}
+    axes["scores"] = {0: "detections"}
+    if "masks" in graph.output_names:
+        axes["masks"] = {0: "detections", 2: "height", 3: "width"}
+    return axes
+
+
+def write_onnx(graph: nn.Module, task: str, path: Path, opset: int) -> None:
+    """The TorchScript-based exporter: it traces torchvision's detection graph with the image size,
+    the detection count and the mask pasting left dynamic (torchvision's ONNX code paths)."""
+    example = example_input(task)
+    torch.onnx.export(
+        graph,
+        (example,),
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=["images" if is_semantic(task) else "image"],
+        output_names=list(graph.output_names),
+        dynamic_axes=dynamic_axes(graph, task),
+    )
+
+
+def write_torchscript(graph: nn.Module, task: str, path: Path) -> None:
+    torch.jit.trace(graph, (example_input(task),), check_trace=False).save(str(path))
+
+
+def export(cfg: DictConfig) -> Path:
+    """Write the exported model and its ``model.json`` into the run directory; return the model's path."""
+    if cfg.format not in FORMATS:
+        raise UserError(f"format={cfg.format} is not one of {sorted(FORMATS)}")
+    if not cfg.ckpt_path:
+        raise UserError("export needs a checkpoint: pass ckpt_path=PATH/TO/best.ckpt")
+    model, metadata = load_trained_model(cfg.ckpt_path, cfg.task.name)
+    graph = inference_graph(model, metadata["task"])
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / FORMATS[cfg.format]
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings on Python scalars torchvision keeps dynamic itself
+        if cfg.format == "onnx":
+            write_onnx(graph, metadata["task"], path, int(cfg.opset))
+        else:
+            write_torchscript(graph, metadata["task"], path)
+    card = model_card(metadata, model, path.name, graph)
+    (output_dir / MODEL_CARD).write_text(json.dumps({**card, "format": cfg.format}, indent=2))
+    log.info("%s written to %s (with %s)", cfg.format, path, MODEL_CARD)
+    return path

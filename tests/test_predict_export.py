@@ -1,0 +1,255 @@
+"""Prediction on new images, export to ONNX and TorchScript, and parity between the engines."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from heads.faster_rcnn import IMAGENET_MEAN
+from tasks.errors import UserError
+from tasks.inference.export import export
+from tasks.inference.graphs import inference_graph
+from tasks.inference.inputs import find_images
+from tasks.inference.metadata import load_trained_model
+from tasks.inference.predict import predict
+from tasks.runner import train
+from tests.conftest import (
+    TINY_DETECTION,
+    TINY_SEGMENTATION,
+    compose_config,
+    run_script,
+    shapes_overrides,
+    shapes_seg_overrides,
+)
+
+TASKS = ("detection", "instance_segmentation", "segmentation")
+
+
+def _training_overrides(task: str, shapes_root: Path, voc_root: Path) -> list[str]:
+    if task == "segmentation":
+        return [*TINY_SEGMENTATION, *shapes_seg_overrides(voc_root)]
+    return [f"task={task}", "backbone=resnet18", *TINY_DETECTION, *shapes_overrides(shapes_root)]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(shapes_root: Path, shapes_voc_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A checkpoint of each task after 3 steps, trained on a copy of the data that is deleted afterwards:
+    nothing downstream may need the dataset."""
+    found = {}
+    for task in TASKS:
+        folder = tmp_path_factory.mktemp(task)
+        copies = {name: folder / "data" / name for name in ("shapes", "voc")}
+        shutil.copytree(shapes_root, copies["shapes"])
+        shutil.copytree(shapes_voc_root, copies["voc"])
+        overrides = _training_overrides(task, copies["shapes"], copies["voc"])
+        train(compose_config([*overrides, "trainer.max_steps=3", "trainer.limit_val_batches=1"], folder / "run"))
+        shutil.rmtree(folder / "data")
+        found[task] = folder / "run" / "checkpoints" / "last.ckpt"
+    return found
+
+
+def _save(path: Path, pixels: np.ndarray, **options) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, **options)
+
+
+def mixed_folder(folder: Path, source: Path) -> dict[str, tuple[int, int]]:
+    """Copies of a shapes image in every mode and orientation, with clutter and a broken file;
+    returns each readable image's upright (height, width)."""
+    rgb = np.array(Image.open(source).convert("RGB"))
+    height, width = rgb.shape[:2]
+    rgb = np.ascontiguousarray(rgb[:, : width - 16])  # not square, so that a rotation shows
+    height, width = rgb.shape[:2]
+    _save(folder / "upright.png", rgb)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: shown rotated 90 degrees clockwise, i.e. as upright.png
+    _save(folder / "sideways.png", np.ascontiguousarray(np.rot90(rgb, 1)), exif=exif)
+    gray = rgb.mean(axis=2).astype(np.uint8)
+    _save(folder / "gray.png", gray)
+    _save(folder / "sixteen_bit.png", gray.astype(np.uint16) * 257)  # mode I;16
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.gif")
+    _save(folder / "rgba.png", np.dstack([rgb, np.full((height, width), 200, np.uint8)]))
+    _save(folder / "sub" / "photo.jpg", rgb, quality=95)
+    (folder / "notes.txt").write_text("not an image")
+    _save(folder / ".hidden.png", rgb)
+    (folder / "broken.jpg").write_bytes((folder / "sub" / "photo.jpg").read_bytes()[:200])
+    names = ["upright.png", "sideways.png", "gray.png", "sixteen_bit.png", "palette.gif", "rgba.png", "sub/photo.jpg"]
+    return {name: (height, width) for name in names}
+
+
+def _config(name: str, overrides: list[str], output_dir: Path):
+    # the dataset root the composed config names does not exist: prediction must not read it
+    return compose_config([*overrides, "dataset.root=/nonexistent"], output_dir, name)
+
+
+@pytest.mark.parametrize("task", ["detection", "instance_segmentation"])
+def test_predict_on_mixed_images(task: str, checkpoints: dict[str, Path], shapes_root: Path, tmp_path: Path) -> None:
+    sizes = mixed_folder(tmp_path / "in", next((shapes_root / "val2017").iterdir()))
+    out = tmp_path / "out"
+    overrides = [f"task={task}", f"ckpt_path={checkpoints[task]}", f"input={tmp_path / 'in'}", "score_threshold=0.0"]
+    rows = predict(_config("predict", overrides, out))
+    assert rows == json.loads((out / "predictions.json").read_text())
+    overlays = sorted(p.relative_to(out / "overlays").as_posix() for p in (out / "overlays").rglob("*.*"))
+    expected = sorted(name.replace(".gif", ".png") for name in sizes)
+    assert overlays == expected  # one per readable image; clutter, hidden and broken files skipped
+    for name, (height, width) in sizes.items():
+        overlay = Image.open(out / "overlays" / name.replace(".gif", ".png"))
+        assert overlay.size == (width, height)  # upright
+    _, metadata = load_trained_model(checkpoints[task])
+    names, ids = metadata["class_names"], metadata["category_ids"]
+    assert {row["file_name"] for row in rows} <= set(sizes) and rows
+    for row in rows:
+        height, width = sizes[row["file_name"]]
+        x, y, w, h = row["bbox"]
+        assert min(x, y) >= 0 and x + w <= width + 1e-3 and y + h <= height + 1e-3
+        assert row["category_name"] == names[ids.index(row["category_id"])]
+        if task == "instance_segmentation":
+            assert row["segmentation"]["size"] == [height, width]
+            assert mask_utils.decode(row["segmentation"]).shape == (height, width)
+    # the sideways file, shown upright, is upright.png: the same detections
+    by_file = {name: [r for r in rows if r["file_name"] == name] for name in ("upright.png", "sideways.png")}
+    assert len(by_file["upright.png"]) == len(by_file["sideways.png"]) > 0
+    for a, b in zip(by_file["upright.png"], by_file["sideways.png"], strict=True):
+        assert np.allclose(a["bbox"], b["bbox"], atol=1e-3) and a["category_id"] == b["category_id"]
+
+
+def test_predict_semantic_segmentation_writes_masks(checkpoints: dict[str, Path], shapes_root: Path, tmp_path: Path):
+    sizes = mixed_folder(tmp_path / "in", next((shapes_root / "val2017").iterdir()))
+    out = tmp_path / "out"
+    rows = predict(
+        _config(
+            "predict",
+            ["task=segmentation", f"ckpt_path={checkpoints['segmentation']}", f"input={tmp_path / 'in'}"],
+            out,
+        )
+    )
+    assert sorted(row["file_name"] for row in rows) == sorted(sizes)
+    for row in rows:
+        height, width = sizes[row["file_name"]]
+        mask = Image.open(out / row["mask_file"])
+        assert mask.mode == "P" and mask.size == (width, height)
+        counts = np.bincount(np.asarray(mask).ravel())
+        assert sum(row["class_fractions"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert len(row["class_fractions"]) == np.count_nonzero(counts)
+    assert (out / "overlays" / "sideways.png").is_file()
+    upright, sideways = (np.asarray(Image.open(out / "masks" / n)) for n in ("upright.png", "sideways.png"))
+    assert np.array_equal(upright, sideways)
+
+
+def test_inputs_by_file_folder_and_glob(tmp_path: Path) -> None:
+    for name in ("a.jpg", "b.PNG", "sub/c.png", ".d.png", ".cache/e.png", "f.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    names = lambda found: [p.relative_to(base).as_posix() for p in found]  # noqa: E731
+    found, base = find_images(str(tmp_path))
+    assert names(found) == ["a.jpg", "b.PNG", "sub/c.png"]
+    found, base = find_images(str(tmp_path / "**" / "*.png"))
+    assert base == tmp_path and names(found) == ["b.PNG", "sub/c.png"] or names(found) == ["sub/c.png"]
+    found, base = find_images(str(tmp_path / "a.jpg"))
+    assert names(found) == ["a.jpg"]
+    with pytest.raises(UserError, match="names no image file"):
+        find_images(str(tmp_path / "*.bmp"))
+
+
+def _rows_by_file(rows: list[dict]) -> dict[str, list[dict]]:
+    grouped: dict[str, list[dict]] = {}
+    for row in rows:
+        grouped.setdefault(row["file_name"], []).append(row)
+    return grouped
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_onnx_export_and_onnxruntime_parity(
+    task: str, checkpoints: dict[str, Path], shapes_root: Path, tmp_path: Path
+) -> None:
+    images = tmp_path / "in"
+    for k, source in enumerate(sorted((shapes_root / "val2017").iterdir())[:3]):
+        pixels = np.array(Image.open(source).convert("RGB"))
+        _save(images / f"{k}.png", np.ascontiguousarray(pixels[: 64 - 8 * k]))  # three sizes: one graph
+    _save(images / "blank.png", np.zeros((48, 72, 3), np.uint8))
+    export_dir = tmp_path / "export"
+    export(_config("export", [f"task={task}", f"ckpt_path={checkpoints[task]}", "format=onnx"], export_dir))
+    card = json.loads((export_dir / "model.json").read_text())
+    _, metadata = load_trained_model(checkpoints[task])
+    assert card["class_names"] == metadata["class_names"] and card["normalisation"]["mean"] == list(IMAGENET_MEAN)
+    common = [f"task={task}", f"input={images}", "score_threshold=0.0", "batch_size=1"]
+    eager = predict(_config("predict", [*common, f"ckpt_path={checkpoints[task]}"], tmp_path / "eager"))
+    onnx = predict(
+        _config("predict", [*common, "engine=onnxruntime", f"onnx_path={export_dir / 'model.onnx'}"], tmp_path / "ort")
+    )
+    if task == "segmentation":
+        assert [r["file_name"] for r in eager] == [r["file_name"] for r in onnx]
+        for row in eager:
+            a, b = (np.asarray(Image.open(tmp_path / run / row["mask_file"])) for run in ("eager", "ort"))
+            assert (a == b).mean() >= 0.999
+        return
+    eager_rows, onnx_rows = _rows_by_file(eager), _rows_by_file(onnx)
+    assert eager_rows.keys() == onnx_rows.keys() and eager
+    for name, expected in eager_rows.items():
+        got = onnx_rows[name]
+        assert len(got) == len(expected), name  # same count
+        assert [r["category_id"] for r in got] == [r["category_id"] for r in expected]
+        assert np.abs(np.array([r["bbox"] for r in got]) - np.array([r["bbox"] for r in expected])).max() <= 0.01
+        assert np.allclose([r["score"] for r in got], [r["score"] for r in expected], atol=1e-4)
+        if task == "instance_segmentation":
+            decoded = [
+                (mask_utils.decode(g["segmentation"]), mask_utils.decode(e["segmentation"]))
+                for g, e in zip(got, expected, strict=True)
+            ]
+            differing = sum(int((a != b).sum()) for a, b in decoded)
+            assert differing <= 1e-4 * sum(a.size for a, _ in decoded), differing
+
+
+@pytest.mark.parametrize("task", ["instance_segmentation", "segmentation"])
+def test_torchscript_export_runs_at_other_sizes(task: str, checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    path = export(_config("export", [f"task={task}", f"ckpt_path={checkpoints[task]}", "format=torchscript"], tmp_path))
+    assert path.name == "model.pt" and json.loads((tmp_path / "model.json").read_text())["format"] == "torchscript"
+    scripted = torch.jit.load(str(path))
+    model, metadata = load_trained_model(checkpoints[task])
+    graph = inference_graph(model, metadata["task"])
+    image = torch.rand(3, 72, 40, generator=torch.Generator().manual_seed(1))  # not the traced 256x256
+    example = image[None] if task == "segmentation" else image
+    with torch.no_grad():
+        expected, got = graph(example), scripted(example)
+    as_tuple = lambda outputs: outputs if isinstance(outputs, tuple) else (outputs,)  # noqa: E731
+    for a, b in zip(as_tuple(expected), as_tuple(got), strict=True):
+        assert a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=1e-4)
+
+
+def test_command_line_export_then_predict_with_onnxruntime(checkpoints: dict[str, Path], shapes_root: Path, tmp_path):
+    ckpt = checkpoints["detection"]
+    result = run_script("export.py", ["task=detection", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'e'}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    onnx = tmp_path / "e" / "model.onnx"
+    images = shapes_root / "val2017"
+    args = [
+        "task=detection",
+        "engine=onnxruntime",
+        f"onnx_path={onnx}",
+        f"input={images}",
+        f"hydra.run.dir={tmp_path / 'p'}",
+    ]
+    result = run_script("predict.py", args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((tmp_path / "p" / "overlays").iterdir())) == len(list(images.iterdir()))
+    with pytest.raises(UserError, match="is a detection model, not segmentation: pass task=detection"):
+        predict(_config("predict", [*args[1:-1], "task=segmentation"], tmp_path / "wrong"))
+    onnx.with_name("model.json").unlink()
+    with pytest.raises(UserError, match="model.json that tasks/export.py writes"):
+        predict(_config("predict", args[:-1], tmp_path / "no_card"))
+
+
+def test_checkpoint_carries_what_prediction_needs(checkpoints: dict[str, Path]) -> None:
+    model, metadata = load_trained_model(checkpoints["detection"])
+    assert not model.training and metadata["task"] == "detection"
+    assert metadata["class_names"] == ["circle", "square", "triangle", "cross"]
+    assert metadata["model"]["backbone"]["name"] == "resnet18" and metadata["model"]["num_classes"] == 4
+    with pytest.raises(UserError, match="is a detection checkpoint, not segmentation"):
+        load_trained_model(checkpoints["detection"], "segmentation")
