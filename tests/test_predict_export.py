@@ -253,3 +253,20 @@ def test_checkpoint_carries_what_prediction_needs(checkpoints: dict[str, Path]) 
     assert metadata["model"]["backbone"]["name"] == "resnet18" and metadata["model"]["num_classes"] == 4
     with pytest.raises(UserError, match="is a detection checkpoint, not segmentation"):
         load_trained_model(checkpoints["detection"], "segmentation")
+
+
+def test_compiled_cpu_engine_predicts_the_same(checkpoints: dict[str, Path], shapes_root: Path, tmp_path: Path) -> None:
+    # predict compile=true: the trunk compiled by inductor (frozen weights) gives the eager engine's detections
+    common = ["task=detection", f"ckpt_path={checkpoints['detection']}", "score_threshold=0.0", "batch_size=2"]
+    images = tmp_path / "in"
+    images.mkdir()
+    for source in sorted((shapes_root / "val2017").iterdir())[:2]:
+        shutil.copy(source, images / source.name)
+    eager = predict(_config("predict", [*common, f"input={images}"], tmp_path / "eager"))
+    compiled = predict(_config("predict", [*common, f"input={images}", "compile=true"], tmp_path / "compiled"))
+    eager_rows, compiled_rows = _rows_by_file(eager), _rows_by_file(compiled)
+    assert eager_rows.keys() == compiled_rows.keys() and eager
+    for name, expected in eager_rows.items():
+        got = compiled_rows[name]
+        assert len(got) == len(expected)
+        assert np.abs(np.array([r["bbox"] for r in got]) - np.array([r["bbox"] for r in expected])).max() <= 0.01

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from tasks.data.segmentation import collate_segmentation
 from tasks.errors import UserError
+from tasks.inference.fast import compile_trunk, optimise_for_cpu
 from tasks.inference.graphs import is_semantic
 
 ENGINES = ("torch", "onnxruntime")
@@ -32,13 +33,20 @@ def _cropped(logits: Tensor, sizes: list[tuple[int, int]]) -> list[dict[str, Ten
 
 
 class TorchEngine:
-    """The eager PyTorch model, on ``device`` ("auto": the GPU when there is one)."""
+    """The PyTorch model on ``device`` ("auto": the GPU when there is one). On the CPU with folded
+    BatchNorm and channels-last weights (``optimise_for_cpu``: the same outputs, faster); ``compile``
+    also compiles the convolutional trunk (worth it for many images of few sizes)."""
 
-    def __init__(self, model: nn.Module, task: str, device: str = "auto") -> None:
+    def __init__(self, model: nn.Module, task: str, device: str = "auto", compile: bool = False) -> None:
         self.device = torch.device(
             "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
         )
-        self.model, self.semantic = model.eval().to(self.device), is_semantic(task)
+        model = model.eval().to(self.device)
+        if self.device.type == "cpu":
+            model = optimise_for_cpu(model, compile=compile)
+        elif compile:
+            model = compile_trunk(model)
+        self.model, self.semantic = model, is_semantic(task)
 
     @torch.inference_mode()
     def __call__(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:

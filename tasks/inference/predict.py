@@ -31,7 +31,7 @@ def build_engine(cfg: DictConfig) -> tuple[object, dict]:
         if not cfg.ckpt_path:
             raise UserError("engine=torch needs a checkpoint: pass ckpt_path=PATH/TO/best.ckpt")
         model, metadata = load_trained_model(cfg.ckpt_path, cfg.task.name)
-        return TorchEngine(model, metadata["task"], cfg.device), metadata
+        return TorchEngine(model, metadata["task"], cfg.device, compile=bool(cfg.compile)), metadata
     if cfg.engine == "onnxruntime":
         if not cfg.onnx_path:
             raise UserError("engine=onnxruntime needs an exported model: pass onnx_path=PATH/TO/model.onnx")

@@ -1,0 +1,300 @@
+"""Inference speed on the CPU: torchvision's eager model against this project's engines, with equal outputs.
+
+``python -m tasks.benchmarks.inference_speed [--images 2] [--repeats 3] [--detection-size 800]``
+
+One run times, on the same images and the same weights (torchvision's architecture with random
+weights, seed 0, BatchNorm statistics measured on the images; for detection frozen BatchNorm, as
+torchvision builds it for its COCO weights):
+
+- Faster R-CNN R50-FPN: torchvision's eager ``fasterrcnn_resnet50_fpn``, this project's eager
+  model (the same state dict, loaded key for key), then each candidate engine of this project;
+- DeepLabV3 R50 (output stride 8): the same with ``deeplabv3_resnet50``.
+
+Candidates: channels_last, folded BatchNorm, both (the CPU engine of ``tasks/predict.py``), both
+with the convolutional trunk compiled by inductor (``tasks/predict.py compile=true``), ONNX Runtime,
+and bf16 autocast where the CPU has native bf16. Compilation happens in the untimed first call.
+Rounds alternate the engines and each figure is the median round, so drift of the machine
+affects them alike. A candidate counts when its outputs equal torchvision's: for detection the
+same count per image and every box within 0.01 px of one of the same label; for segmentation
+the same class at 99.9% of pixels. The last line reads ``speedup_vs_torchvision=X equal=true`` for the fastest
+equal detection engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet50
+from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
+from torchvision.models.detection import fasterrcnn_resnet50_fpn
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.segmentation import deeplabv3_resnet50
+from torchvision.ops import FrozenBatchNorm2d
+
+from backbones import ResNetBackbone
+from heads.deeplab import build_deeplab
+from heads.faster_rcnn import IMAGENET_MEAN, IMAGENET_STD, build_faster_rcnn
+from tasks.inference.engines import OnnxRuntimeEngine
+from tasks.inference.export import write_onnx
+from tasks.inference.fast import optimise_for_cpu
+from tasks.inference.graphs import inference_graph
+
+BOX_TOLERANCE = 0.01  # px
+PIXEL_AGREEMENT = 0.999  # random weights leave near-ties between class logits that rounding flips
+Run = Callable[[list[Tensor]], list[Tensor | dict]]
+MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+@torch.no_grad()
+def calibrate_norms(model: nn.Module, run: Callable[[], object]) -> nn.Module:
+    """Random weights made to behave like trained ones: every BatchNorm's statistics measured on the
+    benchmark images, so features stay unit-scale through all 50 layers instead of growing layer
+    by layer."""
+    for norm in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the calibration pass
+        norm.train()
+    run()
+    return model.eval()
+
+
+@torch.no_grad()
+def spread_scores(classifier: nn.Linear) -> None:
+    """Class scores like a trained detector's: most proposals background, some tens of detections per
+    image above the 0.05 threshold (random init scores every class about 1/91, so none would pass)."""
+    classifier.weight.normal_(0, 0.075, generator=torch.Generator().manual_seed(0))
+    classifier.bias.zero_()
+    classifier.bias[0] = 12.0  # background logit
+
+
+def images_of(count: int, height: int, width: int) -> list[Tensor]:
+    """Textured images with a few flat shapes, in [0, 1]."""
+    generator = torch.Generator().manual_seed(1)
+    images = []
+    for _ in range(count):
+        image = torch.nn.functional.interpolate(
+            torch.rand(1, 3, height // 16, width // 16, generator=generator),
+            size=(height, width),
+            mode="bilinear",
+            align_corners=False,
+        )[0]
+        for _ in range(6):
+            y, x = (int(v) for v in torch.randint(0, min(height, width) // 2, (2,), generator=generator))
+            size = int(torch.randint(32, min(height, width) // 2, (1,), generator=generator))
+            image[:, y : y + size, x : x + size] = torch.rand(3, 1, 1, generator=generator)
+        images.append(image)
+    return images
+
+
+# -- models ------------------------------------------------------------------------------------
+def detection_models(size: int, images: list[Tensor]) -> tuple[nn.Module, nn.Module]:
+    """torchvision's fasterrcnn_resnet50_fpn as built for its COCO weights (frozen BatchNorm), and
+    ours with its state dict."""
+    torch.manual_seed(0)
+    sizes = dict(min_size=size, max_size=round(size * 1333 / 800))
+    calibrated = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91, **sizes).eval()
+    batch = calibrated.transform(images)[0].tensors
+    calibrate_norms(calibrated, lambda: calibrated.backbone.body(batch))
+    spread_scores(calibrated.roi_heads.box_predictor.cls_score)
+    body = _resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3)
+    theirs = TorchvisionFasterRCNN(body, num_classes=91, **sizes)
+    theirs.load_state_dict(calibrated.state_dict())
+    ours = build_faster_rcnn(ResNetBackbone("resnet50", norm="frozen_bn"), num_classes=90, **sizes)
+    ours.load_state_dict(theirs.state_dict())
+    return theirs.eval(), ours.eval()
+
+
+def segmentation_models(images: list[Tensor]) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    theirs = deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=True)
+    batch = torch.stack(images)
+    normalised = (torch.cat([batch, batch.flip(-1)]) - MEAN) / STD  # ASPP's pooled branch needs 2 images or more
+    calibrate_norms(theirs, lambda: theirs(normalised))
+    ours = build_deeplab(ResNetBackbone("resnet50", norm="bn"), num_classes=21, output_stride=8)
+    ours.load_state_dict(theirs.state_dict())
+    return theirs.eval(), ours.eval()
+
+
+# -- engines -----------------------------------------------------------------------------------
+def eager_detector(model: nn.Module) -> Run:
+    return lambda images: model(images)
+
+
+def eager_segmenter(model: nn.Module, normalise: bool) -> Run:
+    def run(images: list[Tensor]) -> list[Tensor]:
+        batch = torch.stack(images)
+        return list(model((batch - MEAN) / STD if normalise else batch)["out"])  # torchvision's does not normalise
+
+    return run
+
+
+COMPILED = "folded_bn+channels_last+torch.compile"  # optimise_for_cpu(compile=True): predict compile=true
+EAGER_ENGINE = "folded_bn+channels_last"  # optimise_for_cpu(): predict's CPU engine
+
+
+def candidate_models(ours: nn.Module) -> dict[str, nn.Module]:
+    variants = {
+        "channels_last": dict(fold=False),
+        "folded_bn": dict(channels_last=False),
+        EAGER_ENGINE: {},
+    }
+    return {name: optimise_for_cpu(copy.deepcopy(ours), **options) for name, options in variants.items()}
+
+
+def onnx_engine(model: nn.Module, task: str, folder: Path) -> Run:
+    path = folder / f"{task}.onnx"
+    graph = inference_graph(model, task)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        write_onnx(graph, task, path, opset=17)
+    engine = OnnxRuntimeEngine(path, task)
+    if task == "segmentation":
+        return lambda images: [found["logits"] for found in engine(images)]
+    return lambda images: engine(images)
+
+
+def bf16_available() -> bool:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def with_bf16(run: Run) -> Run:
+    def autocast_run(images: list[Tensor]) -> list:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return run(images)
+
+    return autocast_run
+
+
+# -- comparison --------------------------------------------------------------------------------
+def worst_match(expected: dict, got: dict) -> float:
+    """The largest box distance (px, L-inf) when each expected detection takes the nearest unused
+    detection of its label (order may differ where scores tie), inf when some find none."""
+    if len(expected["boxes"]) != len(got["boxes"]):
+        return float("inf")
+    distance = torch.cdist(expected["boxes"].double(), got["boxes"].double(), p=float("inf"))
+    distance[expected["labels"][:, None] != got["labels"][None, :]] = float("inf")
+    worst = 0.0
+    for row in distance:
+        j = int(row.argmin())
+        worst = max(worst, float(row[j]))
+        distance[:, j] = float("inf")
+    return worst
+
+
+def detections_equal(expected: list[dict], got: list[dict]) -> tuple[bool, str]:
+    """Same count per image and each box within BOX_TOLERANCE of one of the same label."""
+    worst = max(worst_match(e, g) for e, g in zip(expected, got, strict=True))
+    counts = "+".join(str(len(e["boxes"])) for e in expected)
+    got_counts = "+".join(str(len(g["boxes"])) for g in got)
+    if counts != got_counts:
+        return False, f"{got_counts} detections instead of {counts}"
+    return worst <= BOX_TOLERANCE, f"{counts} detections, boxes within {worst:.2g} px"
+
+
+def masks_equal(expected: list[Tensor], got: list[Tensor]) -> tuple[bool, str]:
+    agreement = min(float((e.argmax(0) == g.argmax(0)).float().mean()) for e, g in zip(expected, got, strict=True))
+    return agreement >= PIXEL_AGREEMENT, f"same class at {100 * agreement:.3f}% of pixels"
+
+
+# -- timing ------------------------------------------------------------------------------------
+@torch.inference_mode()
+def time_engines(engines: dict[str, Run], images: list[Tensor], repeats: int) -> dict[str, float]:
+    """Median seconds per call of each engine, over ``repeats`` rounds after one warm-up round."""
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for round_ in range(repeats + 1):
+        for name, run in engines.items():
+            start = time.perf_counter()
+            run(images)
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+@torch.inference_mode()
+def compare(engines: dict[str, Run], images: list[Tensor], equal: Callable) -> dict[str, tuple[bool, str]]:
+    expected = engines["torchvision eager"](images)
+    return {name: equal(expected, run(images)) for name, run in engines.items()}
+
+
+def report(
+    title: str, seconds: dict[str, float], equality: dict[str, tuple[bool, str]], count: int
+) -> tuple[str, float]:
+    reference = seconds["torchvision eager"]
+    print(f"\n{title}")
+    print(f"{'engine':<38} {'s/image':>8} {'speedup':>8}  equal  outputs")
+    for name, value in seconds.items():
+        same, detail = equality[name]
+        print(f"{name:<38} {value / count:8.3f} {reference / value:7.2f}x  {str(same).lower():<5}  {detail}")
+    fastest = min((n for n in seconds if equality[n][0] and n != "torchvision eager"), key=seconds.get)
+    print(f"fastest equal engine: {fastest}, {reference / seconds[fastest]:.2f}x torchvision eager")
+    return fastest, reference / seconds[fastest]
+
+
+def engines_for(task: str, theirs: nn.Module, ours: nn.Module, folder: Path, compile_: bool) -> dict[str, Run]:
+    if task == "detection":
+        wrap, reference = eager_detector, eager_detector(theirs)
+    else:  # torchvision's DeepLab takes normalised images, ours normalises inside
+        wrap, reference = (lambda model: eager_segmenter(model, normalise=False)), eager_segmenter(theirs, True)
+    engines = {"torchvision eager": reference, "this project eager": wrap(ours)}
+    engines |= {name: wrap(model) for name, model in candidate_models(ours).items()}
+    engines["onnxruntime"] = onnx_engine(ours, task, folder)
+    if compile_:
+        engines[COMPILED] = wrap(optimise_for_cpu(copy.deepcopy(ours), compile=True))
+    if bf16_available():
+        engines["bf16 autocast"] = with_bf16(wrap(ours))
+    return engines
+
+
+def run_task(
+    task: str, images: list[Tensor], repeats: int, folder: Path, compile_: bool, detection_size: int = 800
+) -> tuple[str, float, bool]:
+    """Print the table of one model; return the fastest equal engine, its speedup and whether it is equal."""
+    if task == "detection":
+        theirs, ours = detection_models(detection_size, images)
+    else:
+        theirs, ours = segmentation_models(images)
+    engines = engines_for(task, theirs, ours, folder, compile_)
+    equality = compare(engines, images, detections_equal if task == "detection" else masks_equal)
+    seconds = time_engines(engines, images, repeats)
+    title = f"Faster R-CNN R50-FPN at {detection_size} px" if task == "detection" else "DeepLabV3 R50, output stride 8"
+    size = "x".join(map(str, images[0].shape[-2:]))
+    fastest, speedup = report(f"{title}: {len(images)} images of {size}", seconds, equality, len(images))
+    return fastest, speedup, equality[fastest][0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--height", type=int, default=480, help="image height (width: 4/3 of it)")
+    parser.add_argument("--detection-size", type=int, default=800, help="the detector's min_size")
+    parser.add_argument("--segmentation-height", type=int, default=600, help="DeepLab input height (width 4/3)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--skip-segmentation", action="store_true")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {bf16_available()}")
+    with tempfile.TemporaryDirectory() as folder:
+        if not args.skip_segmentation:
+            h = args.segmentation_height
+            run_task("segmentation", images_of(args.images, h, h * 4 // 3), args.repeats, Path(folder), args.compile)
+        h = args.height
+        detection = images_of(args.images, h, h * 4 // 3)
+        _, speedup, equal = run_task(
+            "detection", detection, args.repeats, Path(folder), args.compile, args.detection_size
+        )
+    print(f"speedup_vs_torchvision={speedup:.2f} equal={str(equal).lower()}")
+
+
+if __name__ == "__main__":
+    main()
