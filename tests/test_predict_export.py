@@ -223,11 +223,8 @@ def test_torchscript_export_runs_at_other_sizes(task: str, checkpoints: dict[str
         assert a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=1e-4)
 
 
-def test_command_line_export_then_predict_with_onnxruntime(checkpoints: dict[str, Path], shapes_root: Path, tmp_path):
-    ckpt = checkpoints["detection"]
-    result = run_script("export.py", ["task=detection", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'e'}"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    onnx = tmp_path / "e" / "model.onnx"
+def test_export_then_predict_command_with_onnxruntime(checkpoints: dict[str, Path], shapes_root: Path, tmp_path):
+    onnx = export(_config("export", ["task=detection", f"ckpt_path={checkpoints['detection']}"], tmp_path / "e"))
     images = shapes_root / "val2017"
     args = [
         "task=detection",
