@@ -267,3 +267,12 @@ def test_compiled_cpu_engine_predicts_the_same(checkpoints: dict[str, Path], sha
         got = compiled_rows[name]
         assert len(got) == len(expected)
         assert np.abs(np.array([r["bbox"] for r in got]) - np.array([r["bbox"] for r in expected])).max() <= 0.01
+
+
+def test_checkpoint_without_inference_metadata_is_refused_with_the_fix(checkpoints: dict[str, Path], tmp_path: Path):
+    content = torch.load(checkpoints["detection"], map_location="cpu", weights_only=True)
+    del content["inference"]
+    older = tmp_path / "older.ckpt"
+    torch.save(content, older)
+    with pytest.raises(UserError, match=f"ckpt_path={older} holds no inference metadata.*Train again, or resume"):
+        load_trained_model(older)
