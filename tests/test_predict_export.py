@@ -75,12 +75,14 @@ def mixed_folder(folder: Path, source: Path) -> dict[str, tuple[int, int]]:
     _save(folder / "gray.png", gray)
     _save(folder / "sixteen_bit.png", gray.astype(np.uint16) * 257)  # mode I;16
     Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.gif")
+    _save(folder / "palette.png", rgb)  # its overlay would have the GIF's name
     _save(folder / "rgba.png", np.dstack([rgb, np.full((height, width), 200, np.uint8)]))
     _save(folder / "sub" / "photo.jpg", rgb, quality=95)
     (folder / "notes.txt").write_text("not an image")
     _save(folder / ".hidden.png", rgb)
     (folder / "broken.jpg").write_bytes((folder / "sub" / "photo.jpg").read_bytes()[:200])
-    names = ["upright.png", "sideways.png", "gray.png", "sixteen_bit.png", "palette.gif", "rgba.png", "sub/photo.jpg"]
+    names = ["upright.png", "sideways.png", "gray.png", "sixteen_bit.png", "palette.gif", "palette.png", "rgba.png"]
+    names.append("sub/photo.jpg")
     return {name: (height, width) for name in names}
 
 
@@ -97,11 +99,12 @@ def test_predict_on_mixed_images(task: str, checkpoints: dict[str, Path], shapes
     rows = predict(_config("predict", overrides, out))
     assert rows == json.loads((out / "predictions.json").read_text())
     overlays = sorted(p.relative_to(out / "overlays").as_posix() for p in (out / "overlays").rglob("*.*"))
-    expected = sorted(name.replace(".gif", ".png") for name in sizes)
-    assert overlays == expected  # one per readable image; clutter, hidden and broken files skipped
+    # a GIF's overlay is a PNG; the PNG of the same stem, which comes after it, keeps its suffix in the name
+    overlay_of = {name: name.replace(".gif", ".png").replace("palette.png", "palette_png.png") for name in sizes}
+    overlay_of["palette.gif"] = "palette.png"
+    assert overlays == sorted(overlay_of.values())  # one per readable image; clutter, hidden and broken skipped
     for name, (height, width) in sizes.items():
-        overlay = Image.open(out / "overlays" / name.replace(".gif", ".png"))
-        assert overlay.size == (width, height)  # upright
+        assert Image.open(out / "overlays" / overlay_of[name]).size == (width, height)  # upright
     _, metadata = load_trained_model(checkpoints[task])
     names, ids = metadata["class_names"], metadata["category_ids"]
     assert {row["file_name"] for row in rows} <= set(sizes) and rows

@@ -54,14 +54,14 @@ class PredictionWriter:
         self.output_dir, self.metadata = output_dir, metadata
         self.score_threshold, self.mask_threshold = score_threshold, mask_threshold
         self.semantic = is_semantic(metadata["task"])
-        self.mask_files: set[Path] = set()
+        self.written: set[Path] = set()  # output names relative to the run directory
 
     def __call__(self, relative: Path, image, model_input, found: dict) -> list[dict]:
         names = self.metadata["class_names"]
-        overlay = self.output_dir / "overlays" / outputs.overlay_name(relative)
+        overlay = self.output_dir / self._unique(Path("overlays") / outputs.overlay_name(relative), relative)
         if self.semantic:
             mask = outputs.semantic_mask(found["logits"], image)
-            mask_file = self._mask_file(relative)
+            mask_file = self._unique(Path("masks") / relative.with_suffix(".png"), relative)
             save_palette_png(mask, self.output_dir / mask_file)
             outputs.save_picture(outputs.draw_semantic(image, mask, len(names)), overlay)
             return [outputs.semantic_row(mask, relative.as_posix(), mask_file.as_posix(), names)]
@@ -70,12 +70,12 @@ class PredictionWriter:
         category_ids = self.metadata.get("category_ids")
         return outputs.detection_rows(detections, relative.as_posix(), names, category_ids, self.mask_threshold)
 
-    def _mask_file(self, relative: Path) -> Path:
-        """``masks/<relative stem>.png``; a second image of the same stem (a.jpg, a.png) keeps its suffix."""
-        name = Path("masks") / relative.with_suffix(".png")
-        if name in self.mask_files:
-            name = Path("masks") / relative.with_name(f"{relative.stem}_{relative.suffix.lstrip('.')}.png")
-        self.mask_files.add(name)
+    def _unique(self, name: Path, relative: Path) -> Path:
+        """``name``, or for a second image that maps onto it (a.gif and a.png both give a.png) the
+        name with the input's suffix in the stem (a_gif.png)."""
+        if name in self.written:
+            name = name.with_name(f"{name.stem}_{relative.suffix.lstrip('.').lower()}{name.suffix}")
+        self.written.add(name)
         (self.output_dir / name).parent.mkdir(parents=True, exist_ok=True)
         return name
 
