@@ -28,8 +28,11 @@ def example_input(task: str) -> torch.Tensor:
 
 def dynamic_axes(graph: nn.Module, task: str) -> dict[str, dict[int, str]]:
     if is_semantic(task):
-        return {"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
-    axes = {"image": {1: "height", 2: "width"}, "boxes": {0: "detections"}, "labels": {0: "detections"}}
+        return {
+            graph.input_name: {0: "batch", 2: "height", 3: "width"},
+            "logits": {0: "batch", 2: "height", 3: "width"},
+        }
+    axes = {graph.input_name: {1: "height", 2: "width"}, "boxes": {0: "detections"}, "labels": {0: "detections"}}
     axes["scores"] = {0: "detections"}
     if "masks" in graph.output_names:
         axes["masks"] = {0: "detections", 2: "height", 3: "width"}
@@ -46,7 +49,7 @@ def write_onnx(graph: nn.Module, task: str, path: Path, opset: int) -> None:
         str(path),
         dynamo=False,
         opset_version=opset,
-        input_names=["images" if is_semantic(task) else "image"],
+        input_names=[graph.input_name],
         output_names=list(graph.output_names),
         dynamic_axes=dynamic_axes(graph, task),
     )

@@ -20,6 +20,8 @@ class DetectorGraph(nn.Module):
     """One image (3 x H x W) in; boxes (xyxy, the input's pixels), labels (1..K), scores and, for
     Mask R-CNN, mask probabilities (N x 1 x H x W) out."""
 
+    input_name = "image"
+
     def __init__(self, detector: nn.Module) -> None:
         super().__init__()
         self.detector = detector
@@ -33,7 +35,7 @@ class DetectorGraph(nn.Module):
 class SegmenterGraph(nn.Module):
     """Images (B x 3 x H x W) in; per-class logits at the input's size (B x C x H x W) out."""
 
-    output_names = ["logits"]
+    input_name, output_names = "images", ["logits"]
 
     def __init__(self, segmenter: nn.Module) -> None:
         super().__init__()

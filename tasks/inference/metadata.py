@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from backbones.weights import strip_prefix
 from tasks.checkpoints import read_checkpoint
 from tasks.errors import UserError
 
@@ -66,9 +67,7 @@ def load_trained_model(path: str | Path, task: str | None = None) -> tuple[nn.Mo
             f"ckpt_path={path} is a {metadata['task']} checkpoint, not {task}: pass task={metadata['task']}"
         )
     model = build_model(metadata)
-    prefix = "model."
-    state = {k.removeprefix(prefix): v for k, v in content["state_dict"].items() if k.startswith(prefix)}
-    model.load_state_dict(state)
+    model.load_state_dict(strip_prefix(content["state_dict"], "model."))
     return model, metadata
 
 
@@ -84,14 +83,14 @@ def model_card(metadata: dict[str, Any], model: nn.Module, file_name: str, graph
     else:
         mean, std, sizes = model.image_mean.flatten().tolist(), model.image_std.flatten().tolist(), None
     mean, std = [round(v, 6) for v in mean], [round(v, 6) for v in std]  # float32 buffers: 0.485 not 0.48500001
-    one_image = hasattr(graph, "detector")
+    one_image = graph.input_name == "image"
     return {
         "task": metadata["task"],
         "file": file_name,
         "class_names": metadata["class_names"],
         "category_ids": metadata.get("category_ids"),
         "input": {
-            "name": "image" if one_image else "images",
+            "name": graph.input_name,
             "shape": ["3", "height", "width"] if one_image else ["batch", "3", "height", "width"],
             "dtype": "float32",
             "colour": "RGB",
