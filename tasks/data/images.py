@@ -12,6 +12,18 @@ _WIDE_INT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 MAX_PIXELS = 80_000_000
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # rotated by 90 or 270 degrees: width and height swap
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm")
+
+
+def is_hidden(path: Path, base: Path) -> bool:
+    """Whether ``path`` or a folder between ``base`` and it is hidden (a name starting with a dot)."""
+    return any(part.startswith(".") for part in path.relative_to(base).parts)
+
+
+def is_image_file(path: Path, base: Path) -> bool:
+    """A file with an image suffix (any case), not hidden below ``base``: what datasets and
+    prediction read from folders (clutter such as notes, archives and ``.DS_Store`` is ignored)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(path, base) and path.is_file()
 
 
 def oversize_problem(width: int, height: int, max_pixels: int) -> str | None:

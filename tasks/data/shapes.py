@@ -93,8 +93,11 @@ def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> np.
     return 255 - mean
 
 
-def render_image(rng: np.random.Generator, spec: ShapesSpec) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """One image: (HxWx3 uint8, owner map with the index of the visible instance or -1, class per instance)."""
+def render_image(
+    rng: np.random.Generator, spec: ShapesSpec, only_class: int | None = None
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """One image: (HxWx3 uint8, owner map with the index of the visible instance or -1, class per instance).
+    ``only_class``: every shape of the image is of that class (classification)."""
     size = spec.image_size
     image = _background(rng, size)
     owner = np.full((size, size), -1, np.int32)
@@ -102,7 +105,7 @@ def render_image(rng: np.random.Generator, spec: ShapesSpec) -> tuple[np.ndarray
     full_areas: list[int] = []
     for _ in range(rng.integers(spec.min_objects, spec.max_objects + 1)):
         for _attempt in range(20):
-            cls = int(rng.integers(len(SHAPE_CLASSES)))
+            cls = int(rng.integers(len(SHAPE_CLASSES))) if only_class is None else only_class
             extent = float(np.exp(rng.uniform(np.log(spec.min_object_size), np.log(spec.max_object_size))))
             center = tuple(rng.uniform(extent * 0.3, size - extent * 0.3, 2))
             mask = _shape_mask(SHAPE_CLASSES[cls], round(extent), center, rng.uniform(0, 2 * np.pi), owner.shape)
@@ -219,7 +222,19 @@ def _write_voc(folder: Path, spec: ShapesSpec) -> None:
         (folder / f"VOC{year}" / "ImageSets" / kind / f"{image_set}.txt").write_text("\n".join(ids) + "\n")
 
 
-LAYOUTS = {"coco": _write_coco, "voc": _write_voc}
+def _write_imagefolder(folder: Path, spec: ShapesSpec) -> None:
+    """Class folders for classification, ``{train,val}/<class>/<id>.png``: the classes take turns,
+    and every shape of an image (``min_objects`` to ``max_objects`` of them) is of its class."""
+    for split, first, count in (("train", 1, spec.num_train), ("val", spec.num_train + 1, spec.num_val)):
+        for image_id in range(first, first + count):
+            label = image_id % len(SHAPE_CLASSES)
+            image, _, _ = render_image(np.random.default_rng([spec.seed, image_id]), spec, only_class=label)
+            target = folder / split / SHAPE_CLASSES[label]
+            target.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(target / f"{image_id:06d}.png")
+
+
+LAYOUTS = {"coco": _write_coco, "voc": _write_voc, "imagefolder": _write_imagefolder}
 
 
 def ensure_shapes(root: str | Path, spec: ShapesSpec, layout: str = "coco") -> Path:

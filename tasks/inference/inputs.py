@@ -10,16 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tasks.data.images import MAX_PIXELS, read_rgb
+from tasks.data.images import IMAGE_SUFFIXES, MAX_PIXELS, is_image_file, read_rgb
 from tasks.data.transforms import ShrinkLongest
 from tasks.errors import UserError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm")
-
-
-def _is_image(path: Path, base: Path) -> bool:
-    hidden = any(part.startswith(".") for part in path.relative_to(base).parts)
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not hidden
 
 
 def _fixed_prefix(pattern: str) -> Path:
@@ -44,7 +37,7 @@ def find_images(spec: str) -> tuple[list[Path], Path]:
         base, candidates = path, path.rglob("*")
     else:
         base, candidates = _fixed_prefix(str(path)), map(Path, glob.glob(str(path), recursive=True))
-    found = sorted(p for p in candidates if _is_image(p, base))
+    found = sorted(p for p in candidates if is_image_file(p, base))
     if not found:
         raise UserError(f"input={spec} names no image file (looked for {', '.join(IMAGE_SUFFIXES)})")
     return found, base
