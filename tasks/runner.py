@@ -122,12 +122,17 @@ def write_outputs(module: L.LightningModule, metrics: dict[str, float], output_d
     evaluation = module.last_evaluation
     report(metrics, output_dir, checkpoint, evaluation.per_class if evaluation else None)
     for name, content in (evaluation.files if evaluation else {}).items():
-        write_json(content, output_dir / name)
+        write_file(content, output_dir / name)
 
 
 @rank_zero_only
-def write_json(content: object, path: Path) -> None:
+def write_file(content: object, path: Path) -> None:
+    """A picture (PIL image: ``save``) or JSON content."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if hasattr(content, "save"):
+        content.save(path)
+        log.info("written to %s", path)
+        return
     path.write_text(json.dumps(content))
     count = f"{len(content)} rows " if isinstance(content, list) else ""
     log.info("%swritten to %s", count, path)

@@ -22,6 +22,7 @@ def warmup_then_decay(
     *,
     total_steps: int,
     warmup_steps: int = 100,
+    warmup_fraction: float | None = None,
     warmup_factor: float = 0.001,
     decay: str = "cosine",
     milestones: Sequence[float] = (0.67, 0.89),
@@ -33,8 +34,11 @@ def warmup_then_decay(
     poly decay (``lr * (1 - t / T) ** power``, DeepLab's schedule).
 
     Step ``milestones`` are fractions of ``total_steps``, so the same config fits any
-    training length.
+    training length; so does ``warmup_fraction`` (e.g. 5 of 600 epochs), which replaces
+    ``warmup_steps`` when set.
     """
+    if warmup_fraction is not None:
+        warmup_steps = round(warmup_fraction * total_steps)
     if decay not in DECAYS:
         raise ValueError(f"decay={decay!r} must be one of {DECAYS}")
     warmup_steps = max(0, min(warmup_steps, total_steps - 1))

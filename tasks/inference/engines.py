@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from tasks.data.segmentation import collate_segmentation
 from tasks.errors import UserError
 from tasks.inference.fast import compile_trunk, optimise_for_cpu
-from tasks.inference.graphs import is_semantic
+from tasks.inference.graphs import check_inference_task, is_semantic
 
 ENGINES = ("torch", "onnxruntime")
 
@@ -38,6 +38,7 @@ class TorchEngine:
     also compiles the convolutional trunk (worth it for many images of few sizes)."""
 
     def __init__(self, model: nn.Module, task: str, device: str = "auto", compile: bool = False) -> None:
+        check_inference_task(task)
         self.device = torch.device(
             "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
         )

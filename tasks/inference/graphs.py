@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from tasks.errors import UserError
+
 SEGMENTATION_TASKS = ("segmentation",)
+INFERENCE_TASKS = ("detection", "instance_segmentation", *SEGMENTATION_TASKS)
 
 
 def is_semantic(task: str) -> bool:
@@ -49,5 +52,14 @@ def _has_masks(detector: nn.Module) -> bool:
     return getattr(getattr(detector, "roi_heads", None), "mask_predictor", None) is not None
 
 
+def check_inference_task(task: str) -> None:
+    if task not in INFERENCE_TASKS:
+        raise UserError(
+            f"predict and export take {', '.join(INFERENCE_TASKS)} models, not {task}: score a {task} checkpoint "
+            "with tasks/evaluate.py, or start another task's backbone from it (backbone.init=CKPT)"
+        )
+
+
 def inference_graph(model: nn.Module, task: str) -> nn.Module:
+    check_inference_task(task)
     return (SegmenterGraph if is_semantic(task) else DetectorGraph)(model).eval()
