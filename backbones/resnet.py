@@ -26,8 +26,9 @@ RESNETS: dict[str, tuple[Callable[..., models.ResNet], models.WeightsEnum]] = {
 
 STAGES = ("c2", "c3", "c4", "c5")  # outputs of layer1..layer4, strides 4..32
 _LAYER_OF_STAGE = {"c2": "layer1", "c3": "layer2", "c4": "layer3", "c5": "layer4"}
-# Prefixes under which a ResNet body sits in checkpoints this loader understands.
-_KNOWN_PREFIXES = ("body.", "backbone.body.", "model.backbone.body.", "backbone.", "model.backbone.")
+# Prefixes under which a ResNet body sits in checkpoints this loader understands: a detector's,
+# a segmenter's, a classifier's (torchvision's keys, under ``model.`` in this project's checkpoints).
+_KNOWN_PREFIXES = ("body.", "backbone.body.", "model.backbone.body.", "backbone.", "model.backbone.", "model.")
 
 
 class ResNetBackbone(Backbone):
@@ -45,7 +46,7 @@ class ResNetBackbone(Backbone):
         output_stride: 32, or 16/8 by dilating the last stages instead of striding (any depth).
         out_features: which stages ``forward`` returns.
         init: a checkpoint to start from, loaded after ``weights``: one of this project
-            (detection or segmentation), or a torchvision classification or segmentation
+            (classification, detection or segmentation), or a torchvision classification or segmentation
             state dict. Keys are remapped; the log lists what loaded and what did not.
     """
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,16 @@ from torchvision.models import WeightsEnum
 log = logging.getLogger(__name__)
 
 # Where the tensors of a backbone kept as ``self.body`` sit in files: its own state dict, or a
-# detector (FPN wraps it as ``body``) or LightningModule (``model.``) of this project.
-BODY_PREFIXES = ("body.", "backbone.body.body.", "model.backbone.body.body.", "backbone.body.", "model.backbone.body.")
+# detector (FPN wraps it as ``body``), segmenter or classifier (whose state dict holds the
+# backbone's keys unnested) in a LightningModule (``model.``) of this project.
+BODY_PREFIXES = (
+    "body.",
+    "backbone.body.body.",
+    "model.backbone.body.body.",
+    "backbone.body.",
+    "model.backbone.body.",
+    "model.body.",
+)
 
 # Keys under which common training frameworks nest the model's state dict.
 _NESTED_STATE_KEYS = ("state_dict", "model", "model_state_dict", "module")
@@ -154,8 +163,10 @@ def apply_weights(
             "architecture; choose the backbone it was trained with (backbone=NAME)"
         )
     module.load_state_dict(loadable, strict=False)
-    groups = sorted({key.split(".")[0] for key in loadable})
-    log.info("%s: loaded %d tensors (%s) from %s", name, len(loadable), ", ".join(groups), source)
+    groups = Counter(key.split(".")[0] for key in loadable)
+    listed = ", ".join(f"{group} {count}" for group, count in sorted(groups.items()))
+    log.info("%s: loaded %d tensors (%s) from %s", name, len(loadable), listed, source)
+    log.debug("%s: tensors loaded from %s: %s", name, source, list(loadable))
     if missing:
         log.warning("%s: %d tensors left at initialisation: %s", name, len(missing), missing[:8])
     else:
