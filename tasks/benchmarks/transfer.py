@@ -28,7 +28,7 @@ def main() -> None:
         checkpoint = args.classification_ckpt
         if checkpoint is None:
             metrics, seconds = run(["task=classification", *quiet], Path(tmp) / "classification")
-            checkpoint = Path(metrics["checkpoint"])
+            checkpoint = Path(tmp) / "classification" / "checkpoints" / "best.ckpt"
             print(f"classification pre-training: top1 {metrics['top1']:.4f} ({seconds:.0f} s)")
         elif not checkpoint.is_file():
             raise SystemExit(f"{checkpoint} not found: run python tasks/train.py task=classification first")
