@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from tasks.data.bad_images import find_bad_images
 from tasks.data.base import TaskDataModule
 from tasks.data.doctor import ERROR, DatasetError, Finding
 from tasks.data.images import MAX_PIXELS, image_file_problem, is_image_file, read_rgb
@@ -204,7 +205,8 @@ class ClassificationDataModule(TaskDataModule):
             )
             dataset.max_pixels = self.max_pixels
             setattr(self, f"{split}_set", dataset)
-        empty = [name for k, name in enumerate(self.class_names) if not any(r[1] == k for r in self.train_set.records)]
+        present = {label for _, label in self.train_set.records}
+        empty = [name for k, name in enumerate(self.class_names) if k not in present]
         if empty:
             log.warning("%d classes have no training image: %s", len(empty), empty[:10])
 
@@ -219,11 +221,18 @@ class ClassificationDataModule(TaskDataModule):
                 continue
             if not records:
                 findings.append(Finding(ERROR, "layout", f"{source} holds no image file"))
-            checks = {"decode": read_images, "max_pixels": max_pixels}
+            items = [(path, None, f" ({self.class_names[label]})") for path, label in records]
+            if read_images:  # decoded by the start-up check's process pool
+                bad = find_bad_images(items, max_pixels=max_pixels)
+            else:
+                headers = (
+                    (i, image_file_problem(path, decode=False, max_pixels=max_pixels))
+                    for i, (path, _, _) in enumerate(items)
+                )
+                bad = {i: problem for i, problem in headers if problem}
             findings += [
-                Finding(ERROR, "image file", f"{path} ({self.class_names[label]}) is {problem}")
-                for path, label in records
-                if (problem := image_file_problem(path, **checks))
+                Finding(ERROR, "image file", f"{items[i][0]}{items[i][2]} is {problem}")
+                for i, problem in sorted(bad.items())
             ]
         try:
             return findings, self.class_names

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
+from functools import cached_property
 from pathlib import Path
 
 from tasks.data.classification import ImageFolderDataModule, ImageRecord, class_folders, folder_records
@@ -70,7 +71,7 @@ class ImageNetDataModule(ImageFolderDataModule):
                 return folder / name
         return None
 
-    @property
+    @cached_property
     def wnids(self) -> list[str]:
         return class_folders(self._split_dir("train"))
 
