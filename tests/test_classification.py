@@ -80,6 +80,20 @@ def test_classifier_weights_file_loads_all_but_another_class_count(tmp_path: Pat
     assert other.fc.weight.shape == (3, 512)
 
 
+@pytest.mark.parametrize("pool", ["avg", "max"])
+def test_pool_reads_the_chosen_feature_map(pool: str) -> None:
+    """``feature``/``pool`` against the backbone's own map, pooled by hand."""
+    model = build_classifier(ResNetBackbone("resnet18", norm="bn"), num_classes=4, feature="c3", pool=pool).eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        c3 = model.backbone((images - model.image_mean) / model.image_std)["c3"]
+        pooled = c3.amax((2, 3)) if pool == "max" else c3.mean((2, 3))
+        torch.testing.assert_close(model(images), model.fc(pooled))
+    assert model.fc.in_features == 128  # channels from the backbone's contract
+    with pytest.raises(ValueError, match="task.model.pool='median'"):
+        build_classifier(ResNetBackbone("resnet18", norm="bn"), num_classes=4, pool="median")
+
+
 @pytest.mark.parametrize("name", BACKBONE_CONFIGS)
 def test_every_backbone_classifies(name: str, tmp_path: Path) -> None:
     cfg = compose_config(["task=classification", f"backbone={name}"], tmp_path)
@@ -276,6 +290,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list[
         "task.module.cutmix_alpha=1.0",
         "task.module.label_smoothing=0.1",
         "backbone.norm=bn",
+        "task.model.feature=null",  # torchvision's classifier: the deepest map, average pooled
+        "task.model.pool=avg",  # (the shapes recipe reads c3 through max pooling)
     ]
     train(compose_config([*overrides, "trainer.max_steps=4"], root / "run"))
     return root / "run", json.loads((root / "run" / "metrics.json").read_text()), overrides

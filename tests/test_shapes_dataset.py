@@ -11,7 +11,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from tasks.data.formats.coco import CocoDetection, load_coco
-from tasks.data.shapes import SHAPE_CLASSES, ShapesSpec, ensure_shapes
+from tasks.data.shapes import SHAPE_CLASSES, ShapesSpec, ensure_shapes, render_image
 from tests.conftest import TINY_SHAPES
 
 
@@ -66,3 +66,19 @@ def test_shapes_read_by_coco_loader(shapes_root: Path) -> None:
     anns = coco.imgToAnns[target["image_id"]]
     assert image.shape == (3, TINY_SHAPES.image_size, TINY_SHAPES.image_size)
     assert sorted(target["labels"].tolist()) == sorted(a["category_id"] for a in anns)
+
+
+def test_rotation_zero_draws_upright_shapes() -> None:
+    """``rotation=0``: every square fills its box (axis-aligned); turned squares do not."""
+    square = SHAPE_CLASSES.index("square")
+
+    def box_fill(spec: ShapesSpec, image_id: int) -> float:
+        _, owner, _ = render_image(np.random.default_rng([0, image_id]), spec, only_class=square)
+        ys, xs = np.nonzero(owner == 0)
+        return (owner == 0).sum() / ((np.ptp(xs) + 1) * (np.ptp(ys) + 1))
+
+    upright, turned = (ShapesSpec(image_size=64, min_object_size=20, max_objects=1, rotation=r) for r in (0, 360))
+    assert min(box_fill(upright, i) for i in range(8)) == 1.0
+    assert min(box_fill(turned, i) for i in range(8)) < 0.8
+    with pytest.raises(ValueError, match="rotation"):
+        ShapesSpec(rotation=400)

@@ -37,6 +37,7 @@ class ShapesSpec:
     min_object_size: int = 12
     max_object_size: int = 56
     min_visible: float = 0.6
+    rotation: float = 360.0  # shapes turn by a random angle in [0, rotation) degrees; 0: upright
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -45,6 +46,8 @@ class ShapesSpec:
                 f"shapes object sizes must satisfy 4 <= min_object_size ({self.min_object_size}) <= "
                 f"max_object_size ({self.max_object_size}) <= image_size ({self.image_size})"
             )
+        if not 0 <= self.rotation <= 360:
+            raise ValueError(f"shapes rotation ({self.rotation}) must be an angle range in degrees, 0 to 360")
         if not 0 <= self.min_objects <= self.max_objects:
             raise ValueError(f"need 0 <= min_objects ({self.min_objects}) <= max_objects ({self.max_objects})")
 
@@ -108,7 +111,8 @@ def render_image(
             cls = int(rng.integers(len(SHAPE_CLASSES))) if only_class is None else only_class
             extent = float(np.exp(rng.uniform(np.log(spec.min_object_size), np.log(spec.max_object_size))))
             center = tuple(rng.uniform(extent * 0.3, size - extent * 0.3, 2))
-            mask = _shape_mask(SHAPE_CLASSES[cls], round(extent), center, rng.uniform(0, 2 * np.pi), owner.shape)
+            angle = rng.uniform(0, 2 * np.pi) * spec.rotation / 360  # drawn even when upright: same draws
+            mask = _shape_mask(SHAPE_CLASSES[cls], round(extent), center, angle, owner.shape)
             candidate = owner.copy()
             candidate[mask] = len(classes)
             areas = np.bincount(candidate[candidate >= 0], minlength=len(classes) + 1)
