@@ -60,6 +60,10 @@ class Backbone(nn.Module):
     def feature_names(self) -> list[str]:
         return list(self.output_shape())
 
+    def stop_after(self, feature: str) -> None:
+        """Only ``feature`` and the maps before it are wanted: a backbone that can stops computing
+        there (its ``output_shape`` then ends at ``feature``); the default computes every map."""
+
     @property
     def size_divisibility(self) -> int:
         """Input sides should be multiples of this so every level's grid lines up."""

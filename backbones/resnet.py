@@ -91,6 +91,11 @@ class ResNetBackbone(Backbone):
     def _after_dilation(self, output_stride: int, shapes: OrderedDict[str, FeatureSpec]) -> None:
         self._output_stride = output_stride
 
+    def stop_after(self, feature: str) -> None:
+        if feature not in self._out_features:
+            raise ValueError(f"{feature!r} is not an output of {self.name}: {self._out_features}")
+        self._out_features = self._out_features[: self._out_features.index(feature) + 1]
+
     def stages(self) -> list[list[nn.Module]]:
         return [[self.conv1, self.bn1], [self.layer1], [self.layer2], [self.layer3], [self.layer4]]
 

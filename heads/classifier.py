@@ -50,6 +50,7 @@ class ImageClassifier(nn.Module):
             raise ValueError(f"feature={self.feature!r} is not an output of the backbone: {list(shapes)}")
         if pool not in POOLS:
             raise ValueError(f"task.model.pool={pool!r} must be one of {list(POOLS)}")
+        backbone.stop_after(self.feature)
         self.backbone = backbone
         self.pool = POOLS[pool](1)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
@@ -62,6 +63,34 @@ class ImageClassifier(nn.Module):
             raise ValueError(f"backbone module names {sorted(clashes)} clash with the classifier's own")
         self.register_state_dict_post_hook(_unnest_backbone)
         self.register_load_state_dict_pre_hook(_nest_backbone)
+        self._leave_out_unread()
+
+    def _leave_out_unread(self) -> None:
+        """Parameters that do not feed the classified map (the stages after it) would never get a
+        gradient, which DDP takes for an error: they leave training (saved, loaded, not updated)."""
+        trainable = [(name, p) for name, p in self.backbone.named_parameters() if p.requires_grad]
+        if not trainable:
+            return
+        side = max(64, 2 * max(spec.stride for spec in self.backbone.output_shape().values()))
+        training = self.backbone.training
+        self.backbone.eval()  # no running statistics touched
+        try:
+            feature = self.backbone(torch.zeros(1, 3, side, side))[self.feature]
+            grads = torch.autograd.grad(feature.sum(), [p for _, p in trainable], allow_unused=True)
+        finally:
+            self.backbone.train(training)
+        unread = [name for (name, p), grad in zip(trainable, grads, strict=True) if grad is None]
+        for name, parameter in trainable:
+            if name in unread:
+                parameter.requires_grad_(False)
+        if unread:
+            modules = sorted({name.split(".")[0] for name in unread})
+            log.info(
+                "classifier reads %s: %d tensors of %s do not feed it and are not trained",
+                self.feature,
+                len(unread),
+                ", ".join(modules),
+            )
 
     def forward(self, images: Tensor) -> Tensor:
         features = self.backbone((images - self.image_mean) / self.image_std)[self.feature]

@@ -95,6 +95,27 @@ def test_pool_reads_the_chosen_feature_map(pool: str) -> None:
 
 
 @pytest.mark.parametrize("name", BACKBONE_CONFIGS)
+def test_stages_after_the_read_map_leave_training(name: str, tmp_path: Path) -> None:
+    """Reading an early map, every parameter still trainable gets a gradient (DDP requires it), and
+    a ResNet stops computing at that map."""
+    cfg = compose_config(["task=classification", f"backbone={name}"], tmp_path)
+    backbone = instantiate(cfg.backbone)
+    first = next(iter(backbone.output_shape()))
+    model = build_classifier(backbone, num_classes=3, feature=first)
+    calls = []
+    if isinstance(backbone, ResNetBackbone):
+        backbone.layer4.register_forward_hook(lambda *_: calls.append(1))
+        assert list(backbone.output_shape()) == [first]
+    model(torch.rand(2, 3, 64, 64)).sum().backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None for _, p in trainable)
+    assert any(not p.requires_grad for p in model.backbone.parameters())  # the later stages
+    assert not calls
+    fresh = build_classifier(instantiate(cfg.backbone), num_classes=3, feature=first)
+    fresh.load_state_dict(model.state_dict())  # still saved and loaded whole
+
+
+@pytest.mark.parametrize("name", BACKBONE_CONFIGS)
 def test_every_backbone_classifies(name: str, tmp_path: Path) -> None:
     cfg = compose_config(["task=classification", f"backbone={name}"], tmp_path)
     model = build_classifier(instantiate(cfg.backbone), num_classes=3).eval()
