@@ -25,6 +25,12 @@ def if_pretrained(when_pretrained: object, from_scratch: object, *, _parent_: Di
     return when_pretrained if _starts_from_weights(backbone, _root_) else from_scratch
 
 
+def on_cpu(accelerator: object, when_cpu: object, otherwise: object) -> object:
+    """``${on_cpu:${trainer.accelerator},A,B}``: A when the run is on the CPU (GPU trainer configs
+    run there as gloo processes: no SyncBatchNorm, no float16 autocast), else B."""
+    return when_cpu if str(accelerator) == "cpu" else otherwise
+
+
 def workers_per_device(devices: object) -> int:
     """Data-loading workers for each training process: this machine's CPUs shared among the
     devices, one left to each training process itself."""
@@ -51,6 +57,7 @@ def register() -> None:
         "rank_zero_only": lambda value: value if launch.is_global_rank_zero() else None,
         "rank_suffix": launch.rank_suffix,
         "workers_per_device": workers_per_device,
+        "on_cpu": on_cpu,
     }
     for name, resolver in resolvers.items():
         OmegaConf.register_new_resolver(name, resolver, replace=True)

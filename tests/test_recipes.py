@@ -101,6 +101,8 @@ def test_gpu_trainers_set_loader_and_torch_settings(tmp_path: Path) -> None:
         True,
         workers_per_device(2),
     )
+    on_cpu = compose_config(["dataset=coco", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], tmp_path)
+    assert (on_cpu.trainer.sync_batchnorm, on_cpu.trainer.precision) == (False, "bf16-mixed")  # gloo processes
     per_node = build_datamodule(compose_config(["dataset=coco", "dataset.prepare_per_node=true"], tmp_path))
     assert per_node.prepare_data_per_node and not build_datamodule(ddp).prepare_data_per_node  # Lightning reads it
     cpu = compose_config(["dataset=coco"], tmp_path)
