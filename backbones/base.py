@@ -61,8 +61,8 @@ class Backbone(nn.Module):
         return list(self.output_shape())
 
     def stop_after(self, feature: str) -> None:
-        """Only ``feature`` and the maps before it are wanted: a backbone that can stops computing
-        there (its ``output_shape`` then ends at ``feature``); the default computes every map."""
+        """Only ``feature`` and the maps before it are wanted. A backbone able to stop computing there
+        does so (its ``output_shape`` then ends at ``feature``); by default every map is still computed."""
 
     @property
     def size_divisibility(self) -> int:

@@ -69,14 +69,15 @@ class ImageClassifier(nn.Module):
         """Parameters that do not feed the classified map (the stages after it) would never get a
         gradient, which DDP takes for an error: they leave training (saved, loaded, not updated)."""
         trainable = [(name, p) for name, p in self.backbone.named_parameters() if p.requires_grad]
-        if not trainable:
+        if not trainable or torch.is_inference_mode_enabled():  # built to infer: nothing will train
             return
         side = max(64, 2 * max(spec.stride for spec in self.backbone.output_shape().values()))
         training = self.backbone.training
         self.backbone.eval()  # no running statistics touched
         try:
-            feature = self.backbone(torch.zeros(1, 3, side, side))[self.feature]
-            grads = torch.autograd.grad(feature.sum(), [p for _, p in trainable], allow_unused=True)
+            with torch.enable_grad():  # also when the model is built under no_grad
+                feature = self.backbone(torch.zeros(1, 3, side, side))[self.feature]
+                grads = torch.autograd.grad(feature.sum(), [p for _, p in trainable], allow_unused=True)
         finally:
             self.backbone.train(training)
         unread = [name for (name, p), grad in zip(trainable, grads, strict=True) if grad is None]

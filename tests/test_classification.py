@@ -111,7 +111,9 @@ def test_stages_after_the_read_map_leave_training(name: str, tmp_path: Path) -> 
     assert trainable and all(p.grad is not None for _, p in trainable)
     assert any(not p.requires_grad for p in model.backbone.parameters())  # the later stages
     assert not calls
-    fresh = build_classifier(instantiate(cfg.backbone), num_classes=3, feature=first)
+    with torch.no_grad():  # built under no_grad: the same parameters leave training
+        fresh = build_classifier(instantiate(cfg.backbone), num_classes=3, feature=first)
+    assert [p.requires_grad for p in fresh.parameters()] == [p.requires_grad for p in model.parameters()]
     fresh.load_state_dict(model.state_dict())  # still saved and loaded whole
 
 
