@@ -71,7 +71,7 @@ class ImageClassifier(nn.Module):
         trainable = [(name, p) for name, p in self.backbone.named_parameters() if p.requires_grad]
         if not trainable or torch.is_inference_mode_enabled():  # built to infer: nothing will train
             return
-        side = max(64, 2 * max(spec.stride for spec in self.backbone.output_shape().values()))
+        side = max(64, 2 * self.backbone.size_divisibility)
         training = self.backbone.training
         self.backbone.eval()  # no running statistics touched
         try:
@@ -80,12 +80,11 @@ class ImageClassifier(nn.Module):
                 grads = torch.autograd.grad(feature.sum(), [p for _, p in trainable], allow_unused=True)
         finally:
             self.backbone.train(training)
-        unread = [name for (name, p), grad in zip(trainable, grads, strict=True) if grad is None]
-        for name, parameter in trainable:
-            if name in unread:
-                parameter.requires_grad_(False)
+        unread = [(name, p) for (name, p), grad in zip(trainable, grads, strict=True) if grad is None]
+        for _, parameter in unread:
+            parameter.requires_grad_(False)
         if unread:
-            modules = sorted({name.split(".")[0] for name in unread})
+            modules = sorted({name.split(".")[0] for name, _ in unread})
             log.info(
                 "classifier reads %s: %d tensors of %s do not feed it and are not trained",
                 self.feature,

@@ -147,11 +147,17 @@ def _annotations(owner: np.ndarray, classes: list[int], image_id: int, first_id:
     return rows
 
 
-def _render_all(spec: ShapesSpec):
-    """(image_id, split, image, owner map, classes) for every image of the spec."""
+def _image_ids(spec: ShapesSpec):
+    """(image_id, split) of every image: training images first, numbered from 1."""
     for split, first, count in (("train", 1, spec.num_train), ("val", spec.num_train + 1, spec.num_val)):
         for image_id in range(first, first + count):
-            yield (image_id, split, *render_image(np.random.default_rng([spec.seed, image_id]), spec))
+            yield image_id, split
+
+
+def _render_all(spec: ShapesSpec):
+    """(image_id, split, image, owner map, classes) for every image of the spec."""
+    for image_id, split in _image_ids(spec):
+        yield (image_id, split, *render_image(np.random.default_rng([spec.seed, image_id]), spec))
 
 
 def _write_coco(folder: Path, spec: ShapesSpec) -> None:
@@ -229,13 +235,12 @@ def _write_voc(folder: Path, spec: ShapesSpec) -> None:
 def _write_imagefolder(folder: Path, spec: ShapesSpec) -> None:
     """Class folders for classification, ``{train,val}/<class>/<id>.png``: the classes take turns,
     and every shape of an image (``min_objects`` to ``max_objects`` of them) is of its class."""
-    for split, first, count in (("train", 1, spec.num_train), ("val", spec.num_train + 1, spec.num_val)):
-        for image_id in range(first, first + count):
-            label = image_id % len(SHAPE_CLASSES)
-            image, _, _ = render_image(np.random.default_rng([spec.seed, image_id]), spec, only_class=label)
-            target = folder / split / SHAPE_CLASSES[label]
-            target.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(target / f"{image_id:06d}.png")
+    for image_id, split in _image_ids(spec):
+        label = image_id % len(SHAPE_CLASSES)
+        image, _, _ = render_image(np.random.default_rng([spec.seed, image_id]), spec, only_class=label)
+        target = folder / split / SHAPE_CLASSES[label]
+        target.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(target / f"{image_id:06d}.png")
 
 
 LAYOUTS = {"coco": _write_coco, "voc": _write_voc, "imagefolder": _write_imagefolder}
