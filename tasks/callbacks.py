@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import shutil
@@ -19,16 +20,50 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from tasks.data.sampling import derive_seed
+from tasks.errors import UserError
+
+
+def align_validation_to_accumulation(trainer: L.Trainer) -> None:
+    """Validate (and so checkpoint) only between optimizer steps: a checkpoint written while
+    ``accumulate_grad_batches`` > 1 holds a partly accumulated gradient would lose that gradient on
+    resume. ``val_check_interval`` counts batches: it is rounded down to a multiple of the batches
+    per step (the last batch of an epoch always steps)."""
+    accumulate, every = trainer.accumulate_grad_batches, trainer.val_check_batch
+    if accumulate <= 1 or every is None or not math.isfinite(every):
+        return
+    if trainer.check_val_every_n_epoch is None and trainer.num_training_batches % accumulate:
+        raise UserError(
+            "trainer.check_val_every_n_epoch=null counts validation batches across epochs, and an epoch of "
+            f"{trainer.num_training_batches} batches is not a multiple of "
+            f"trainer.accumulate_grad_batches={accumulate}: "
+            "validations would fall inside accumulation windows, whose gradient a checkpoint cannot hold. "
+            "Set trainer.check_val_every_n_epoch=1, or an epoch length that is a multiple of the accumulation"
+        )
+    if every % accumulate == 0 or every >= trainer.num_training_batches:
+        return
+    rounded = max(accumulate, int(every) - int(every) % accumulate)
+    trainer.val_check_batch = rounded
+    rank_zero_info(
+        f"validation every {rounded} training batches instead of {int(every)} (trainer.val_check_interval="
+        f"{trainer.val_check_interval}): a multiple of trainer.accumulate_grad_batches={accumulate}, so that its "
+        "checkpoints fall between optimizer steps"
+    )
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that keeps best-model tracking when a run resumes into another folder.
+    """``ModelCheckpoint`` that keeps best-model tracking when a run resumes into another folder,
+    and checkpoints at validations that fall between optimizer steps only
+    (``align_validation_to_accumulation``; step checkpoints count optimizer steps already).
 
     Lightning restores the best score only when the checkpoint folder is unchanged. When it
     changed (a resumed run given its own directory), the previous best checkpoint is copied
     into the new folder and the tracking state is carried over to that copy; nothing is
     written or deleted in the old folder.
     """
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        super().on_train_start(trainer, module)
+        align_validation_to_accumulation(trainer)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         previous, best = state_dict.get("dirpath"), state_dict.get("best_model_path")

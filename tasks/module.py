@@ -89,6 +89,13 @@ class TaskModule(L.LightningModule):
         if self.evaluator is None and self._evaluator_factory is not None:
             self.evaluator = self._evaluator_factory()
 
+    def on_train_start(self) -> None:
+        # the loops are restored from a checkpoint by now, and the epoch loop has not started: a run
+        # resumed with another batch size or world size counts the batches left in its own layout
+        align = getattr(self.trainer.datamodule, "align_trainer", None)
+        if align is not None:
+            align()
+
     # -- losses ------------------------------------------------------------------------------
     def record_train_loss(self, loss: Tensor) -> None:
         total, count = self._train_loss

@@ -57,3 +57,16 @@ class CrashAtStep(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
         if trainer.global_step == self.step:
             raise Crash(f"stopped after step {self.step}")
+
+
+class RecordTrainedImages(L.Callback):
+    """Appends, after every training batch, the epoch, the optimizer step reached and the batch's
+    image ids to ``trained_rank<R>.jsonl`` in the run directory: which images a run trained on."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        import json
+        from pathlib import Path
+
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step, "ids": [t["image_id"] for t in batch[1]]}
+        with (Path(trainer.default_root_dir) / f"trained_rank{trainer.global_rank}.jsonl").open("a") as file:
+            file.write(json.dumps(row) + "\n")

@@ -9,9 +9,10 @@ import torch
 from torch.utils.data import Dataset
 
 from tasks.data.detection_dataset import collate_detection
-from tasks.data.loader import training_loader
+from tasks.data.loader import check_resumable, training_loader
 from tasks.data.sampling import EpochBatchSampler
 from tasks.data.transforms import detection_transforms
+from tasks.errors import UserError
 
 
 def _indices(batches: list[list[tuple[int, int]]]) -> list[list[int]]:
@@ -49,11 +50,45 @@ def test_start_skips_the_batches_already_trained_and_rolls_over_at_the_end() -> 
     sampler = EpochBatchSampler(20, 4, seed=0, group_ids=[i % 2 for i in range(20)])
     sampler.set_epoch(2)
     full = list(sampler)
-    sampler.start(2, 3)
+    sampler.start(2, batches_done=3)
     assert list(sampler) == full[3:]
-    sampler.start(1, len(sampler))  # a checkpoint written after the last batch of epoch 1
+    sampler.start(1, batches_done=len(sampler))  # a checkpoint written after the last batch of epoch 1
     assert sampler.epoch == 2 and list(sampler) == full
     assert all(len({i % 2 for i in batch}) == 1 for batch in _indices(full)[:-1])  # grouped (leftovers last)
+
+
+@pytest.mark.parametrize("done, batch_size, ranks", [(12, 8, 1), (12, 3, 2), (7, 4, 3), (0, 5, 2)])
+def test_the_rest_of_an_epoch_is_the_rest_of_its_order_in_any_layout(done: int, batch_size: int, ranks: int) -> None:
+    reference = EpochBatchSampler(20, 4, seed=5)
+    reference.set_epoch(1)
+    order = [index for batch in _indices(list(reference)) for index in batch]
+    samplers = [EpochBatchSampler(20, batch_size, seed=5, num_replicas=ranks, rank=r) for r in range(ranks)]
+    for sampler in samplers:
+        sampler.start(1, samples_done=done)
+    shards = [_indices(list(sampler)) for sampler in samplers]
+    assert {len(shard) for shard in shards} == {samplers[0].batch_count(done)}  # equal step counts
+    # after k batches on every rank, exactly the next k x batch x ranks samples of the order are done
+    for k in range(len(shards[0]) + 1):
+        trained = {i for shard in shards for batch in shard[:k] for i in batch}
+        assert trained == set(order[done : samplers[0].samples_after(k, done)])
+
+
+def _position(**changes) -> dict:
+    saved = {"epoch": 0, "samples_done": 8, "batches_done": 2, "batch_size": 4, "world_size": 1, "seed": 0, "size": 20}
+    return {**saved, "grouped": False, **changes}
+
+
+def test_a_position_that_cannot_be_continued_is_refused_naming_old_and_new() -> None:
+    plain = EpochBatchSampler(20, 8, seed=0, num_replicas=2)
+    check_resumable(_position(), plain)  # another batch size and world size: fine
+    with pytest.raises(UserError, match=r"middle of epoch 0 \(8 of 20 samples done\): seed 3 -> 0"):
+        check_resumable(_position(seed=3), plain)
+    with pytest.raises(UserError, match="training images 21 -> 20"):
+        check_resumable(_position(size=21), plain)
+    check_resumable(_position(seed=3, samples_done=20), plain)  # saved at the end of an epoch: anything goes
+    grouped = EpochBatchSampler(20, 8, seed=0, num_replicas=2, group_ids=[i % 2 for i in range(20)])
+    with pytest.raises(UserError, match=r"dataset.batch_size 4 -> 8, processes 1 -> 2"):
+        check_resumable(_position(grouped=True), grouped)
 
 
 class _Noise(Dataset):

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from tasks.callbacks import align_validation_to_accumulation
+from tasks.errors import UserError
 from tasks.runner import train
 from tests.conftest import TINY_DETECTION, compose_config, shapes_overrides
 from tests.helpers import Crash
@@ -68,3 +71,45 @@ def test_stopped_run_resumes_exactly(shapes_root: Path, tmp_path: Path, uninterr
     assert sorted(expected) == sorted(losses) == list(range(8))
     assert losses == expected
     assert _scores(metrics) == _scores(reference_metrics)
+
+
+def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_resume_from_a_validation_between_accumulated_batches(shapes_root: Path, tmp_path: Path) -> None:
+    """Validation every 3 batches with 2 batches per optimizer step would checkpoint half a window
+    (its gradient is not in the checkpoint); it is moved to every 2 batches, so the run resumed from
+    that checkpoint ends with the uninterrupted run's weights."""
+    accumulate = ["trainer.accumulate_grad_batches=2", "trainer.val_check_interval=3", "trainer.max_epochs=1"]
+    crash = ["+callbacks.crash._target_=tests.helpers.CrashAtStep", "+callbacks.crash.step=2"]
+    train(_config(shapes_root, tmp_path / "whole", 0, *accumulate, "checkpoint_every_n_steps=0"))
+    with pytest.raises(Crash):
+        train(_config(shapes_root, tmp_path / "stopped", 0, *accumulate, *crash, "checkpoint_every_n_steps=0"))
+    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"  # the validation's, inside the first epoch
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 1
+    train(_config(shapes_root, tmp_path / "resumed", 0, *accumulate, f"ckpt_path={last}", "checkpoint_every_n_steps=0"))
+    whole, resumed = (
+        _weights(tmp_path / "whole" / "checkpoints" / "last.ckpt"),
+        _weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt"),
+    )
+    assert all(torch.equal(whole[name], resumed[name]) for name in whole)
+
+
+def _trainer(every: float, batches: int, per_epoch: int | None = 1) -> SimpleNamespace:
+    return SimpleNamespace(
+        accumulate_grad_batches=4, val_check_batch=every, val_check_interval=every,
+        num_training_batches=batches, check_val_every_n_epoch=per_epoch,
+    )  # fmt: skip
+
+
+def test_validations_are_moved_between_optimizer_steps() -> None:
+    for every, batches, expected in ((10, 50, 8), (3, 50, 4), (12, 50, 12), (50, 50, 50), (float("inf"), 50, None)):
+        trainer = _trainer(every, batches)
+        align_validation_to_accumulation(trainer)
+        assert trainer.val_check_batch == (every if expected is None else expected)
+    with pytest.raises(
+        UserError, match="an epoch of 50 batches is not a multiple of trainer.accumulate_grad_batches=4"
+    ):
+        align_validation_to_accumulation(_trainer(8, 50, per_epoch=None))
+    align_validation_to_accumulation(_trainer(8, 48, per_epoch=None))

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tasks.data.bad_images import ImageItem, keep_good_images
 from tasks.data.images import MAX_PIXELS
-from tasks.data.loader import training_loader
+from tasks.data.loader import ResumableLoader, training_loader
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -54,6 +54,8 @@ class TaskDataModule(L.LightningDataModule):
         self.val_set: Dataset | None = None
         self._prepared = False  # fit, then validate, would prepare twice
         self._good: dict[str, list[int]] = {}  # source -> usable positions, found once per process
+        self._train_loader: ResumableLoader | None = None
+        self._resume: dict | None = None  # the training position a checkpoint recorded
 
     # -- preparation ---------------------------------------------------------------------------
     def _prepare(self) -> None:  # pragma: no cover - abstract
@@ -126,15 +128,32 @@ class TaskDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return training_loader(
+        self._train_loader = training_loader(
             self.train_set,
             self.batch_size,
             seed=self.sampling_seed,
             trainer=self.trainer,
             group_ids=self.group_ids(),
             drop_last=self.drop_last_batch,
+            resume=self._resume,
             **self._loader_options(),
         )
+        self._resume = None
+        return self._train_loader
+
+    # -- resuming ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: the training loader's position in its epoch."""
+        return {"train_position": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restored before the training loader is built, which then continues from that position."""
+        self._resume = state.get("train_position")
+
+    def align_trainer(self) -> None:
+        """Once the trainer restored its loops: its batch counter made to fit the resumed position."""
+        if self._train_loader is not None:
+            self._train_loader.align_trainer()
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.val_batch_size, **self._loader_options())

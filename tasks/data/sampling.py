@@ -57,8 +57,10 @@ class EpochBatchSampler(DistributedSampler):
 
     It is a ``DistributedSampler`` so that Lightning keeps it instead of wrapping it; it shards
     itself like one (the order padded to a multiple of the ranks, then every ``num_replicas``-th
-    sample). ``start(epoch, batches_done)`` sets where the next iteration begins: a resumed run
-    skips the batches its checkpoint had already trained on.
+    sample). ``start(epoch, samples_done=...)`` resumes after the first ``samples_done`` samples of
+    the epoch's order, whatever batch size and number of ranks consumed them: the rest of the order
+    is sharded and batched anew. Grouped batches (``group_ids``) take samples out of order, so they
+    resume by ``batches_done`` in an unchanged layout instead.
     """
 
     def __init__(
@@ -76,23 +78,44 @@ class EpochBatchSampler(DistributedSampler):
         super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.size, self.batch_size, self.drop_last_batch = size, batch_size, drop_last
         self.group_ids = list(group_ids) if group_ids is not None else None
-        self.skip = 0
+        self.samples_done, self.skip = 0, 0
 
-    def __len__(self) -> int:
-        per_rank = math.ceil(self.size / self.num_replicas)
+    @property
+    def grouped(self) -> bool:
+        return self.group_ids is not None
+
+    def batch_count(self, samples_done: int = 0) -> int:
+        """Batches per rank for the rest of an epoch after ``samples_done`` samples (all: a fresh epoch)."""
+        per_rank = math.ceil(max(self.size - samples_done, 0) / self.num_replicas)
         return per_rank // self.batch_size if self.drop_last_batch else math.ceil(per_rank / self.batch_size)
 
-    def start(self, epoch: int, batches_done: int = 0) -> None:
-        if batches_done >= len(self):  # saved at the end of an epoch: the next one starts afresh
-            epoch, batches_done = epoch + 1, 0
-        self.set_epoch(epoch)
-        self.skip = batches_done
+    def __len__(self) -> int:
+        return self.batch_count()
 
-    def epoch_batches(self, epoch: int) -> list[list[SampleKey]]:
+    def samples_after(self, batches: int, samples_done: int = 0) -> int:
+        """Samples of the epoch's order consumed once every rank has run ``batches`` batches of the
+        rest that followed ``samples_done`` (a prefix of the order: see ``epoch_batches``)."""
+        return min(self.size, samples_done + batches * self.batch_size * self.num_replicas)
+
+    def start(self, epoch: int, *, samples_done: int = 0, batches_done: int = 0) -> None:
+        """Where the next iteration begins: after ``samples_done`` samples of the order, then
+        ``batches_done`` batches of what is left; an epoch with nothing left rolls over to the next."""
+        if batches_done >= self.batch_count(samples_done):
+            epoch, samples_done, batches_done = epoch + 1, 0, 0
+        self.set_epoch(epoch)
+        self.samples_done, self.skip = samples_done, batches_done
+
+    def epoch_batches(self, epoch: int, samples_done: int = 0) -> list[list[SampleKey]]:
+        """This rank's batches of the epoch's order after its first ``samples_done`` samples.
+
+        Rank r takes positions r, r + R, ... of the (padded) rest, in batches of B: after k batches
+        on every rank, exactly the first k x B x R positions are consumed, a prefix of the order.
+        """
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
         seeds = rng.integers(0, 2**63 - 1, size=self.size)
-        padded = np.resize(order, self.num_replicas * math.ceil(self.size / self.num_replicas))
+        rest = order[samples_done:]
+        padded = np.resize(rest, self.num_replicas * math.ceil(len(rest) / self.num_replicas))
         shard = padded[self.rank :: self.num_replicas].tolist()
         if self.group_ids is None:
             batches = plain_batches(shard, self.batch_size, self.drop_last_batch)
@@ -101,4 +124,4 @@ class EpochBatchSampler(DistributedSampler):
         return [[(index, int(seeds[index])) for index in batch] for batch in batches]
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
-        yield from self.epoch_batches(self.epoch)[self.skip :]
+        yield from self.epoch_batches(self.epoch, self.samples_done)[self.skip :]
