@@ -79,6 +79,7 @@ class TaskModule(L.LightningModule):
         self.lr_reference_batch = lr_reference_batch
         self.channels_last = channels_last
         self.skip_nonfinite_batches, self._skipped_nonfinite = skip_nonfinite_batches, 0
+        self._buffers_before_batch: list[Tensor] = []  # restored when a batch is skipped
         self.last_evaluation: Evaluation | None = None
         self._train_loss = (0.0, 0)  # running sum and count since the last validation
         self._val_loss = (0.0, 0)
@@ -136,8 +137,20 @@ class TaskModule(L.LightningModule):
             )
 
     # -- non-finite losses ------------------------------------------------------------------
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """With skips allowed, keep a copy of every buffer: the forward pass updates BatchNorm's
+        running statistics before the loss is known, and a skipped batch must leave them as they were."""
+        if self._skipped_nonfinite < self.skip_nonfinite_batches:
+            self._buffers_before_batch = [buffer.detach().clone() for buffer in self.buffers()]
+
+    def _restore_buffers(self) -> None:
+        with torch.no_grad():
+            for buffer, saved in zip(self.buffers(), self._buffers_before_batch, strict=True):
+                buffer.copy_(saved)
+
     def losses_are_finite(self, losses: dict[str, Tensor], targets: list[dict]) -> bool:
-        """False: skip this batch (no backward, no optimizer step). Raises once the skips are used up.
+        """False: skip this batch (no backward, no optimizer step; buffers the forward pass changed are
+        restored). Raises once the skips are used up.
 
         Every process takes the same decision, so that DDP never waits for a process that skipped.
         """
@@ -148,6 +161,7 @@ class TaskModule(L.LightningModule):
         what = describe_batch(losses, targets) if local else "on another process"
         if self._skipped_nonfinite < self.skip_nonfinite_batches:
             self._skipped_nonfinite += 1
+            self._restore_buffers()  # parameters are untouched: no backward, no optimizer step
             rank_zero_warn(
                 f"non-finite loss at {where}: {what}; batch skipped "
                 f"({self._skipped_nonfinite} of skip_nonfinite_batches={self.skip_nonfinite_batches})"

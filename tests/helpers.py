@@ -70,3 +70,51 @@ class RecordTrainedImages(L.Callback):
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step, "ids": [t["image_id"] for t in batch[1]]}
         with (Path(trainer.default_root_dir) / f"trained_rank{trainer.global_rank}.jsonl").open("a") as file:
             file.write(json.dumps(row) + "\n")
+
+
+def _state(module: L.LightningModule) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in module.state_dict().items()}
+
+
+class StateAroundBatch(L.Callback):
+    """Saves every parameter and buffer from before and after training batch ``batch`` (0-based) to
+    ``around_bad_batch.pt`` in the run directory; ``inf_activation``: also make the network's first
+    convolution output inf on that batch, as an overflowing activation would."""
+
+    def __init__(self, batch: int, inf_activation: bool = False) -> None:
+        self.batch, self.inf_activation = batch, inf_activation
+        self.before: dict[str, torch.Tensor] = {}
+        self.hook = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch, batch_idx: int) -> None:
+        if batch_idx != self.batch:
+            return
+        self.before = _state(module)
+        if self.inf_activation:
+            first = next(m for m in module.modules() if isinstance(m, torch.nn.Conv2d))
+            self.hook = first.register_forward_hook(lambda _, inputs, output: torch.full_like(output, float("inf")))
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if batch_idx != self.batch:
+            return
+        if self.hook is not None:
+            self.hook.remove()
+        from pathlib import Path
+
+        torch.save(
+            {"before": self.before, "after": _state(module)}, Path(trainer.default_root_dir) / "around_bad_batch.pt"
+        )
+
+
+class ParametersAtStop(L.Callback):
+    """When the run stops on an exception, saves the parameters it had before its last training
+    batch and those it has now to ``parameters_at_stop.pt`` in the run directory."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch, batch_idx: int) -> None:
+        self.before = {name: p.detach().clone() for name, p in module.named_parameters()}
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        from pathlib import Path
+
+        now = {name: p.detach().clone() for name, p in module.named_parameters()}
+        torch.save({"before": self.before, "at_stop": now}, Path(trainer.default_root_dir) / "parameters_at_stop.pt")

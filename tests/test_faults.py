@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import signal
@@ -55,7 +56,8 @@ def test_nonfinite_loss_stops_the_run_naming_step_component_images_and_last_chec
     shapes_root: Path, tmp_path: Path, nan_box_loss_at_call
 ) -> None:
     nan_box_loss_at_call(4)
-    overrides = _tiny_detection(shapes_root, "trainer.max_steps=6", "checkpoint_every_n_steps=2")
+    record = ["+callbacks.record._target_=tests.helpers.ParametersAtStop"]
+    overrides = _tiny_detection(shapes_root, "trainer.max_steps=6", "checkpoint_every_n_steps=2", *record)
     with pytest.raises(NonFiniteLossError) as stopped:
         train(compose_config(overrides, tmp_path))
     message = str(stopped.value)
@@ -64,25 +66,52 @@ def test_nonfinite_loss_stops_the_run_naming_step_component_images_and_last_chec
     assert "loss_classifier" not in message  # only the components that went wrong
     assert message.count(str(shapes_root / "train2017")) == 4  # every image of the batch of 4
     assert f"last good checkpoint: {last}" in message
-    # no checkpoint after the bad step, and the one before it holds only finite tensors
-    saved = torch.load(last, map_location="cpu", weights_only=True)
-    assert saved["global_step"] == 2
-    assert all(torch.isfinite(t).all() for t in saved["state_dict"].values() if t.is_floating_point())
+    # no checkpoint after the bad step, and the bad batch changed no weight: no backward, no step
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
+    stop = torch.load(tmp_path / "parameters_at_stop.pt", weights_only=True)
+    assert sorted(stop["before"]) == sorted(stop["at_stop"])
+    assert all(torch.equal(stop["before"][name], stop["at_stop"][name]) for name in stop["before"])
+
+
+def _unchanged_around_the_bad_batch(run: Path) -> None:
+    around = torch.load(run / "around_bad_batch.pt", weights_only=True)
+    before, after = around["before"], around["after"]
+    assert any(name.endswith("running_var") for name in before)  # BatchNorm statistics are among them
+    assert sorted(before) == sorted(after)
+    assert [name for name in before if not torch.equal(before[name], after[name])] == []
 
 
 def test_skip_nonfinite_batches_tolerates_that_many(shapes_root: Path, tmp_path: Path, nan_box_loss_at_call) -> None:
     nan_box_loss_at_call(2)
-    overrides = _tiny_detection(shapes_root, "trainer.max_steps=3", "skip_nonfinite_batches=1")
+    record = ["+callbacks.record._target_=tests.helpers.StateAroundBatch", "+callbacks.record.batch=1"]
+    overrides = _tiny_detection(shapes_root, "trainer.max_steps=3", "skip_nonfinite_batches=1", *record)
     with pytest.warns(
         UserWarning, match=r"non-finite loss at step 1 .*batch skipped \(1 of skip_nonfinite_batches=1\)"
     ):
         metrics = train(compose_config(overrides, tmp_path / "one"))
+    _unchanged_around_the_bad_batch(tmp_path / "one")
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values() if isinstance(v, float))
     nan_box_loss_at_call(2, 3)  # a second one is over the limit
     with pytest.raises(
         NonFiniteLossError, match=r"step 2 \(epoch 0, batch 2\)"
     ):  # a skipped batch still counts as a step
         train(compose_config(overrides, tmp_path / "two"))
+
+
+def test_a_skipped_batch_leaves_every_parameter_and_buffer_as_it_was(shapes_root: Path, tmp_path: Path) -> None:
+    """An inf activation reaches BatchNorm's running statistics in the forward pass, before the loss
+    is known to be inf: the skip must undo that too, or training goes on with inf statistics."""
+    bad = [
+        "+callbacks.bad._target_=tests.helpers.StateAroundBatch",
+        "+callbacks.bad.batch=1",
+        "+callbacks.bad.inf_activation=true",
+    ]
+    overrides = _tiny_detection(shapes_root, "trainer.max_steps=3", "skip_nonfinite_batches=1", *bad)
+    with pytest.warns(UserWarning, match=r"non-finite loss at step 1 .*batch skipped"):
+        metrics = train(compose_config(overrides, tmp_path))
+    _unchanged_around_the_bad_batch(tmp_path)
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 3 and math.isfinite(metrics["loss"])
 
 
 def test_nonfinite_loss_on_one_ddp_process_stops_every_process(shapes_root: Path, tmp_path: Path) -> None:
