@@ -4,7 +4,9 @@ report naming each one, or leaves them out with ``dataset.skip_bad_images=true``
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -88,12 +90,56 @@ def test_results_are_remembered_until_a_file_changes(tmp_path: Path, monkeypatch
     assert checked == [str(tmp_path / "train2017" / "003.jpg")] and len(datamodule.train_set) == 5
 
 
+@pytest.mark.parametrize("in_place", [False, True], ids=["new-file", "overwritten"])
+def test_a_same_size_replacement_with_its_time_kept_is_checked_again(tmp_path: Path, in_place: bool) -> None:
+    """``cp -p``, ``rsync -a`` and ``tar x`` keep a file's modification time: a corrupted copy of the
+    same size must still be decoded again, not served from the remembered result."""
+    path = _jpeg(tmp_path / "a.jpg", (64, 48))
+    items, cache = [(path, (64, 48), "")], tmp_path / "checks.json"
+    assert bad_images.find_bad_images(items, max_pixels=80_000_000, cache_file=cache) == {}
+    stat = path.stat()
+    corrupted = bytes(64) + path.read_bytes()[64:]  # same size, its header zeroed
+    if in_place:  # the same file rewritten, as cp -p onto an existing file does
+        path.write_bytes(corrupted)
+    else:  # a new file in its place, as rsync -a and tar x leave it
+        replacement = tmp_path / "replacement.jpg"
+        replacement.write_bytes(corrupted)
+        replacement.replace(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert list(bad_images.find_bad_images(items, max_pixels=80_000_000, cache_file=cache)) == [0]
+
+
+def test_a_newer_checker_checks_every_file_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _jpeg(tmp_path / "a.jpg", (64, 48))
+    items, cache = [(path, (64, 48), "")], tmp_path / "checks.json"
+    bad_images.find_bad_images(items, max_pixels=80_000_000, cache_file=cache)
+    checked: list[str] = []
+    original = bad_images._problem
+    monkeypatch.setattr(bad_images, "_problem", lambda item: checked.append(item[0]) or original(item))
+    bad_images.find_bad_images(items, max_pixels=80_000_000, cache_file=cache)
+    assert checked == []  # remembered
+    monkeypatch.setattr(bad_images, "CHECKER_VERSION", bad_images.CHECKER_VERSION + 1)
+    bad_images.find_bad_images(items, max_pixels=80_000_000, cache_file=cache)
+    assert checked == [str(path)]
+
+
 def test_many_files_are_checked_by_a_process_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = _coco_with_bad_files(tmp_path)
     items = [(path, (64, 48), "") for path in sorted((tmp_path / "train2017").iterdir())] + [(bad[0], (64, 48), "")]
     alone = bad_images.find_bad_images(items, max_pixels=80_000_000, workers=1)
+    pools: list[int] = []
+
+    class CountingPool(ProcessPoolExecutor):
+        def map(self, function, *iterables, **options):
+            jobs = list(iterables[0])
+            pools.append(len(jobs))
+            return super().map(function, jobs, **options)
+
+    monkeypatch.setattr(bad_images, "ProcessPoolExecutor", CountingPool)
     monkeypatch.setattr(bad_images, "_POOL_THRESHOLD", 1)
     pooled = bad_images.find_bad_images(items, max_pixels=80_000_000, workers=2)
+    assert pools == [len(items)]  # every file went through the pool, none was checked here
     assert pooled == alone and sorted(alone) == [1, 2, 3, 7]  # positions of 003, 004, 005 (sorted) and 002
 
 

@@ -1,9 +1,12 @@
 """The start-up check of every image a split will load, and what happens to the bad ones.
 
 Each file is decoded once (JPEGs at 1/8 scale, which still reads every byte) after its header
-checks (pixel count, recorded size, EXIF rotation). Results are remembered per file (path,
-size, modification time) in a json beside the dataset's cache, so a later run re-decodes only
-the files that changed. Many files are checked by a process pool.
+checks (pixel count, recorded size, EXIF rotation). Results are remembered per file in a json
+beside the dataset's cache, keyed on what changes whenever a file's content does: its path, inode,
+size, modification time and status-change time (``ctime``, which no copy tool can set back: ``cp
+-p``, ``rsync -a`` and ``tar x`` keep the modification time of a replaced file, not its ctime),
+plus the recorded size, ``max_pixels`` and ``CHECKER_VERSION``. A later run re-decodes only the
+files that changed. Many files are checked by a process pool.
 
 Bad files either stop the run with a report that names every one of them, or, with
 ``dataset.skip_bad_images=true``, are left out of the split with a warning naming them: a run
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 # a file, the (width, height) its annotation records, and how a report names it besides its path
 ImageItem = tuple[Path, "tuple[int, int] | None", str]
 _POOL_THRESHOLD = 512  # fewer files are checked in this process
+CHECKER_VERSION = 2  # raise it when the checks change: every remembered result is then checked again
 SHOWN = 50  # bad files named in a message; the full list goes to a file beside it
 
 
@@ -37,7 +41,8 @@ def _problem(item: tuple[str, tuple[int, int] | None, int]) -> str | None:
 
 def _identity(path: Path, recorded: tuple[int, int] | None, max_pixels: int) -> str:
     stat = path.stat() if path.is_file() else None
-    return f"{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1}:{recorded}:{max_pixels}"
+    file = f"{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}" if stat else "missing"
+    return f"v{CHECKER_VERSION}:{file}:{recorded}:{max_pixels}"
 
 
 def _read_cache(cache_file: Path | None) -> dict[str, list]:
