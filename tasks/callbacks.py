@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from tasks.data.sampling import derive_seed
@@ -67,6 +67,14 @@ class RunCheckpoint(ModelCheckpoint):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         previous, best = state_dict.get("dirpath"), state_dict.get("best_model_path")
+        if best and not Path(best).is_file():  # deleted or moved since: the run starts a new best
+            rank_zero_warn(
+                f"best checkpoint so far ({best}, {self.monitor}={state_dict.get('best_model_score')}) is gone: "
+                "this run's validations choose a new best.ckpt, and its final scores are of that one"
+            )
+            forgotten = dict(best_model_path="", kth_best_model_path="", best_k_models={}, best_model_score=None)
+            state_dict = {**state_dict, **forgotten}
+            best = ""
         if self.dirpath is None or previous in (None, self.dirpath):
             super().load_state_dict(state_dict)
             return
@@ -74,7 +82,7 @@ class RunCheckpoint(ModelCheckpoint):
         if best:
             copy = str(Path(self.dirpath) / Path(best).name)
             score = state_dict["best_model_score"]
-            if rank_zero_only.rank == 0 and Path(best).is_file() and not Path(copy).exists():
+            if rank_zero_only.rank == 0 and not Path(copy).exists():
                 Path(self.dirpath).mkdir(parents=True, exist_ok=True)
                 shutil.copy2(best, copy)
                 rank_zero_info(f"best checkpoint so far ({best}, {self.monitor}={score}) carried over to {copy}")

@@ -74,3 +74,19 @@ def _spoiler():
     from tests.helpers import SpoilWeightsAfterResume
 
     return SpoilWeightsAfterResume()
+
+
+@pytest.mark.parametrize("into", ["another directory", "its own directory"])
+def test_resume_when_the_best_checkpoint_is_gone(shapes_root: Path, tmp_path: Path, into: str) -> None:
+    first = tmp_path / "a"
+    train(compose_config(_args(shapes_root, "trainer.max_steps=2"), first))
+    (first / "checkpoints" / "best.ckpt").unlink()
+    run = tmp_path / "b" if into == "another directory" else first
+    last = first / "checkpoints" / "last.ckpt"
+    cfg = compose_config(_args(shapes_root, "trainer.max_steps=4", f"ckpt_path={last}"), run)
+    with pytest.warns(UserWarning, match=f"best checkpoint so far \\({first / 'checkpoints' / 'best.ckpt'}.*is gone"):
+        metrics = train(cfg)
+    written = json.loads((run / "metrics.json").read_text())
+    assert written["checkpoint"] == str(run / "checkpoints" / "best.ckpt") and Path(written["checkpoint"]).is_file()
+    assert torch.load(written["checkpoint"], map_location="cpu", weights_only=True)["global_step"] == 4
+    assert written["loss"] == pytest.approx(metrics["loss"])
