@@ -51,10 +51,21 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     except pickle.UnpicklingError as err:
         raise WeightsError(
             f"{path} was refused: it contains pickled objects other than tensors and plain containers, "
-            f"which could run code when loaded ({err.args[0].splitlines()[0] if err.args else err}). "
+            f"which could run code when loaded ({first_line(err)}). "
             "Re-save it as a plain state dict: torch.save(model.state_dict(), path)"
         ) from err
+    except Exception as err:  # torch raises RuntimeError, EOFError, OSError ... by fault
+        raise WeightsError(
+            f"weights file {path} cannot be read ({first_line(err)}): the file is truncated or not a torch "
+            "weights file. Copy it again, or pass another file"
+        ) from err
     return _unwrap_state_dict(obj, path)
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message cut to its first line (torch's run on for paragraphs), or its type."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _unwrap_state_dict(obj: object, path: Path) -> dict[str, Tensor]:

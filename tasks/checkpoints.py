@@ -11,6 +11,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
+from backbones.weights import first_line
 from tasks.errors import UserError
 
 RESUME_HINT = "pass a .ckpt written by a previous run of this task (outputs/<task>/<run>/checkpoints/last.ckpt)"
@@ -52,13 +53,13 @@ def _fsync_folder(folder: Path) -> None:
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A training checkpoint's contents (tensors memory-mapped, nothing executed), or a
     :class:`UserError` naming the file when it is missing, truncated or not a checkpoint."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"ckpt_path={path} does not exist: {RESUME_HINT}")
     try:
         content = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError ... by fault
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise UserError(
             f"ckpt_path={path} cannot be read ({reason}): the file is truncated or not a torch checkpoint. "
             f"Resume from the run's other checkpoint (last.ckpt or best.ckpt), or {RESUME_HINT}"
@@ -69,6 +70,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             "step): to start a backbone from a weight file, use backbone.init=PATH instead"
         )
     return content
+
+
+def checkpoint_path(path: str | Path | None) -> str | None:
+    """``ckpt_path`` as given, with a leading ``~`` expanded (Lightning and the checks read it as is)."""
+    return str(Path(path).expanduser()) if path else None
 
 
 def check_checkpoint_fits(content: dict[str, Any], module: nn.Module, path: str | Path) -> None:

@@ -19,7 +19,7 @@ from hydra.utils import get_method, instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from tasks.checkpoints import AtomicCheckpointIO, check_checkpoint_fits, read_checkpoint
+from tasks.checkpoints import AtomicCheckpointIO, check_checkpoint_fits, checkpoint_path, read_checkpoint
 from tasks.errors import UserError
 from tasks.inference.metadata import inference_metadata
 from tasks.recipes import log_recipe
@@ -102,7 +102,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Score ``cfg.ckpt_path`` on the validation split; write metrics and COCO-format predictions."""
     if not cfg.ckpt_path:
         raise UserError("evaluation needs a checkpoint: pass ckpt_path=PATH/TO/best.ckpt")
-    checkpoint, content = cfg.ckpt_path, read_checkpoint(cfg.ckpt_path)
+    checkpoint = checkpoint_path(cfg.ckpt_path)
+    content = read_checkpoint(checkpoint)
     configure_torch(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
@@ -155,16 +156,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     The best checkpoint is the best of every validation of the run, those before a resume
     included (the checkpoint callback's state travels in the checkpoint).
     """
-    resume = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None  # before anything is built
+    ckpt_path = checkpoint_path(cfg.ckpt_path)
+    resume = read_checkpoint(ckpt_path) if ckpt_path else None  # before anything is built
     log_recipe(cfg)
     configure_torch(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     if resume is not None:
-        check_checkpoint_fits(resume, module, cfg.ckpt_path)
+        check_checkpoint_fits(resume, module, ckpt_path)
         del resume  # Lightning reads the file again to restore every state
     trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     checkpoint = best_checkpoint(trainer)
     metrics = validation_metrics(trainer, module, datamodule, checkpoint)
     write_outputs(module, metrics, Path(cfg.paths.output_dir), checkpoint)

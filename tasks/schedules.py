@@ -1,8 +1,14 @@
-"""Learning-rate schedules built from torch's own schedulers, stepped every optimizer step."""
+"""Learning-rate schedules built from torch's own schedulers, stepped every optimizer step.
+
+A schedule's saved state is only the number of steps it has taken (``StepCountSchedule``): a run
+resumed with another length (``trainer.max_steps``, epochs, batch size) rebuilds the schedule for
+its own total and replays those steps, instead of restoring the old total with the old state.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (
@@ -52,6 +58,48 @@ def warmup_then_decay(
         steps = sorted({max(1, round(m * total_steps) - warmup_steps) for m in milestones})
         main = MultiStepLR(optimizer, milestones=steps, gamma=gamma)
     if warmup_steps == 0:
-        return main
+        return StepCountSchedule(main)
     warmup = LinearLR(optimizer, start_factor=warmup_factor, total_iters=warmup_steps)
-    return SequentialLR(optimizer, [warmup, main], milestones=[warmup_steps])
+    return StepCountSchedule(SequentialLR(optimizer, [warmup, main], milestones=[warmup_steps]))
+
+
+class StepCountSchedule(LRScheduler):
+    """``schedule`` (just built, at its first step), whose state is the number of steps taken.
+
+    ``load_state_dict`` puts the schedule and its optimizer's learning rates back to where they
+    were when it was built, then steps it that many times: the learning rates are those of this
+    schedule at that step, whatever total the checkpoint's run had. Torch's schedulers compute
+    each rate from the previous one, so replaying gives the same numbers as stepping did.
+    """
+
+    def __init__(self, schedule: LRScheduler) -> None:  # no super().__init__: it would step the optimizer
+        self.schedule, self.optimizer = schedule, schedule.optimizer
+        self.base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
+        self.last_epoch = schedule.last_epoch
+        self._start = (schedule.state_dict(), [group["lr"] for group in self.optimizer.param_groups])
+        self.steps = 0
+
+    def get_last_lr(self) -> list[float]:
+        return self.schedule.get_last_lr()
+
+    def get_lr(self) -> list[float]:
+        return self.schedule.get_last_lr()
+
+    def step(self, epoch: int | None = None) -> None:
+        self.schedule.step()
+        self.steps += 1
+        self.last_epoch = self.schedule.last_epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # checkpoints of torch's schedulers themselves count their steps as last_epoch
+        steps = int(state_dict.get("steps", state_dict.get("last_epoch", 0)))
+        initial_state, initial_lrs = self._start
+        self.schedule.load_state_dict(initial_state)
+        for group, lr in zip(self.optimizer.param_groups, initial_lrs, strict=True):
+            group["lr"] = lr
+        self.steps = 0
+        for _ in range(steps):
+            self.step()

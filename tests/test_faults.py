@@ -16,7 +16,7 @@ import torchvision.models.detection.roi_heads as roi_heads
 from tasks.checkpoints import AtomicCheckpointIO
 from tasks.errors import UserError, exit_on_user_error, user_error
 from tasks.nonfinite import NonFiniteLossError
-from tasks.runner import train
+from tasks.runner import evaluate, train
 from tests.conftest import (
     CPU_DDP,
     TINY_DETECTION,
@@ -201,6 +201,36 @@ def test_unusable_ckpt_path_is_refused_naming_the_file(
     overrides = _tiny_detection(shapes_root, "trainer.max_steps=1", f"ckpt_path={path}")
     with pytest.raises(UserError, match=f"ckpt_path={path} {expected}"):
         train(compose_config(overrides, tmp_path / "run"))
+
+
+@pytest.mark.parametrize("key", ["backbone.weights", "backbone.init", "task.model.weights"])
+def test_a_truncated_weight_file_is_one_message_naming_it(
+    key: str, shapes_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "weights.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(1000, 512)}, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    config = compose_config(_tiny_detection(shapes_root, f"{key}={path}"), tmp_path / "run")
+    with pytest.raises(SystemExit) as exited:
+        exit_on_user_error(train)(config)
+    assert exited.value.code == 2
+    assert f"{path} cannot be read" in caplog.text and "truncated" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+def test_a_checkpoint_path_may_start_with_the_home_folder(
+    shapes_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train(compose_config(_tiny_detection(shapes_root, "trainer.max_steps=1"), tmp_path / "first"))
+    monkeypatch.setenv("HOME", str(tmp_path / "first"))
+    resumed = _tiny_detection(shapes_root, "trainer.max_steps=2", "ckpt_path='~/checkpoints/last.ckpt'")
+    train(compose_config(resumed, tmp_path / "second"))
+    saved = torch.load(tmp_path / "second" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 2  # resumed from step 1, not started afresh
+    evaluated = evaluate(
+        compose_config(_tiny_detection(shapes_root, "ckpt_path='~/checkpoints/last.ckpt'"), tmp_path / "e")
+    )
+    assert "map_50" in evaluated
 
 
 def test_user_errors_print_one_message_and_exit_2_unless_full_error(tmp_path: Path) -> None:

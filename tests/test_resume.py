@@ -90,3 +90,26 @@ def test_resume_when_the_best_checkpoint_is_gone(shapes_root: Path, tmp_path: Pa
     assert written["checkpoint"] == str(run / "checkpoints" / "best.ckpt") and Path(written["checkpoint"]).is_file()
     assert torch.load(written["checkpoint"], map_location="cpu", weights_only=True)["global_step"] == 4
     assert written["loss"] == pytest.approx(metrics["loss"])
+
+
+def _learning_rates(run: Path) -> dict[int, float]:
+    rows = csv.DictReader((run / "logs" / "metrics.csv").open())
+    return {int(row["step"]): float(row["lr-AdamW"]) for row in rows if row.get("lr-AdamW")}
+
+
+@pytest.mark.parametrize("first_steps", [1, 3])
+def test_a_run_resumed_to_train_longer_follows_the_longer_schedule(
+    shapes_root: Path, tmp_path: Path, first_steps: int
+) -> None:
+    """The schedule is sized by the resumed run's own config (here a larger ``trainer.max_steps``):
+    from the checkpoint's step on, its learning rates are those of a run that had that length from
+    the start (1 step has no warm-up, 6 have: the schedules differ in kind, not only in length)."""
+    longer = ["trainer.max_steps=6", "trainer.log_every_n_steps=1"]
+    train(compose_config(_args(shapes_root, *longer), tmp_path / "whole"))
+    train(compose_config(_args(shapes_root, f"trainer.max_steps={first_steps}"), tmp_path / "short"))
+    last = tmp_path / "short" / "checkpoints" / "last.ckpt"
+    train(compose_config(_args(shapes_root, *longer, f"ckpt_path={last}"), tmp_path / "longer"))
+    start = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    whole, resumed = _learning_rates(tmp_path / "whole"), _learning_rates(tmp_path / "longer")
+    assert sorted(resumed) == list(range(start, 6))
+    assert resumed == pytest.approx({step: whole[step] for step in resumed}, rel=1e-12)
