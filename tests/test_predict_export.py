@@ -146,6 +146,56 @@ def test_predict_semantic_segmentation_writes_masks(checkpoints: dict[str, Path]
     assert np.array_equal(upright, sideways)
 
 
+def _mixed_sizes(folder: Path, sources: list[Path]) -> None:
+    """Shapes images cut to sizes that a batch pads to one another, in an order that mixes them."""
+    sizes = [(64, 64), (64, 64), (32, 64), (64, 64), (64, 32), (64, 32), (64, 32), (32, 64), (48, 40), (64, 64)]
+    for k, (height, width) in enumerate(sizes):
+        rgb = np.array(Image.open(sources[k % len(sources)]).convert("RGB"))[:height, :width]
+        _save(folder / f"image_{k:02d}.png", np.ascontiguousarray(rgb))
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_predictions_do_not_depend_on_the_batch(
+    task: str, checkpoints: dict[str, Path], shapes_root: Path, tmp_path: Path
+) -> None:
+    """An image's predictions are the same whichever images share its batch: a batch only holds
+    images of one size, which no other image's padding reaches."""
+    _mixed_sizes(tmp_path / "in", sorted((shapes_root / "val2017").iterdir()))
+    base = [f"task={task}", f"ckpt_path={checkpoints[task]}", f"input={tmp_path / 'in'}", "score_threshold=0.0"]
+    alone = predict(_config("predict", [*base, "batch_size=1"], tmp_path / "alone"))
+    batched = predict(_config("predict", [*base, "batch_size=4"], tmp_path / "batched"))
+    if task == "segmentation":
+        for name in {row["file_name"] for row in alone}:
+            masks = [np.asarray(Image.open(tmp_path / run / "masks" / name)) for run in ("alone", "batched")]
+            assert np.array_equal(*masks), name
+        return
+    assert len(alone) > 20  # detections to compare
+    one, four = _rows_by_file(alone), _rows_by_file(batched)
+    assert sorted(one) == sorted(four)
+    for name in one:
+        assert len(one[name]) == len(four[name]), name
+        for a, b in zip(one[name], four[name], strict=True):  # in the same order: by score
+            assert a["category_id"] == b["category_id"], name
+            assert a["bbox"] == pytest.approx(b["bbox"], abs=1e-3) and a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+def test_output_names_are_unique_whatever_the_case(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """x.JPG, x.Jpg and x.jpg are three images: each gets its own overlay (and mask), also on a file
+    system that ignores case."""
+    pixels = np.full((40, 56, 3), 120, np.uint8)
+    for k, name in enumerate(("x.JPG", "x.Jpg", "x.jpg", "x_jpg.jpg")):
+        pixels[:, : 8 * (k + 1)] = 30 * k  # each file its own content
+        _save(tmp_path / "in" / name, pixels, format="PNG")
+    base = ["task=segmentation", f"ckpt_path={checkpoints['segmentation']}", f"input={tmp_path / 'in'}"]
+    rows = predict(_config("predict", base, tmp_path / "out"))
+    for folder in ("overlays", "masks"):
+        names = [p.name for p in (tmp_path / "out" / folder).iterdir()]
+        assert len(names) == 4 and len({name.lower() for name in names}) == 4, names
+    assert len({row["mask_file"].lower() for row in rows}) == 4
+    written = {row["file_name"]: np.asarray(Image.open(tmp_path / "out" / row["mask_file"])) for row in rows}
+    assert {name: mask.shape for name, mask in written.items()} == {name: (40, 56) for name in written}
+
+
 def test_inputs_by_file_folder_and_glob(tmp_path: Path) -> None:
     for name in ("a.jpg", "b.PNG", "sub/c.png", ".d.png", ".cache/e.png", "f.txt"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

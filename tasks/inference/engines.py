@@ -2,9 +2,10 @@
 the data-side preprocessing) and return, per image, CPU tensors in that image's pixels:
 ``boxes``/``labels``/``scores`` (``masks``) for detectors, ``logits`` (C x H x W) for segmenters.
 
-Detection: the PyTorch engine runs ``batch_size`` images per call (padded together as in
-validation); an exported detector takes one image per call. Segmentation: both engines pad a batch
-into one tensor (bottom/right, zeros) and crop each image's logits back out.
+Detection: the PyTorch engine runs the images of a call together; an exported detector takes one
+image per call. Segmentation: both engines stack a call's images into one tensor (padded
+bottom/right with zeros where sizes differ) and crop each image's logits back out.
+``tasks/predict.py`` calls them with images of one size only, so no image is padded to another's.
 """
 
 from __future__ import annotations

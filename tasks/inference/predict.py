@@ -7,12 +7,15 @@ for semantic segmentation, ``masks/<name>.png`` (VOC palette PNGs of class indic
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig
+from torch import Tensor
 
 from tasks.errors import UserError
 from tasks.inference import outputs
@@ -40,11 +43,33 @@ def build_engine(cfg: DictConfig) -> tuple[object, dict]:
     raise UserError(f"engine={cfg.engine} is not one of {ENGINES}")
 
 
-def batched(items: Sequence, size: int) -> Iterator[Sequence]:
+Loaded = tuple[Path, np.ndarray, Tensor]  # a file, its decoded image and the model's input made from it
+
+
+def same_size_batches(loaded: Iterable[Loaded], size: int) -> Iterator[list[Loaded]]:
+    """Consecutive images in batches of at most ``size`` whose model inputs have one shape: images of
+    other sizes would be padded to a common one, and the padding changes the features (and so the
+    predictions) near an image's border. A file's predictions never depend on its neighbours."""
     if size < 1:
         raise UserError(f"batch_size={size} must be at least 1")
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+    batch: list[Loaded] = []
+    for item in loaded:
+        if batch and (len(batch) == size or item[2].shape != batch[0][2].shape):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+def load_images(files: Sequence[Path], resize, max_pixels: int, unreadable: list[str]) -> Iterator[Loaded]:
+    """Each readable file decoded and prepared, one at a time; the others are reported in ``unreadable``."""
+    for path in files:
+        try:
+            yield (path, *prepare(path, resize, max_pixels))
+        except Exception as err:  # noqa: BLE001 - any decoder failure: report the file, go on with the rest
+            unreadable.append(f"{path}: {err}")
+            log.warning("skipped %s: %s", path, err)
 
 
 class PredictionWriter:
@@ -54,7 +79,7 @@ class PredictionWriter:
         self.output_dir, self.metadata = output_dir, metadata
         self.score_threshold, self.mask_threshold = score_threshold, mask_threshold
         self.semantic = is_semantic(metadata["task"])
-        self.written: set[Path] = set()  # output names relative to the run directory
+        self.written: set[str] = set()  # output names relative to the run directory, lower case
 
     def __call__(self, relative: Path, image, model_input, found: dict) -> list[dict]:
         names = self.metadata["class_names"]
@@ -71,13 +96,21 @@ class PredictionWriter:
         return outputs.detection_rows(detections, relative.as_posix(), names, category_ids, self.mask_threshold)
 
     def _unique(self, name: Path, relative: Path) -> Path:
-        """``name``, or for a second image that maps onto it (a.gif and a.png both give a.png) the
-        name with the input's suffix in the stem (a_gif.png)."""
-        if name in self.written:
-            name = name.with_name(f"{name.stem}_{relative.suffix.lstrip('.').lower()}{name.suffix}")
-        self.written.add(name)
+        """``name``, or for another image that maps onto it (a.gif and a.png both give a.png; x.JPG and
+        x.jpg both give x.jpg) the name with the input's suffix in the stem (a_gif.png), then a count
+        (x_jpg_2.jpg). Names are compared ignoring case, as some file systems do."""
+        suffix = relative.suffix.lstrip(".").lower()
+        candidates = (name.with_name(f"{name.stem}{tail}{name.suffix}") for tail in _tails(suffix))
+        name = next(c for c in candidates if c.as_posix().lower() not in self.written)
+        self.written.add(name.as_posix().lower())
         (self.output_dir / name).parent.mkdir(parents=True, exist_ok=True)
         return name
+
+
+def _tails(suffix: str) -> Iterator[str]:
+    yield ""
+    yield f"_{suffix}"
+    yield from (f"_{suffix}_{count}" for count in itertools.count(2))
 
 
 def predict(cfg: DictConfig) -> list[dict]:
@@ -88,17 +121,9 @@ def predict(cfg: DictConfig) -> list[dict]:
     write = PredictionWriter(output_dir, metadata, cfg.score_threshold, cfg.mask_threshold)
     resize = resizer(metadata["preprocessing"])
     rows, unreadable = [], []
-    for chunk in batched(files, int(cfg.batch_size)):
-        loaded = []
-        for path in chunk:
-            try:
-                loaded.append((path, *prepare(path, resize, int(cfg.max_pixels))))
-            except Exception as err:  # noqa: BLE001 - any decoder failure: report the file, go on with the rest
-                unreadable.append(f"{path}: {err}")
-                log.warning("skipped %s: %s", path, err)
-        if not loaded:
-            continue
-        for (path, image, model_input), found in zip(loaded, engine([m for _, _, m in loaded]), strict=True):
+    loaded = load_images(files, resize, int(cfg.max_pixels), unreadable)
+    for batch in same_size_batches(loaded, int(cfg.batch_size)):
+        for (path, image, model_input), found in zip(batch, engine([m for _, _, m in batch]), strict=True):
             rows += write(path.relative_to(base), image, model_input, found)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "predictions.json").write_text(json.dumps(rows))
