@@ -36,6 +36,20 @@ def scaled_lr(lr: float, reference_batch: int | None, total_batch: int) -> tuple
     return scaled, f"lr {scaled:g} = {lr:g} x {total_batch} / {reference_batch}"
 
 
+def training_length(trainer: L.Trainer) -> str:
+    """Which limit ends training, in optimizer steps (what the learning-rate schedule spans)."""
+    total = trainer.estimated_stepping_batches  # loads the training data when epochs count
+    epochs, steps = trainer.max_epochs, trainer.max_steps
+    if epochs is None or epochs < 0:  # Lightning counts steps only; the data may not be loaded yet
+        return f"training ends after {total} optimizer steps, at trainer.max_steps={steps} (no epoch limit)"
+    per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+    if steps is not None and steps >= 0 and steps <= epochs * per_epoch:
+        limit, other = f"trainer.max_steps={steps}", f"trainer.max_epochs={epochs}"
+    else:
+        limit, other = f"trainer.max_epochs={epochs} ({per_epoch} steps an epoch)", f"trainer.max_steps={steps}"
+    return f"training ends after {total} optimizer steps, at {limit}; {other} does not end it first"
+
+
 class TaskModule(L.LightningModule):
     """Base of the task modules.
 
@@ -212,6 +226,7 @@ class TaskModule(L.LightningModule):
         rank_zero_info(f"{explanation} (total batch: {how})")
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
+        rank_zero_info(training_length(self.trainer))
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))

@@ -17,26 +17,71 @@ def accept_recipe_null(argv: list[str]) -> list[str]:
     return ["~recipe" if arg in ("recipe=null", "recipe=none") else arg for arg in argv]
 
 
-def _leaves(node: object, prefix: str = "") -> list[str]:
-    if isinstance(node, DictConfig):
-        return [key for name, child in node.items() for key in _leaves(child, f"{prefix}{name}.")]
-    return [prefix.rstrip(".")]
+def _leaves(node: object, prefix: str = "") -> dict[str, object]:
+    """Dotted key -> value (as written) of every leaf of a config loaded from yaml."""
+    if isinstance(node, dict):
+        return {key: value for name, child in node.items() for key, value in _leaves(child, f"{prefix}{name}.").items()}
+    return {prefix.rstrip("."): node}
 
 
-def _recipe_keys(recipe: str) -> list[str]:
-    """The keys ``recipe`` sets, those of the recipes it builds on (its ``defaults``) first."""
-    content = OmegaConf.load(RECIPE_DIR / f"{recipe}.yaml")
+def _recipe_values(recipe: str) -> dict[str, object]:
+    """What ``recipe`` sets, as written, those of the recipes it builds on (its ``defaults``) first."""
+    content = OmegaConf.to_container(OmegaConf.load(RECIPE_DIR / f"{recipe}.yaml"), resolve=False)
     bases = [name for name in content.pop("defaults", []) if isinstance(name, str) and name != "_self_"]
-    return list(dict.fromkeys([key for base in bases for key in _recipe_keys(base)] + _leaves(content)))
+    values: dict[str, object] = {}
+    for base in bases:
+        values.update(_recipe_values(base))
+    values.update(_leaves(content))
+    return values
 
 
 def recipe_settings(cfg: DictConfig, recipe: str) -> dict[str, object]:
     """Every key ``recipe`` sets, with the value the run uses (a command-line override wins)."""
-    return {key: OmegaConf.select(cfg, key, throw_on_missing=False) for key in _recipe_keys(recipe)}
+    return {key: OmegaConf.select(cfg, key, throw_on_missing=False) for key in _recipe_values(recipe)}
 
 
-def log_recipe(cfg: DictConfig) -> None:
-    """One log line: the recipe applied and what it set, or that none was."""
+def command_line_keys(overrides: list[str]) -> set[str]:
+    """The config keys that command-line overrides (``key=value``, ``+key=...``, ``++key=...``) set."""
+    return {arg.lstrip("+").split("=", 1)[0] for arg in overrides if "=" in arg and not arg.startswith("~")}
+
+
+def command_line_overrides() -> list[str]:
+    """This run's command-line overrides (none when the config was composed by a test or a notebook)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+LIMITS = ("trainer.max_steps", "trainer.max_epochs")
+
+
+def apply_command_line_limits(cfg: DictConfig, overrides: list[str]) -> None:
+    """A training limit given on the command line ends the run: the other limit, when only the
+    configs (a recipe, say) set it, is lifted, so that ``trainer.max_steps=60`` trains 60 steps even
+    where the recipe stops after 4 epochs. Both given on the command line: whichever comes first."""
+    given = command_line_keys(overrides) & set(LIMITS)
+    if len(given) != 1:
+        return
+    (mine,) = given
+    (other,) = set(LIMITS) - given
+    value, lifted = OmegaConf.select(cfg, mine), OmegaConf.select(cfg, other)
+    if value is None or value < 0 or lifted is None or lifted < 0:
+        return
+    OmegaConf.update(cfg, other, -1)
+    log.info(
+        "%s=%s from the command line ends the run: %s=%s that the configs set is lifted (pass %s too to stop at "
+        "whichever comes first)",
+        mine,
+        value,
+        other,
+        lifted,
+        other,
+    )
+
+
+def log_recipe(cfg: DictConfig, overrides: list[str] | None = None) -> None:
+    """One log line: the recipe applied, what it set and which of its values the command line
+    overrode, or that none was applied."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():  # composed by a test or a notebook: nothing to report
@@ -45,5 +90,10 @@ def log_recipe(cfg: DictConfig) -> None:
     if not recipe or not (RECIPE_DIR / f"{recipe}.yaml").is_file():  # an optional group that found no file
         log.info("no recipe applied: the task, backbone and dataset configs as they are")
         return
-    settings = ", ".join(f"{key}={value}" for key, value in recipe_settings(cfg, recipe).items())
-    log.info("recipe %s applied (recipe=null leaves it out); it sets %s", recipe, settings)
+    given = command_line_keys(overrides or [])
+    written = _recipe_values(recipe)
+    used = recipe_settings(cfg, recipe)
+    kept = ", ".join(f"{key}={value}" for key, value in used.items() if key not in given)
+    replaced = ", ".join(f"{key}={value} (recipe: {written[key]})" for key, value in used.items() if key in given)
+    line = f"recipe {recipe} applied (recipe=null leaves it out); it sets {kept or 'nothing else'}"
+    log.info("%s%s", line, f"; the command line overrides {replaced}" if replaced else "")

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from tasks.checkpoints import AtomicCheckpointIO, check_checkpoint_fits, checkpoint_path, read_checkpoint
 from tasks.errors import UserError
 from tasks.inference.metadata import inference_metadata
-from tasks.recipes import log_recipe
+from tasks.recipes import apply_command_line_limits, command_line_overrides, log_recipe
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     ckpt_path = checkpoint_path(cfg.ckpt_path)
     resume = read_checkpoint(ckpt_path) if ckpt_path else None  # before anything is built
-    log_recipe(cfg)
+    overrides = command_line_overrides()
+    apply_command_line_limits(cfg, overrides)
+    log_recipe(cfg, overrides)
     configure_torch(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
@@ -167,10 +169,41 @@ def train(cfg: DictConfig) -> dict[str, float]:
         del resume  # Lightning reads the file again to restore every state
     trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    checkpoint = best_checkpoint(trainer)
-    metrics = validation_metrics(trainer, module, datamodule, checkpoint)
+    if never_validated(trainer):
+        checkpoint, metrics = validate_final_weights_as_best(trainer, module, datamodule)
+    else:
+        checkpoint = best_checkpoint(trainer)
+        metrics = validation_metrics(trainer, module, datamodule, checkpoint)
     write_outputs(module, metrics, Path(cfg.paths.output_dir), checkpoint)
     return metrics
+
+
+def never_validated(trainer: L.Trainer) -> bool:
+    """True when the run's checkpoint callback saw no validation (e.g. validation every 6 epochs, a
+    run of 4): there is no best checkpoint to score."""
+    callback = trainer.checkpoint_callback
+    return callback is not None and callback.monitor is not None and not callback.best_model_path
+
+
+def validate_final_weights_as_best(
+    trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule
+) -> tuple[str, dict[str, float]]:
+    """Validate the weights training ended with and write them as the best checkpoint."""
+    callback = trainer.checkpoint_callback
+    log.info(
+        "no validation ran during training (trainer.check_val_every_n_epoch=%s, trainer.val_check_interval=%s): "
+        "validating the final weights, written as the best checkpoint",
+        trainer.check_val_every_n_epoch,
+        trainer.val_check_interval,
+    )
+    metrics = validation_metrics(trainer, module, datamodule)
+    path = str(Path(callback.dirpath) / f"{callback.filename}{callback.FILE_EXTENSION}")
+    score = metrics.get(callback.monitor.removeprefix("val/"))
+    callback.best_model_path = callback.kth_best_model_path = path
+    callback.best_model_score = torch.tensor(score) if score is not None else None
+    callback.best_k_models = {path: callback.best_model_score}
+    trainer.save_checkpoint(path)
+    return path, metrics
 
 
 @rank_zero_only

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from torch import nn
 
 from tasks.resolvers import workers_per_device
 from tasks.runner import build_datamodule, build_module, build_trainer, train
-from tests.conftest import TINY_DETECTION, compose_config, run_script
+from tests.conftest import CONF_DIR, TINY_DETECTION, compose_config, run_script
 
 
 def test_cfg_job_shows_the_coco_reference_recipe(shapes_root: Path, tmp_path: Path) -> None:
@@ -152,3 +153,36 @@ def test_coco_layout_from_scratch_trains_with_group_norm(
     assert len(validation) >= 2 and all(v == v and v < 10 * max(train_losses) for v in validation)  # finite, same order
     predictions = json.loads((run / "predictions.json").read_text())
     assert len(predictions) > 0
+
+
+def test_a_limit_given_on_the_command_line_lifts_the_one_the_configs_set(tmp_path: Path) -> None:
+    from tasks.recipes import apply_command_line_limits
+
+    def limits(*overrides: str) -> tuple[int, int]:
+        cfg = compose_config(list(overrides), tmp_path)  # the shapes recipe sets trainer.max_epochs=4
+        apply_command_line_limits(cfg, list(overrides))
+        return cfg.trainer.max_steps, cfg.trainer.max_epochs
+
+    assert limits() == (-1, 4)
+    assert limits("trainer.max_steps=60") == (60, -1)
+    assert limits("trainer.max_steps=60", "trainer.max_epochs=2") == (60, 2)  # both given: whichever first
+    assert limits("trainer.max_epochs=9") == (-1, 9)  # nothing else to lift
+    voc = ["task=segmentation", "dataset=voc_seg", "dataset.root=/data"]  # its recipe: 20k steps, no epoch limit
+    assert limits(*voc) == (20000, -1)
+    assert limits(*voc, "trainer.max_epochs=2") == (-1, 2)
+
+
+DATASETS = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("devices", [1, 2])
+def test_loader_workers_fit_the_machine(dataset: str, devices: int, tmp_path: Path) -> None:
+    """Real datasets default to this machine's CPUs shared among the training processes (one left to
+    each process); the built-in shapes load in the training process on one CPU process (measured
+    faster on 2 cores), and like the others under the GPU and DDP trainers."""
+    trainer = ["trainer=ddp", "trainer.accelerator=cpu"] if devices > 1 else []
+    cfg = compose_config([f"dataset={dataset}", *trainer, f"trainer.devices={devices}"], tmp_path)
+    cpus = len(os.sched_getaffinity(0))
+    expected = 0 if dataset.startswith("shapes") and devices == 1 else workers_per_device(devices)
+    assert cfg.dataset.num_workers == expected and expected * devices <= max(cpus, devices)

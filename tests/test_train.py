@@ -42,7 +42,7 @@ def test_train_command_writes_metrics_checkpoint_and_logs(shapes_root: Path, tmp
     assert any(row.get("train/loss_classifier") for row in rows)
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "data").exists()
     log = (run_dir / "train.log").read_text()
-    assert "recipe detection_shapes applied (recipe=null leaves it out); it sets task.model.min_size=64" in log
+    assert "recipe detection_shapes applied (recipe=null leaves it out); it sets task.model.fpn_norm=bn" in log
 
 
 def test_coco_layout_folder_trains(shapes_root: Path, tmp_path: Path) -> None:
@@ -193,3 +193,35 @@ def test_resume_restores_model_optimizer_scheduler_and_step(shapes_root: Path, t
     assert record.lr == pytest.approx(saved["optimizer_states"][0]["param_groups"][0]["lr"])
     assert resumed.global_step == straight.global_step == 6
     assert resumed.optimizers[0].param_groups[0]["lr"] == pytest.approx(straight.optimizers[0].param_groups[0]["lr"])
+
+
+def test_a_run_that_never_validated_validates_its_final_weights_as_the_best(shapes_root: Path, tmp_path: Path) -> None:
+    # validation every 6 epochs, training ends after 2 (4 steps each)
+    overrides = _tiny(shapes_root, "trainer.check_val_every_n_epoch=6", "trainer.max_epochs=2", "trainer.max_steps=-1")
+    metrics = train(compose_config(overrides, tmp_path))
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    best = tmp_path / "checkpoints" / "best.ckpt"
+    assert written["checkpoint"] == str(best)
+    saved = torch.load(best, map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 8  # the weights training ended with
+    final = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert all(torch.equal(saved["state_dict"][k], final["state_dict"][k]) for k in final["state_dict"])
+    score = saved["callbacks"][next(k for k in saved["callbacks"] if k.startswith("RunCheckpoint"))]["best_model_score"]
+    assert float(score) == pytest.approx(metrics["map"])
+
+
+def test_max_steps_on_the_command_line_wins_over_the_recipes_epochs(shapes_root: Path, tmp_path: Path) -> None:
+    # the shapes recipe stops after 4 epochs: 16 steps of these 16 images in batches of 4
+    run_dir = tmp_path / "run"
+    steps = ["trainer.max_steps=20", "trainer.check_val_every_n_epoch=10", "trainer.enable_progress_bar=false"]
+    result = run_script("train.py", [*_tiny(shapes_root, *steps), f"hydra.run.dir={run_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 20
+    log = (run_dir / "train.log").read_text()
+    assert "trainer.max_steps=20 from the command line ends the run: trainer.max_epochs=4 that the configs set" in log
+    assert "training ends after 20 optimizer steps, at trainer.max_steps=20 (no epoch limit)" in log
+    # what the recipe set and what the command line set are told apart
+    assert "it sets task.model.anchor_sizes" not in log  # given on the command line (TINY_DETECTION)
+    assert "; the command line overrides task.model.min_size=64 (recipe: 128)" in log
+    assert "max_size=64 (recipe: 128)" in log and "task.module.optimizer.name=adamw" in log.split("overrides")[0]
