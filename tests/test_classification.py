@@ -136,21 +136,25 @@ def test_metrics_against_a_hand_computed_case() -> None:
     ranked = np.array([[0, 1], [1, 0], [1, 2], [2, 0], [2, 1], [2, 0], [0, 1]])
     result = classification_metrics(labels, ranked, 3)
     assert result["top1"] == pytest.approx(4 / 7)  # images 0, 2, 4, 5
-    assert result["top5"] == pytest.approx(5 / 7)  # top-2 here: also image 1
+    assert result["topk"] == pytest.approx(5 / 7)  # top-2 here: also image 1
     assert result["per_class_acc"] == pytest.approx([1 / 2, 1 / 2, 2 / 3])
     assert result["mean_class_acc"] == pytest.approx((1 / 2 + 1 / 2 + 2 / 3) / 3)
     assert result["matrix"].tolist() == [[1, 1, 0], [0, 1, 1], [1, 0, 2]]
 
 
-def test_top5_is_top_k_with_k_at_most_the_class_count(tmp_path: Path) -> None:
+def test_top5_only_with_more_than_5_classes(tmp_path: Path) -> None:
     evaluator = ClassificationEvaluator(["a", "b", "c"])
     logits = torch.tensor([[0.1, 0.5, 0.4], [0.9, 0.05, 0.05]])
     evaluator.update(logits, [{"label": 2, "image_id": 0}, {"label": 1, "image_id": 1}])
     evaluation = evaluator.compute()
-    assert evaluation.scalars["top1"] == 0 and evaluation.scalars["top5"] == 1  # k = 3 classes
+    assert evaluation.scalars == {"top1": 0.0, "mean_class_acc": 0.0}  # top-3 of 3 classes would always be 1
     assert evaluation.per_class["c"] == {"accuracy": 0.0, "images": 1.0}
     picture = evaluation.files["confusion_matrix.png"]
     assert picture.size[0] > 3 * 12 and evaluation.files["confusion_matrix.json"]["matrix"][2] == [0, 1, 0]
+    seven = ClassificationEvaluator([str(k) for k in range(7)])
+    scores = torch.arange(7.0).repeat(3, 1)  # class 6 ranked first, then 5, 4 ...
+    seven.update(scores, [{"label": label, "image_id": i} for i, label in enumerate((2, 1, 6))])
+    assert seven.compute().scalars == pytest.approx({"top1": 1 / 3, "mean_class_acc": 1 / 3, "top5": 2 / 3})
 
 
 def test_mixup_and_cutmix_give_class_probabilities() -> None:
@@ -322,9 +326,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list[
 
 def test_train_writes_metrics_and_confusion_matrix(trained: tuple[Path, dict, list[str]]) -> None:
     run, metrics, _ = trained
-    assert {"top1", "top5", "mean_class_acc", "per_class", "loss"} <= set(metrics)
+    assert {"top1", "mean_class_acc", "per_class", "loss"} <= set(metrics)
     assert set(metrics["per_class"]) == {"circle", "cross", "square", "triangle"}
-    assert metrics["top5"] == 1.0  # 4 classes: top-4
+    assert "top5" not in metrics  # 4 classes: always 1
     matrix = json.loads((run / "confusion_matrix.json").read_text())["matrix"]
     assert sum(map(sum, matrix)) == TINY_SHAPES.num_val
     assert sum(matrix[k][k] for k in range(4)) / TINY_SHAPES.num_val == pytest.approx(metrics["top1"])
@@ -407,7 +411,7 @@ def test_imagenet_recipe_trains(tmp_path: Path) -> None:
     assert len(groups[1]["params"]) == 2 * 20  # weight and bias of resnet18's 20 BatchNorm layers
     train(cfg)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert 0 <= metrics["top1"] <= 1 and metrics["top5"] == 1.0  # 3 classes: top-3
+    assert 0 <= metrics["top1"] <= 1 and "top5" not in metrics  # 3 classes
     state = torch.load(metrics["checkpoint"], weights_only=True)
     assert {"current_model_state", "averaging_state"} <= set(state)  # the EMA weights are the checkpoint's
     assert not torch.equal(state["state_dict"]["model.fc.weight"], state["current_model_state"]["model.fc.weight"])

@@ -20,10 +20,11 @@ CONFUSION_PICTURE = "confusion_matrix.png"
 
 
 def classification_metrics(labels: np.ndarray, ranked: np.ndarray, num_classes: int) -> dict:
-    """``labels[i]`` the true class of image i, ``ranked[i]`` its k best predicted classes, best first.
+    """``labels[i]`` the true class of image i, ``ranked[i]`` its k best predicted classes, best first
+    (``topk``: the share of images whose class is among them).
 
-    Accuracy per class is the share of that class's images predicted as it (recall); classes with
-    no image are left out of ``mean_class_acc``.
+        Accuracy per class is the share of that class's images predicted as it (recall); classes with
+        no image are left out of ``mean_class_acc``.
     """
     matrix = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(matrix, (labels, ranked[:, 0]), 1)
@@ -31,7 +32,7 @@ def classification_metrics(labels: np.ndarray, ranked: np.ndarray, num_classes: 
     per_class = np.divide(np.diag(matrix), images, out=np.zeros(num_classes), where=images > 0)
     return {
         "top1": float((ranked[:, 0] == labels).mean()) if len(labels) else 0.0,
-        "top5": float((ranked == labels[:, None]).any(1).mean()) if len(labels) else 0.0,
+        "topk": float((ranked == labels[:, None]).any(1).mean()) if len(labels) else 0.0,
         "mean_class_acc": float(per_class[images > 0].mean()) if (images > 0).any() else 0.0,
         "per_class_acc": per_class.tolist(),
         "images_per_class": images.tolist(),
@@ -40,12 +41,14 @@ def classification_metrics(labels: np.ndarray, ranked: np.ndarray, num_classes: 
 
 
 class ClassificationEvaluator:
-    """Accumulates logits against labels; ``top5`` is top-k accuracy with k = min(5, classes).
-    Implements ``tasks.metrics.evaluation.Evaluator``."""
+    """Accumulates logits against labels; reports ``top1``, ``mean_class_acc`` and, with more than
+    ``top_k`` classes, ``top<k>`` (``top5``): with fewer, every image's class is among the k best
+    and the figure is always 1. Implements ``tasks.metrics.evaluation.Evaluator``."""
 
     def __init__(self, class_names: Sequence[str], top_k: int = 5) -> None:
         self.class_names = list(class_names)
-        self.k = min(top_k, len(self.class_names))
+        self.top_k = top_k if len(self.class_names) > top_k else None
+        self.k = self.top_k or 1
         self._per_image: dict[int, tuple[int, np.ndarray]] = {}
 
     def reset(self) -> None:
@@ -66,7 +69,9 @@ class ClassificationEvaluator:
             ranked = np.stack([row for _, row in ordered]) if ordered else np.zeros((0, self.k), np.int64)
             result = classification_metrics(labels, ranked, len(self.class_names))
         result = from_rank_zero(result)
-        scalars = {name: result[name] for name in ("top1", "top5", "mean_class_acc")}
+        scalars = {"top1": result["top1"], "mean_class_acc": result["mean_class_acc"]}
+        if self.top_k is not None:
+            scalars[f"top{self.top_k}"] = result["topk"]
         per_class = {
             name: {"accuracy": acc, "images": float(count)}
             for name, acc, count in zip(
