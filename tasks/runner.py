@@ -182,7 +182,8 @@ def never_validated(trainer: L.Trainer) -> bool:
     """True when the run's checkpoint callback saw no validation (e.g. validation every 6 epochs, a
     run of 4): there is no best checkpoint to score."""
     callback = trainer.checkpoint_callback
-    return callback is not None and callback.monitor is not None and not callback.best_model_path
+    validates = trainer.limit_val_batches != 0
+    return validates and callback is not None and callback.monitor is not None and not callback.best_model_path
 
 
 def validate_final_weights_as_best(

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # GPU smoke test and speed figures, one prepared script: Faster R-CNN R50-FPN at 800 px with mixed
 # precision (trainer=gpu), 100 training steps on generated COCO-2017-shaped 640x480 JPEGs, with and
-# without channels_last; prints images/s, peak GPU memory and the share of time spent waiting for
-# data (tasks/benchmarks/throughput.py). The backbone has random weights (offline) but the reference
-# recipe's shape: frozen statistics, 3 trainable stages.
+# without channels_last; prints images/s, peak GPU memory and the share of time the training loop
+# waited for its data loader (tasks/benchmarks/throughput.py). The data are 256 distinct JPEGs behind
+# TRAIN_IMAGES names (hard links), so decoding reads the page cache: the data-wait share is that of a
+# warm cache. The backbone has random weights (offline) but the reference recipe's shape: frozen
+# statistics, 3 trainable stages.
 #
 #   bash tasks/benchmarks/gpu_check.sh                 # on a GPU machine, from the repository root
 #   STEPS=3 TRAIN_IMAGES=32 BATCHES="2" TRAINER=cpu \

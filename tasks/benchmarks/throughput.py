@@ -1,5 +1,5 @@
 """A callback that measures training speed: images per second, peak memory, and the share of the
-time the training loop waited for the data loader.
+time the training loop was blocked waiting for the data loader.
 
 Add it to any run: ``+callbacks.throughput._target_=tasks.benchmarks.throughput.Throughput``. It
 prints one line at the end of training (rank 0) and writes ``throughput.json`` into the run.
@@ -32,38 +32,50 @@ def _peak_memory_gb(module: L.LightningModule) -> float:
         return float("nan")
 
 
+def _loader_wait(trainer: L.Trainer) -> float | None:
+    """Seconds the training loader has kept the loop waiting (``ResumableLoader.seconds_waited``:
+    the time inside its ``next()``, which covers decoding, augmenting and collating, or waiting for
+    the workers that do; not the copy to the device nor other callbacks' hooks)."""
+    return getattr(trainer.train_dataloader, "seconds_waited", None)
+
+
 class Throughput(L.Callback):
-    """Times every training step after ``warmup`` steps: from the end of one step to the start of
-    the next the loop waits for data; from start to end it computes."""
+    """From the start of step ``warmup`` to the end of the last step: images per second, and the
+    share of that wall time the training loop waited for its data loader."""
 
     def __init__(self, warmup: int = 10) -> None:
         self.warmup = warmup
-        self.images, self.waiting, self.computing = 0, 0.0, 0.0
-        self._step_end: float | None = None
-        self._step_start = 0.0
+        self.images = 0
+        self._start: float | None = None
+        self._end = 0.0
+        self._wait_at_start: float | None = None
+        self._wait_at_end: float | None = None
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        now = time.perf_counter()
-        if self._step_end is not None and trainer.global_step >= self.warmup:
-            self.waiting += now - self._step_end
-        self._step_start = now
+        if self._start is None and trainer.global_step >= self.warmup:
+            _sync(module)
+            self._start = time.perf_counter()
+            # the batch being started was fetched before this moment: what the loop waits from here on
+            self._wait_at_start = _loader_wait(trainer)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self._start is None:
+            return
         _sync(module)
-        now = time.perf_counter()
-        if trainer.global_step > self.warmup:
-            self.computing += now - self._step_start
-            self.images += len(batch[0])
-        self._step_end = now
+        self._end = time.perf_counter()
+        self.images += len(batch[0])
+        self._wait_at_end = _loader_wait(trainer)
 
     def results(self, module: L.LightningModule) -> dict[str, float]:
-        total = self.waiting + self.computing
+        total = self._end - self._start if self._start is not None else 0.0
+        measured = total > 0 and self._wait_at_start is not None and self._wait_at_end is not None
+        waited = self._wait_at_end - self._wait_at_start if measured else float("nan")
         return {
             "images_per_s": self.images / total if total else float("nan"),
             "peak_memory_gb": _peak_memory_gb(module),
-            "data_wait_fraction": self.waiting / total if total else float("nan"),
+            "data_wait_fraction": waited / total if measured else float("nan"),
             "measured_images": self.images,
         }
 

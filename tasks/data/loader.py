@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -61,6 +62,7 @@ class ResumableLoader(DataLoader):
             check_resumable(resume, sampler)
         self._resumed = resume  # a checkpoint's position, until its epoch is iterated
         self._epoch_start = (-1, 0, 0)  # (epoch, samples done, batch counter) where this epoch's iteration began
+        self.seconds_waited = 0.0  # blocked waiting for the next batch (decoding, augmenting, collating)
 
     def _position(self) -> tuple[int, int]:
         """The trainer's epoch and the batches of it already trained on."""
@@ -104,7 +106,15 @@ class ResumableLoader(DataLoader):
         else:  # a fresh epoch, or grouped batches resumed in their own layout
             self.sampler.start(epoch, batches_done=batches)
             self._epoch_start = (self.sampler.epoch, 0, 0)
-        yield from super().__iter__()
+        batches_of_epoch = super().__iter__()
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(batches_of_epoch)
+            except StopIteration:
+                return
+            self.seconds_waited += time.perf_counter() - start  # the training loop is blocked meanwhile
+            yield batch
 
     def state_dict(self) -> dict[str, int | bool]:
         """Where training stands: the samples of the epoch's order consumed over every rank
