@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import lightning as L
@@ -11,8 +12,10 @@ import pytest
 import torch
 
 from tasks import PROJECT_ROOT
+from tasks.data.formats.coco import load_coco
 from tasks.metrics.coco_eval import COCO_STAT_NAMES
-from tasks.runner import build_datamodule, build_module, build_trainer, train
+from tasks.runner import build_datamodule, build_module, build_trainer, configure_torch, train
+from tests.coco_folder import pycocotools_stats
 from tests.conftest import CPU_DDP, TINY_DETECTION, compose_config, run_script, shapes_overrides
 
 
@@ -55,11 +58,17 @@ def test_coco_layout_folder_trains(shapes_root: Path, tmp_path: Path) -> None:
         "backbone=resnet18",
         "backbone.weights=none",  # the COCO recipe starts from ImageNet weights: offline here
         *TINY_DETECTION,
+        "task.model.box_score_thresh=0.0",  # up to 100 boxes an image: recall is not zero after 2 steps
         "trainer.max_steps=2",
-        "trainer.limit_val_batches=2",
     ]
     metrics = train(compose_config(overrides, tmp_path))
-    assert set(COCO_STAT_NAMES) <= set(metrics)
+    # the stats are pycocotools' own on the folder's json and the written predictions
+    rows = json.loads((tmp_path / "predictions.json").read_text())
+    coco_gt = load_coco(shapes_root / "annotations" / "instances_val2017.json")
+    assert {row["image_id"] for row in rows} == set(coco_gt.getImgIds())  # every validation image predicted
+    for name, value in zip(COCO_STAT_NAMES, pycocotools_stats(coco_gt, rows), strict=True):
+        assert metrics[name] == pytest.approx(value, abs=1e-9), name
+    assert metrics["map_50"] > 0 and metrics["mar_100"] > 0  # not a comparison of zeros
 
 
 def test_voc_layout_folder_trains(shapes_voc_root: Path, tmp_path: Path) -> None:
@@ -96,7 +105,17 @@ def test_any_timm_model_trains(shapes_root: Path, tmp_path: Path, model: str) ->
     cfg = compose_config(
         [*_tiny(shapes_root, "trainer.max_steps=2"), "backbone=timm", f"backbone.name={model}"], tmp_path
     )
-    assert "map_50" in train(cfg)
+    configure_torch(cfg)  # the run's own seeding: the same initial weights as train() builds
+    initial = build_module(cfg, build_datamodule(cfg))
+    before = {name: p.detach().clone() for name, p in initial.named_parameters()}
+    trainable = {name for name, p in initial.named_parameters() if p.requires_grad}
+    metrics = train(cfg)
+    after = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    body = [name for name in before if ".backbone.body." in name]
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    # the gradient reached every trainable tensor of the timm model, and only those moved
+    assert len(body) > 10 and {name for name in body if name in trainable} <= changed
+    assert changed <= trainable and math.isfinite(metrics["loss"])
 
 
 def test_checkpoint_of_this_project_loads_as_backbone_weights(shapes_root: Path, tmp_path: Path) -> None:
