@@ -379,7 +379,8 @@ def test_transfer_loads_the_backbone(
 def test_dataset_doctor_names_the_corrupt_file(tmp_path: Path) -> None:
     _image_folder(tmp_path)
     (tmp_path / "val" / "sq uare" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    result = run_script("check_dataset.py", ["task=classification", "dataset=imagefolder", f"dataset.root={tmp_path}"])
+    args = ["task=classification", "dataset=imagefolder", f"dataset.root={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = run_script("check_dataset.py", args)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "broken.png (sq uare) is unreadable" in result.stdout and "1 error(s)" in result.stdout
 

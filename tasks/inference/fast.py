@@ -66,7 +66,7 @@ def compile_trunk(model: nn.Module) -> nn.Module:
     """``torch.compile`` (inductor with frozen weights: constants folded, convolutions fused with their
     activation and prepacked for oneDNN) of the convolutional trunk: a detector's backbone with its
     FPN and the RPN head's 3x3 convolution, or a whole segmenter. The detection post-processing stays
-    eager. The first call at each new image size compiles (about 27 s for R50-FPN on 2 CPU cores)."""
+    eager. The first call at each new image size compiles (14-27 s for R50-FPN on 2 CPU cores)."""
     import torch._inductor.config as inductor
 
     inductor.freezing = True
