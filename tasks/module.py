@@ -226,7 +226,8 @@ class TaskModule(L.LightningModule):
         rank_zero_info(f"{explanation} (total batch: {how})")
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
-        rank_zero_info(training_length(self.trainer))
+        if self._trainer is not None:
+            rank_zero_info(training_length(self._trainer))
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
