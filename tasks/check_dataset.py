@@ -13,9 +13,12 @@ import hydra  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from tasks.common.errors import exit_on_user_error  # noqa: E402
+from tasks.core.recipes import accept_recipe_null  # noqa: E402
+from tasks.core.resolvers import register_resolvers  # noqa: E402
 from tasks.data.doctor import ERROR, check_num_classes, format_report  # noqa: E402
-from tasks.errors import exit_on_user_error  # noqa: E402
-from tasks.recipes import accept_recipe_null  # noqa: E402
+
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -14,7 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a sc
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from tasks.errors import exit_on_user_error  # noqa: E402
+from tasks.common.errors import exit_on_user_error  # noqa: E402
+from tasks.core.resolvers import register_resolvers  # noqa: E402
+
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")

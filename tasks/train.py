@@ -8,14 +8,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a sc
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from tasks.errors import exit_on_user_error  # noqa: E402
-from tasks.recipes import accept_recipe_null  # noqa: E402
+from tasks.common.errors import exit_on_user_error  # noqa: E402
+from tasks.core.recipes import accept_recipe_null  # noqa: E402
+from tasks.core.resolvers import register_resolvers  # noqa: E402
+
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @exit_on_user_error
 def main(cfg: DictConfig) -> dict[str, float]:
-    from tasks.runner import train  # here: showing the config (--cfg job) imports no Lightning
+    from tasks.core.runner import train  # here: showing the config (--cfg job) imports no Lightning
 
     return train(cfg)
 

@@ -13,8 +13,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from tasks import PROJECT_ROOT
+from tasks.core.resolvers import register_resolvers
 from tasks.data.shapes import ShapesSpec, ensure_shapes
 
+register_resolvers()  # as the scripts do before Hydra composes a config
 CONF_DIR = PROJECT_ROOT / "conf"
 BACKBONE_CONFIGS = sorted(p.stem for p in (CONF_DIR / "backbone").glob("*.yaml"))
 TINY_SHAPES = ShapesSpec(num_train=16, num_val=8, image_size=64, min_object_size=10, max_object_size=28, max_objects=3)

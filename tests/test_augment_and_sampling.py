@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tasks.data.detection_transforms import detection_transforms
 from tasks.data.sampling import aspect_ratio_groups, group_batches, plain_batches
-from tasks.data.transforms import detection_transforms
 
 
 def _marked_image(box: list[int], shape=(300, 600)) -> np.ndarray:

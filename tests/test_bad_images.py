@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import tasks.data.bad_images as bad_images
-from tasks.data.datamodule import CocoDataModule
+from tasks.data.detection import CocoDataModule
 from tasks.data.doctor import DatasetError
 from tasks.data.images import read_rgb
 from tasks.data.segmentation import VocSegDataModule

@@ -14,7 +14,7 @@ from tasks.benchmarks.eval_and_data_speed import STATS_TOLERANCE, largest_differ
 from tasks.benchmarks.inference_speed import detections_equal, headline
 from tasks.benchmarks.throughput import Throughput
 from tasks.data.loader import training_loader
-from tasks.metrics.coco_eval import COCO_STAT_NAMES
+from tasks.evaluation.coco_eval import COCO_STAT_NAMES
 
 
 class _SlowData(Dataset):

@@ -17,12 +17,12 @@ from PIL import Image
 
 from backbones import ResNetBackbone
 from heads.classifier import build_classifier
-from tasks.classification.module import batch_mixer
+from tasks.core.runner import build_datamodule, build_module, evaluate, train
 from tasks.data.classification import ImageFolderDataModule
 from tasks.data.doctor import DatasetError
 from tasks.data.imagenet import ImageNetDataModule, read_synset_mapping
-from tasks.metrics.classification import ClassificationEvaluator, classification_metrics
-from tasks.runner import build_datamodule, build_module, evaluate, train
+from tasks.evaluation.classification import ClassificationEvaluator, classification_metrics
+from tasks.training.classification import batch_mixer
 from tests.conftest import (
     BACKBONE_CONFIGS,
     TINY_DETECTION,
@@ -379,7 +379,12 @@ def test_transfer_loads_the_backbone(
 def test_dataset_doctor_names_the_corrupt_file(tmp_path: Path) -> None:
     _image_folder(tmp_path)
     (tmp_path / "val" / "sq uare" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    args = ["task=classification", "dataset=imagefolder", f"dataset.root={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"]
+    args = [
+        "task=classification",
+        "dataset=imagefolder",
+        f"dataset.root={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     result = run_script("check_dataset.py", args)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "broken.png (sq uare) is unreadable" in result.stdout and "1 error(s)" in result.stdout

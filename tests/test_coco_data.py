@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.data.datamodule import CocoDataModule
+from tasks.data.detection import CocoDataModule
+from tasks.data.detection_transforms import detection_transforms
 from tasks.data.formats.coco import CocoDetection
-from tasks.data.transforms import detection_transforms
 from tests.coco_folder import write_coco_folder
 
 IMAGES = [
@@ -107,7 +107,7 @@ def test_unknown_preset_is_explained() -> None:
 
 
 def test_custom_json_and_folder_names_load_through_the_config(coco_root: Path, tmp_path: Path) -> None:
-    from tasks.runner import build_datamodule
+    from tasks.core.runner import build_datamodule
     from tests.conftest import compose_config
 
     (coco_root / "val2017").rename(coco_root / "pictures")

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
-from tasks.data.datamodule import CocoDataModule
+from tasks.data.detection import CocoDataModule
 from tasks.data.formats.coco import load_coco
 from tasks.data.formats.masks import encode_mask
-from tasks.detection.module import DetectionModule
-from tasks.instance_segmentation.module import InstanceSegmentationModule
-from tasks.metrics.coco_eval import COCO_STAT_NAMES, coco_stats
-from tasks.metrics.detection import detection_evaluator
+from tasks.evaluation.coco_eval import COCO_STAT_NAMES, coco_stats
+from tasks.evaluation.detection import detection_evaluator
+from tasks.training.detection import DetectionModule
+from tasks.training.instance_segmentation import InstanceSegmentationModule
 from tests.coco_folder import CATEGORY_IDS, pycocotools_stats, write_coco_folder
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tasks.metrics.confusion import ConfusionMatrixEvaluator
+from tasks.evaluation.confusion import ConfusionMatrixEvaluator
 
 MASK = torch.tensor([[0, 0, 1], [1, 2, 255]])
 PREDICTION = torch.tensor([[0, 1, 1], [1, 2, 0]])  # the 255 pixel's prediction must not count

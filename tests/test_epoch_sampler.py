@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from tasks.common.errors import UserError
 from tasks.data.detection_dataset import collate_detection
+from tasks.data.detection_transforms import detection_transforms
 from tasks.data.loader import check_resumable, training_loader
 from tasks.data.sampling import EpochBatchSampler
-from tasks.data.transforms import detection_transforms
-from tasks.errors import UserError
 
 
 def _indices(batches: list[list[tuple[int, int]]]) -> list[list[int]]:

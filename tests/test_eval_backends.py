@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tasks.data.formats.coco import load_coco
-from tasks.metrics.coco_eval import COCO_STAT_NAMES, coco_evaluate
+from tasks.evaluation.coco_eval import COCO_STAT_NAMES, coco_evaluate
 from tests.coco_folder import write_coco_folder
 from tests.test_coco_eval import _ground_truth, _predictions
 

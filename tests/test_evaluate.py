@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tasks.core.runner import evaluate, train
 from tasks.data.formats.coco import load_coco
 from tasks.data.shapes import ShapesSpec, ensure_shapes
-from tasks.metrics.coco_eval import COCO_STAT_NAMES
-from tasks.runner import evaluate, train
+from tasks.evaluation.coco_eval import COCO_STAT_NAMES
 from tests.coco_folder import pycocotools_stats
 from tests.conftest import CPU_DDP, TINY_DETECTION, compose_config, run_script
 

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tasks.callbacks import align_validation_to_accumulation
-from tasks.errors import UserError
-from tasks.runner import train
+from tasks.common.errors import UserError
+from tasks.core.runner import train
+from tasks.training.checkpointing import align_validation_to_accumulation
 from tests.conftest import TINY_DETECTION, compose_config, shapes_overrides
 from tests.helpers import Crash
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 import torchvision.models.detection.roi_heads as roi_heads
 
-from tasks.checkpoints import AtomicCheckpointIO
-from tasks.errors import UserError, exit_on_user_error, user_error
-from tasks.nonfinite import NonFiniteLossError
-from tasks.runner import evaluate, train
+from tasks.common.errors import UserError, exit_on_user_error, user_error
+from tasks.core.runner import evaluate, train
+from tasks.training.checkpointing import AtomicCheckpointIO
+from tasks.training.nonfinite import NonFiniteLossError
 from tests.conftest import (
     CPU_DDP,
     TINY_DETECTION,
@@ -134,7 +134,7 @@ def test_nonfinite_loss_on_one_ddp_process_stops_every_process(shapes_root: Path
 def test_segmentation_stops_on_a_nonfinite_loss(
     shapes_voc_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tasks.segmentation.module import SegmentationModule
+    from tasks.training.segmentation import SegmentationModule
 
     monkeypatch.setattr(SegmentationModule, "_loss", lambda self, logits, masks: logits.sum() * float("nan"))
     overrides = [*TINY_SEGMENTATION, *shapes_seg_overrides(shapes_voc_root), "trainer.max_steps=2"]

@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tasks.data.datamodule import CocoDataModule
+from tasks.data.detection import CocoDataModule
+from tasks.data.detection_transforms import detection_transforms
 from tasks.data.doctor import DatasetError
 from tasks.data.formats.coco import CocoDetection, load_coco
 from tasks.data.formats.masks import decode_segmentation, encode_mask
-from tasks.data.transforms import detection_transforms
-from tasks.metrics.coco_eval import COCO_STAT_NAMES, coco_evaluate
+from tasks.evaluation.coco_eval import COCO_STAT_NAMES, coco_evaluate
 from tests.coco_folder import CATEGORY_IDS, write_coco_folder
 
 HEIGHT, WIDTH = 40, 50

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import launch
+from tasks.core import launch
 
 LAUNCH_VARIABLES = ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_NODEID",
                     "LOCAL_RANK", "SLURM_NTASKS", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID")  # fmt: skip

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tasks.module import TaskModule, scaled_lr
+from tasks.training.module import TaskModule, scaled_lr
 
 
 def test_linear_scaling_rule() -> None:

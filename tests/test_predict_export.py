@@ -14,13 +14,13 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from heads.faster_rcnn import IMAGENET_MEAN
-from tasks.errors import UserError
+from tasks.common.errors import UserError
+from tasks.common.metadata import load_trained_model
+from tasks.core.runner import train
 from tasks.inference.export import export
 from tasks.inference.graphs import inference_graph
 from tasks.inference.inputs import find_images
-from tasks.inference.metadata import load_trained_model
 from tasks.inference.predict import predict
-from tasks.runner import train
 from tests.conftest import (
     TINY_DETECTION,
     TINY_SEGMENTATION,

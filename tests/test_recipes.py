@@ -12,8 +12,8 @@ import pytest
 from omegaconf import OmegaConf
 from torch import nn
 
-from tasks.resolvers import workers_per_device
-from tasks.runner import build_datamodule, build_module, build_trainer, train
+from tasks.core.resolvers import workers_per_device
+from tasks.core.runner import build_datamodule, build_module, build_trainer, train
 from tests.conftest import CONF_DIR, TINY_DETECTION, compose_config, run_script
 
 
@@ -73,7 +73,7 @@ def test_reference_recipes_compose_and_build(
 
 
 def test_recipe_null_leaves_it_out_and_the_log_lists_what_it_sets(tmp_path: Path) -> None:
-    from tasks.recipes import recipe_settings
+    from tasks.core.recipes import recipe_settings
 
     tuned, plain = compose_config([], tmp_path), compose_config(["~recipe"], tmp_path)
     assert (tuned.trainer.max_epochs, tuned.task.model.min_size) == (4, 128)  # recipe/detection_shapes.yaml
@@ -156,7 +156,7 @@ def test_coco_layout_from_scratch_trains_with_group_norm(
 
 
 def test_a_limit_given_on_the_command_line_lifts_the_one_the_configs_set(tmp_path: Path) -> None:
-    from tasks.recipes import apply_command_line_limits
+    from tasks.core.recipes import apply_command_line_limits
 
     def limits(*overrides: str) -> tuple[int, int]:
         cfg = compose_config(list(overrides), tmp_path)  # the shapes recipe sets trainer.max_epochs=4

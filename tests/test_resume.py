@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.runner import build_datamodule, build_module, build_trainer, train
+from tasks.core.runner import build_datamodule, build_module, build_trainer, train
 from tests.conftest import TINY_DETECTION, compose_config, run_script, shapes_overrides
 
 SPOIL = "+callbacks.spoil._target_=tests.helpers.SpoilWeightsAfterResume"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.runner import train
+from tasks.core.runner import train
 from tests.conftest import CPU_DDP, TINY_DETECTION, TINY_SHAPES, compose_config, run_script, shapes_overrides
 from tests.helpers import Crash
 

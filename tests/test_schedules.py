@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from tasks.optim import build_optimizer
-from tasks.schedules import warmup_then_decay
+from tasks.training.optim import build_optimizer
+from tasks.training.schedules import warmup_then_decay
 
 
 def _lrs(steps: int, **kwargs) -> list[float]:

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tasks.data.collate import collate_segmentation
 from tasks.data.formats.semantic import read_mask
 from tasks.data.segmentation import (
     CocoSegDataModule,
     ShapesSegDataModule,
     VocSegDataModule,
-    collate_segmentation,
     segmentation_transforms,
 )
 from tasks.data.shapes import SHAPE_CLASSES

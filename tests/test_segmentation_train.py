@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from backbones import ResNetBackbone
-from tasks.runner import build_datamodule, build_module, evaluate, train
+from tasks.core.runner import build_datamodule, build_module, evaluate, train
 from tests.conftest import (
     TINY_DETECTION,
     TINY_SEGMENTATION,

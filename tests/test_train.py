@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from tasks import PROJECT_ROOT
+from tasks.core.runner import build_datamodule, build_module, build_trainer, configure_torch, train
 from tasks.data.formats.coco import load_coco
-from tasks.metrics.coco_eval import COCO_STAT_NAMES
-from tasks.runner import build_datamodule, build_module, build_trainer, configure_torch, train
+from tasks.evaluation.coco_eval import COCO_STAT_NAMES
 from tests.coco_folder import pycocotools_stats
 from tests.conftest import CPU_DDP, TINY_DETECTION, compose_config, run_script, shapes_overrides
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.data.datamodule import VocDataModule
+from tasks.data.detection import VocDataModule
 from tasks.data.doctor import DatasetError
 from tasks.data.formats.voc import VocDetection
 from tasks.data.shapes import SHAPE_CLASSES
-from tasks.metrics.detection import detection_evaluator
+from tasks.evaluation.detection import detection_evaluator
 from tests.conftest import TINY_SHAPES
 
 

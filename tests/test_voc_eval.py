@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.metrics.voc_eval import VocGroundTruth, voc_map
+from tasks.evaluation.voc_eval import VocGroundTruth, voc_map
 
 GROUND_TRUTH = {
     1: VocGroundTruth(np.array([[0, 0, 9, 9], [30, 30, 39, 39]]), np.array([0, 1]), np.array([False, False])),

@@ -27,9 +27,9 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
+from tasks.data.detection_transforms import DETECTION_PRESETS, detection_transforms
 from tasks.data.formats.coco import CocoDetection
-from tasks.data.transforms import DETECTION_PRESETS, detection_transforms
-from tasks.metrics.coco_eval import COCO_STAT_NAMES, coco_evaluate
+from tasks.evaluation.coco_eval import COCO_STAT_NAMES, coco_evaluate
 
 
 def synthetic_coco(num_images: int, seed: int = 0) -> tuple[COCO, list[dict]]:

@@ -18,10 +18,12 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from tasks import PROJECT_ROOT
-from tasks.runner import train
+from tasks.core.resolvers import register_resolvers
+from tasks.core.runner import train
 
 
 def run(overrides: list[str], output_dir: Path) -> tuple[dict, float]:
+    register_resolvers()
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, f"paths.output_dir={output_dir}"])
     start = time.perf_counter()

@@ -11,8 +11,8 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
+from tasks.common.errors import UserError
 from tasks.data.sampling import EpochBatchSampler, SampleKey
-from tasks.errors import UserError
 
 
 class SeededBatches(Dataset):

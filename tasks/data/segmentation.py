@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tasks.data.base import TaskDataModule
+from tasks.data.collate import collate_segmentation
 from tasks.data.doctor import ERROR, Finding
 from tasks.data.formats.coco import read_categories
 from tasks.data.formats.semantic import (
@@ -94,19 +95,6 @@ class SegmentationDataset(Dataset):
         mask = torch.from_numpy(np.ascontiguousarray(mask)).long()
         target = {"mask": mask, "image_id": record.image_id, "file": str(record.image)}  # file: for error reports
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), target
-
-
-def collate_segmentation(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, list[dict]]:
-    """Pad images (bottom/right, zeros) into one tensor; each target keeps its mask and the
-    image's unpadded size, so logits can be cropped and compared at the mask's resolution."""
-    images = [image for image, _ in batch]
-    height, width = max(i.shape[-2] for i in images), max(i.shape[-1] for i in images)
-    stacked = images[0].new_zeros((len(images), 3, height, width))
-    targets = []
-    for k, (image, target) in enumerate(batch):
-        stacked[k, :, : image.shape[-2], : image.shape[-1]] = image
-        targets.append({**target, "size": (int(image.shape[-2]), int(image.shape[-1]))})
-    return stacked, targets
 
 
 class SegmentationDataModule(TaskDataModule):

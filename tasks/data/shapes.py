@@ -19,9 +19,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tasks.data.datamodule import CocoDataModule
 from tasks.data.formats.voc import voc_palette
-from tasks.data.images import MAX_PIXELS
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
 SPEC_FILE = "shapes_spec.json"
@@ -285,27 +283,3 @@ def split_spec(options: dict) -> tuple[ShapesSpec, dict]:
     return ShapesSpec(**{k: v for k, v in options.items() if k in names}), {
         k: v for k, v in options.items() if k not in names
     }
-
-
-class ShapesDataModule(CocoDataModule):
-    """The COCO data module over the generated shapes folder (generated on first use, by
-    ``prepare_data``: on one process while the others wait).
-
-    Keyword options named like ``ShapesSpec`` fields (``num_train``, ``image_size``, ``seed``, ...)
-    set the generation; the others go to ``CocoDataModule``.
-    """
-
-    def __init__(self, root: str | Path, **options) -> None:
-        self.spec, loader_options = split_spec(options)
-        super().__init__(root, **loader_options)
-
-    def _read_metadata(self) -> tuple[list[int], list[str]]:
-        return list(range(1, len(SHAPE_CLASSES) + 1)), list(SHAPE_CLASSES)
-
-    def prepare_data(self) -> None:
-        ensure_shapes(self.root, self.spec)
-        super().prepare_data()
-
-    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS):
-        ensure_shapes(self.root, self.spec)
-        return super().inspect(read_images=read_images, max_pixels=max_pixels)

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from tasks.data.segmentation import collate_segmentation
-from tasks.errors import UserError
+from tasks.common.errors import UserError
+from tasks.data.collate import collate_segmentation
 from tasks.inference.fast import compile_trunk, optimise_for_cpu
 from tasks.inference.graphs import check_inference_task, is_semantic
 

@@ -12,9 +12,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from tasks.errors import UserError
+from tasks.common.errors import UserError
+from tasks.common.metadata import load_trained_model
 from tasks.inference.graphs import inference_graph, is_semantic
-from tasks.inference.metadata import MODEL_CARD, load_trained_model, model_card
+from tasks.inference.model_card import MODEL_CARD, model_card
 
 log = logging.getLogger(__name__)
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 
 SEGMENTATION_TASKS = ("segmentation",)
 INFERENCE_TASKS = ("detection", "instance_segmentation", *SEGMENTATION_TASKS)

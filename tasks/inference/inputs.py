@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tasks.common.errors import UserError
+from tasks.data.detection_transforms import ShrinkLongest
 from tasks.data.images import IMAGE_SUFFIXES, MAX_PIXELS, is_image_file, read_rgb
-from tasks.data.transforms import ShrinkLongest
-from tasks.errors import UserError
 
 
 def _fixed_prefix(pattern: str) -> Path:

@@ -13,8 +13,8 @@ from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from tasks.data.formats.voc import voc_palette
-from tasks.detection.module import rescale_to_original
-from tasks.metrics.coco_eval import to_coco_results, to_segmentation_results
+from tasks.evaluation.coco_eval import to_coco_results, to_segmentation_results
+from tasks.evaluation.predictions import rescale_to_original
 
 # overlays keep the input's format where it holds RGB; others (gif, pbm ...) become PNG
 OVERLAY_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")

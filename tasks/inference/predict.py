@@ -17,13 +17,14 @@ import numpy as np
 from omegaconf import DictConfig
 from torch import Tensor
 
-from tasks.errors import UserError
+from tasks.common.errors import UserError
+from tasks.common.metadata import load_trained_model
+from tasks.data.formats.voc import save_palette_png
 from tasks.inference import outputs
 from tasks.inference.engines import ENGINES, OnnxRuntimeEngine, TorchEngine
 from tasks.inference.graphs import is_semantic
 from tasks.inference.inputs import find_images, prepare, resizer
-from tasks.inference.metadata import load_trained_model, read_model_card
-from tasks.segmentation.module import save_palette_png
+from tasks.inference.model_card import read_model_card
 
 log = logging.getLogger(__name__)
 

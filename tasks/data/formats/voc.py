@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import albumentations as A
 import numpy as np
+from PIL import Image
 from pycocotools.coco import COCO
 
 from tasks.data.detection_dataset import DetectionDataset, clip_boxes
@@ -262,3 +264,13 @@ def inspect_voc(
                         )
                     )
     return findings
+
+
+def save_palette_png(mask: np.ndarray, path: Path) -> None:
+    """Write a class-index mask as a VOC palette PNG, atomically: a temporary file in the same
+    folder renamed into place, so processes writing the same image never leave a torn file."""
+    image = Image.fromarray(mask.astype(np.uint8), mode="P")
+    image.putpalette(voc_palette())
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    image.save(tmp)
+    os.replace(tmp, path)

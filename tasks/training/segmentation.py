@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 
-from tasks.data.formats.voc import voc_palette
-from tasks.module import TaskModule
-
-
-def save_palette_png(mask: np.ndarray, path: Path) -> None:
-    """Write a class-index mask as a VOC palette PNG, atomically: a temporary file in the same
-    folder renamed into place, so processes writing the same image never leave a torn file."""
-    image = Image.fromarray(mask.astype(np.uint8), mode="P")
-    image.putpalette(voc_palette())
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    image.save(tmp)
-    os.replace(tmp, path)
+from tasks.data.formats.voc import save_palette_png
+from tasks.training.module import TaskModule
 
 
 class SegmentationModule(TaskModule):
     """Trains a model returning ``{"out": logits[, "aux": logits]}`` at input size.
 
-    Args (besides those of :class:`tasks.module.TaskModule`):
+    Args (besides those of :class:`tasks.training.module.TaskModule`):
         aux_weight: weight of the auxiliary head's loss.
         backbone_lr_mult: the backbone learns at this fraction of the head's rate (fine-tuning).
         ignore_index: mask value that neither loss nor metrics count.

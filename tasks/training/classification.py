@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
-from tasks.module import TaskModule
+from tasks.training.module import TaskModule
 
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
@@ -28,7 +28,7 @@ def batch_mixer(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v2
 class ClassificationModule(TaskModule):
     """Trains a model that returns logits for images in [0, 1].
 
-    Args (besides those of :class:`tasks.module.TaskModule`):
+    Args (besides those of :class:`tasks.training.module.TaskModule`):
         label_smoothing: cross-entropy's label smoothing (0.1 in torchvision's recipe).
         mixup_alpha, cutmix_alpha: Beta parameters of MixUp and CutMix (0: off); with both on,
             each training batch gets one of them. Their draws come from torch's generator, which

@@ -2,52 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from backbones.weights import first_line
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 
 RESUME_HINT = "pass a .ckpt written by a previous run of this task (outputs/<task>/<run>/checkpoints/last.ckpt)"
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write each checkpoint to a temporary file in the target folder, fsync it, then rename it
-    over the target: a process killed at any moment leaves the previous checkpoint intact and
-    loadable (a rename within one folder is atomic). Remote paths (``s3://`` ...) use Lightning's
-    own writer."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        if "://" in str(path) or storage_options is not None:
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable (a power cut could otherwise undo it)."""
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -94,15 +58,3 @@ def check_checkpoint_fits(content: dict[str, Any], module: nn.Module, path: str 
         f"ckpt_path={path} does not fit the model this config builds ({details}). Pass the "
         "task/backbone/dataset overrides used for training: they are in the run's .hydra/overrides.yaml"
     )
-
-
-def latest_checkpoint(callbacks: list) -> str | None:
-    """The most recently written checkpoint of any checkpoint callback, or None."""
-    paths = [
-        Path(p)
-        for cb in callbacks
-        if isinstance(cb, ModelCheckpoint)
-        for p in (cb.last_model_path, cb.best_model_path)
-        if p and Path(p).is_file()
-    ]
-    return str(max(paths, key=lambda p: p.stat().st_mtime)) if paths else None

@@ -10,12 +10,13 @@ import albumentations as A
 
 from tasks.data.base import TaskDataModule
 from tasks.data.detection_dataset import DetectionDataset, collate_detection
+from tasks.data.detection_transforms import RESIZING_PRESETS, detection_transforms
 from tasks.data.doctor import ERROR, Finding
 from tasks.data.formats.coco import CocoDetection, inspect_coco, read_categories, read_instances
 from tasks.data.formats.voc import VOC_CLASSES, VocDetection, inspect_voc
 from tasks.data.images import MAX_PIXELS
 from tasks.data.sampling import aspect_ratio_groups
-from tasks.data.transforms import RESIZING_PRESETS, detection_transforms
+from tasks.data.shapes import SHAPE_CLASSES, ensure_shapes, split_spec
 
 
 class DetectionDataModule(TaskDataModule):
@@ -23,7 +24,7 @@ class DetectionDataModule(TaskDataModule):
 
     Subclasses say how to build a split (``_build_split``) and where the class names come from
     (``_read_metadata``, without preparing or loading the data). ``augment`` names a preset of
-    ``tasks.data.transforms``; ``preset_options`` passes its sizes (e.g. ``multiscale_sizes``).
+    ``tasks.data.detection_transforms``; ``preset_options`` passes its sizes (e.g. ``multiscale_sizes``).
     ``group_aspect_ratio`` batches wide and tall images apart so batches pad little. ``masks``:
     items carry instance masks too (the instance segmentation task asks for them).
     """
@@ -271,3 +272,27 @@ class VocDataModule(DetectionDataModule):
     def evaluation_inputs(self) -> dict:
         """Also each image's boxes with VOC's difficult flags: VOC AP is reported next to COCO's stats."""
         return {**super().evaluation_inputs(), "voc_ground_truth": self.val_set.voc_ground_truth}
+
+
+class ShapesDataModule(CocoDataModule):
+    """The COCO data module over the generated shapes folder (generated on first use, by
+    ``prepare_data``: on one process while the others wait).
+
+    Keyword options named like ``ShapesSpec`` fields (``num_train``, ``image_size``, ``seed``, ...)
+    set the generation; the others go to ``CocoDataModule``.
+    """
+
+    def __init__(self, root: str | Path, **options) -> None:
+        self.spec, loader_options = split_spec(options)
+        super().__init__(root, **loader_options)
+
+    def _read_metadata(self) -> tuple[list[int], list[str]]:
+        return list(range(1, len(SHAPE_CLASSES) + 1)), list(SHAPE_CLASSES)
+
+    def prepare_data(self) -> None:
+        ensure_shapes(self.root, self.spec)
+        super().prepare_data()
+
+    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS):
+        ensure_shapes(self.root, self.spec)
+        return super().inspect(read_images=read_images, max_pixels=max_pixels)

@@ -6,7 +6,8 @@ import os
 
 from omegaconf import DictConfig, OmegaConf
 
-from tasks import PROJECT_ROOT, launch
+from tasks import PROJECT_ROOT
+from tasks.core import launch
 
 
 def _starts_from_weights(backbone: DictConfig, root: DictConfig) -> bool:
@@ -48,7 +49,8 @@ def workers_per_device(devices: object) -> int:
     return max(1, min(16, cpus // count - 1))
 
 
-def register() -> None:
+def register_resolvers() -> None:
+    """Make the resolvers the configs use known to OmegaConf (before Hydra composes a config)."""
     resolvers = {
         # config paths are anchored on the project root, never on the working directory
         "project_root": lambda: str(PROJECT_ROOT),

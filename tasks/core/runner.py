@@ -19,10 +19,11 @@ from hydra.utils import get_method, instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from tasks.checkpoints import AtomicCheckpointIO, check_checkpoint_fits, checkpoint_path, read_checkpoint
-from tasks.errors import UserError
-from tasks.inference.metadata import inference_metadata
-from tasks.recipes import apply_command_line_limits, command_line_overrides, log_recipe
+from tasks.common.checkpoints import check_checkpoint_fits, checkpoint_path, read_checkpoint
+from tasks.common.errors import UserError
+from tasks.common.metadata import inference_metadata
+from tasks.core.recipes import apply_command_line_limits, command_line_overrides, log_recipe
+from tasks.training.checkpointing import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from tasks.data.formats.voc import VocGroundTruth
-from tasks.metrics.coco_eval import CocoEvaluator, CocoResult
+from tasks.evaluation.coco_eval import CocoEvaluator, CocoResult
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray, *, use_07_metric: bool) -> float:

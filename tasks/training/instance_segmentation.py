@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.detection.module import DetectionModule
+from tasks.training.detection import DetectionModule
 
 
 class InstanceSegmentationModule(DetectionModule):

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 
 
 class NonFiniteLossError(UserError):

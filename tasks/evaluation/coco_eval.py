@@ -17,8 +17,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from tasks.data.formats.masks import encode_mask
-from tasks.metrics.evaluation import Evaluation
-from tasks.metrics.gather import from_rank_zero, gather_by_image_id
+from tasks.evaluation.evaluation import Evaluation
+from tasks.evaluation.gather import from_rank_zero, gather_by_image_id
 
 COCO_STAT_NAMES = (
     "map",

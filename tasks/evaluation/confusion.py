@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from tasks.metrics.evaluation import Evaluation
-from tasks.metrics.gather import from_rank_zero, gather_by_image_id
+from tasks.evaluation.evaluation import Evaluation
+from tasks.evaluation.gather import from_rank_zero, gather_by_image_id
 
 
 def confusion_matrix_metrics(matrix: np.ndarray, class_names: Sequence[str]) -> dict:
@@ -44,7 +44,7 @@ def confusion_matrix_metrics(matrix: np.ndarray, class_names: Sequence[str]) -> 
 
 class ConfusionMatrixEvaluator:
     """Accumulate predictions (class index maps) against masks; ``ignore_index`` pixels do not count.
-    Implements ``tasks.metrics.evaluation.Evaluator``."""
+    Implements ``tasks.evaluation.evaluation.Evaluator``."""
 
     def __init__(self, class_names: Sequence[str], ignore_index: int = 255) -> None:
         self.class_names = list(class_names)

@@ -17,10 +17,10 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from tasks.checkpoints import latest_checkpoint
-from tasks.inference.metadata import CHECKPOINT_KEY as INFERENCE_KEY
-from tasks.metrics.evaluation import Evaluation
-from tasks.nonfinite import NonFiniteLossError, describe_batch, has_nonfinite, nonfinite_tensors
+from tasks.common.metadata import CHECKPOINT_KEY as INFERENCE_KEY
+from tasks.evaluation.evaluation import Evaluation
+from tasks.training.checkpointing import latest_checkpoint
+from tasks.training.nonfinite import NonFiniteLossError, describe_batch, has_nonfinite, nonfinite_tensors
 
 OptimizerFactory = Callable[[Iterable], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
@@ -67,7 +67,7 @@ class TaskModule(L.LightningModule):
             each with a warning, before the run stops at the next one. 0: stop at the first.
 
     ``inference`` (set by the runner) is what rebuilds and feeds the model without its dataset
-    (class names, preprocessing, model config: ``tasks.inference.metadata``); every checkpoint
+    (class names, preprocessing, model config: ``tasks.common.metadata``); every checkpoint
     stores it.
     """
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from tasks.metrics.evaluation import Evaluation
-from tasks.metrics.gather import from_rank_zero, gather_by_image_id
+from tasks.evaluation.evaluation import Evaluation
+from tasks.evaluation.gather import from_rank_zero, gather_by_image_id
 
 CONFUSION_PICTURE = "confusion_matrix.png"
 
@@ -43,7 +43,7 @@ def classification_metrics(labels: np.ndarray, ranked: np.ndarray, num_classes: 
 class ClassificationEvaluator:
     """Accumulates logits against labels; reports ``top1``, ``mean_class_acc`` and, with more than
     ``top_k`` classes, ``top<k>`` (``top5``): with fewer, every image's class is among the k best
-    and the figure is always 1. Implements ``tasks.metrics.evaluation.Evaluator``."""
+    and the figure is always 1. Implements ``tasks.evaluation.evaluation.Evaluator``."""
 
     def __init__(self, class_names: Sequence[str], top_k: int = 5) -> None:
         self.class_names = list(class_names)

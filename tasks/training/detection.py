@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from tasks.module import TaskModule
+from tasks.evaluation.predictions import rescale_to_original
+from tasks.training.module import TaskModule
 
 
 def to_float_images(images: list[Tensor]) -> list[Tensor]:
@@ -14,21 +14,11 @@ def to_float_images(images: list[Tensor]) -> list[Tensor]:
     return [image.float().div_(255) if image.dtype == torch.uint8 else image for image in images]
 
 
-def rescale_to_original(detections: list[dict[str, Tensor]], images: list[Tensor], targets: list[dict]) -> None:
-    """Map boxes (and masks) from the size the model saw to the size of the file on disk, in place."""
-    for det, image, target in zip(detections, images, targets, strict=True):
-        (orig_h, orig_w), (h, w) = target["orig_size"], image.shape[-2:]
-        scale = det["boxes"].new_tensor([orig_w / w, orig_h / h, orig_w / w, orig_h / h])
-        det["boxes"] = det["boxes"] * scale
-        if "masks" in det and (orig_h, orig_w) != (h, w) and len(det["masks"]):
-            det["masks"] = F.interpolate(det["masks"], size=(orig_h, orig_w), mode="bilinear", align_corners=False)
-
-
 class DetectionModule(TaskModule):
     """Logs every loss component; validation reports the 12 COCO stats as ``val/<name>``.
 
     ``model`` returns a loss dict in training and detections in eval; the other arguments are
-    those of :class:`tasks.module.TaskModule`.
+    those of :class:`tasks.training.module.TaskModule`.
     """
 
     progress_metrics = ("map", "map_50")

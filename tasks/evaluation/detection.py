@@ -8,8 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pycocotools.coco import COCO
 
 from tasks.data.formats.voc import VocGroundTruth
-from tasks.metrics.coco_eval import CocoEvaluator
-from tasks.metrics.voc_eval import VocEvaluator
+from tasks.evaluation.coco_eval import CocoEvaluator
+from tasks.evaluation.voc_eval import VocEvaluator
 
 
 def detection_evaluator(

@@ -1,26 +1,68 @@
-"""Lightning's checkpoint callback and CSV logger, made to survive a resume; per-batch seeding."""
+"""Checkpointing during training: files written atomically, Lightning's checkpoint callback kept
+across resumes, step checkpoints between validations, and validations (so checkpoints) only between
+optimizer steps."""
 
 from __future__ import annotations
 
 import math
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from tasks.data.sampling import derive_seed
-from tasks.errors import UserError
+from tasks.common.errors import UserError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to a temporary file in the target folder, fsync it, then rename it
+    over the target: a process killed at any moment leaves the previous checkpoint intact and
+    loadable (a rename within one folder is atomic). Remote paths (``s3://`` ...) use Lightning's
+    own writer."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if "://" in str(path) or storage_options is not None:
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (a power cut could otherwise undo it)."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def latest_checkpoint(callbacks: list) -> str | None:
+    """The most recently written checkpoint of any checkpoint callback, or None."""
+    paths = [
+        Path(p)
+        for cb in callbacks
+        if isinstance(cb, ModelCheckpoint)
+        for p in (cb.last_model_path, cb.best_model_path)
+        if p and Path(p).is_file()
+    ]
+    return str(max(paths, key=lambda p: p.stat().st_mtime)) if paths else None
 
 
 def align_validation_to_accumulation(trainer: L.Trainer) -> None:
@@ -100,44 +142,3 @@ class StepCheckpoint(RunCheckpoint):
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         return
-
-
-class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer, continuing an existing metrics.csv instead of deleting it."""
-
-    def _check_log_dir_exists(self) -> None:
-        if os.path.isfile(self.metrics_file_path):
-            with open(self.metrics_file_path, newline="") as file:
-                header = file.readline().strip()
-            self.metrics_keys = sorted(header.split(",")) if header else []
-
-
-class ResumableCSVLogger(CSVLogger):
-    """``CSVLogger`` whose ``metrics.csv`` keeps the rows written before a resume."""
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
-
-
-class SeedEachBatch(Callback):
-    """Seeds torch, numpy and python at each training batch from (seed, epoch, batch, rank).
-
-    What a step draws at random (the RPN's and RoI heads' sampling of anchors and proposals,
-    dropout, stochastic depth) is then the same in a run resumed from a checkpoint as in the
-    uninterrupted run, without saving random states into checkpoints. The data order and the
-    augmentations are seeded the same way by the training loader.
-    """
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        seed = derive_seed(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank)
-        torch.manual_seed(seed)  # CUDA devices too
-        np.random.seed(seed % 2**32)
-        random.seed(seed)
