@@ -128,6 +128,9 @@ class TaskDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        if self.trainer is not None and self.trainer.overfit_batches:
+            # the same first batches, in order, every epoch (Lightning's overfit mode); not resumable
+            return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False, **self._loader_options())
         self._train_loader = training_loader(
             self.train_set,
             self.batch_size,
