@@ -6,7 +6,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup train test lint clean-runs
+.PHONY: setup train test test-fast lint clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ train: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The fast tier: no whole training runs, no subprocesses, no multi-process runs (pytest -m "not slow").
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check .

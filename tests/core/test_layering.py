@@ -1,0 +1,65 @@
+"""The packages of ``tasks`` import only downwards: common < data < evaluation < training and inference
+(side by side, neither importing the other) < core < the entry scripts and benchmarks."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+
+import pytest
+
+from tasks import PROJECT_ROOT
+
+LAYERS = {"common": 0, "data": 1, "evaluation": 2, "training": 3, "inference": 3, "core": 4}
+TOP = 5  # tasks/*.py (the scripts) and tasks/benchmarks
+
+
+def _layer(module: str) -> tuple[str, int] | None:
+    """The package of a ``tasks.*`` module and its layer (None outside ``tasks``)."""
+    parts = module.split(".")
+    if parts[0] != "tasks" or len(parts) == 1:
+        return None
+    package = parts[1]
+    return package, LAYERS.get(package, TOP)
+
+
+def _imports(path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+MODULES = sorted(p for p in (PROJECT_ROOT / "tasks").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PROJECT_ROOT)))
+def test_imports_run_down_the_layers(path) -> None:
+    module = ".".join(path.relative_to(PROJECT_ROOT).with_suffix("").parts)
+    own = _layer(module) or ("tasks", TOP)
+    if path.parent == PROJECT_ROOT / "tasks":
+        own = ("scripts", TOP)
+    upward = []
+    for imported in _imports(path):
+        layer = _layer(imported)
+        if layer is None:
+            continue
+        sideways = {own[0], layer[0]} == {"training", "inference"}
+        if layer[1] > own[1] or sideways:
+            upward.append(imported)
+    assert upward == [], f"{module} ({own[0]}) imports {upward}"
+
+
+@pytest.mark.slow
+def test_inference_imports_no_lightning_and_no_training() -> None:
+    code = (
+        "import sys, tasks.inference.predict, tasks.inference.export, tasks.inference.engines; "
+        "print(sorted(m for m in sys.modules if m == 'lightning' or m.startswith(('lightning.', 'tasks.training'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,109 @@
+"""tasks/evaluate.py on a Mask R-CNN checkpoint: box and mask stats equal pycocotools run directly on the
+written predictions.json and segmentations.json; 2 DDP processes give the same numbers as one."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from tasks.core.runner import evaluate, train
+from tasks.data.formats.coco import load_coco
+from tasks.data.shapes import ShapesSpec, ensure_shapes
+from tasks.evaluation.coco_eval import COCO_STAT_NAMES
+from tests.support import CPU_DDP, TINY_DETECTION, compose_config, pycocotools_stats, run_script
+
+MASK_STAT_NAMES = tuple(f"mask_{name}" for name in COCO_STAT_NAMES)
+TINY_MASKS = ["task=instance_segmentation", "task.model.mask_layers=[32,32]", "task.model.mask_predictor_channels=32"]
+
+
+# 15 training images with one or two large shapes each; the model is scored on them, which it learns
+# within 120 steps (map_50 about 0.5), so that the stats compared below are far from zero
+SPEC = ShapesSpec(num_train=15, num_val=7, image_size=64, min_object_size=20, max_object_size=36, max_objects=2)
+SCORED_ON_TRAINING_IMAGES = [
+    "+dataset.val_images=train2017",
+    "+dataset.val_annotations=annotations/instances_train2017.json",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], Path]:
+    """A Mask R-CNN checkpoint that detects (120 steps), the overrides it was trained with (scores
+    thresholded at 0, so that it predicts up to 100 boxes an image) and its data."""
+    tmp = tmp_path_factory.mktemp("evaluate")
+    root = ensure_shapes(tmp / "shapes", SPEC)
+    overrides = [
+        *TINY_MASKS,
+        "backbone=resnet18",
+        *TINY_DETECTION,
+        f"dataset.root={root}",
+        *[f"dataset.{name}={getattr(SPEC, name)}" for name in ("num_train", "num_val", "image_size", "max_objects")],
+        *[f"dataset.{name}={getattr(SPEC, name)}" for name in ("min_object_size", "max_object_size")],
+        "dataset.batch_size=4",
+        "dataset.num_workers=0",
+        # 15 images on two ranks get 8 each: the sampler repeats one image
+        *SCORED_ON_TRAINING_IMAGES,
+        "dataset.val_batch_size=2",
+        "task.model.box_score_thresh=0.0",
+        "trainer.enable_progress_bar=false",
+    ]
+    steps = ["trainer.max_steps=120", "trainer.max_epochs=-1", "trainer.check_val_every_n_epoch=1000"]
+    train(compose_config([*overrides, *steps], tmp / "train"))
+    return Path(_checkpoint(tmp / "train")), overrides, root
+
+
+def _checkpoint(run: Path) -> str:
+    return json.loads((run / "metrics.json").read_text())["checkpoint"]
+
+
+def _outputs(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
+    read = lambda name: json.loads((run_dir / name).read_text())  # noqa: E731
+    return read("metrics.json"), read("predictions.json"), read("segmentations.json")
+
+
+@pytest.fixture(scope="module")
+def one_process(trained, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict], list[dict], str]:
+    checkpoint, overrides, _ = trained
+    run_dir = tmp_path_factory.mktemp("eval-one")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        evaluate(compose_config([*overrides, f"ckpt_path={checkpoint}"], run_dir))
+    return (*_outputs(run_dir), out.getvalue())
+
+
+@pytest.mark.slow
+def test_box_and_mask_stats_equal_pycocotools_on_the_written_files(trained, one_process) -> None:
+    metrics, predictions, segmentations, stdout = one_process
+    assert len(predictions) == len(segmentations) > 0
+    assert {"image_id", "category_id", "bbox", "score"} <= set(predictions[0])
+    assert set(segmentations[0]["segmentation"]) == {"size", "counts"}  # RLE, counts as a string
+    for name in ("circle", "square", "triangle", "cross"):
+        assert name in stdout and {"ap", "mask_ap"} <= set(metrics["per_class"][name])
+    assert metrics["loss"] > 0 and "loss_mask" in metrics  # validation loss, same loop as mAP
+    assert metrics["map_50"] > 0.3 and metrics["mask_map_50"] > 0.3  # a model that detects
+    coco_gt = load_coco(trained[2] / "annotations" / "instances_train2017.json")
+    for names, rows, iou_type in ((COCO_STAT_NAMES, predictions, "bbox"), (MASK_STAT_NAMES, segmentations, "segm")):
+        for name, value in zip(names, pycocotools_stats(coco_gt, rows, iou_type), strict=True):
+            assert metrics[name] == pytest.approx(value, abs=1e-9), name
+
+
+@pytest.mark.distributed
+def test_two_ddp_processes_match_one(trained, one_process, tmp_path: Path) -> None:
+    checkpoint, overrides, _ = trained
+    single, single_predictions, single_masks, _ = one_process
+    run_dir = tmp_path / "two"
+    result = run_script("evaluate.py", [*overrides, *CPU_DDP, f"ckpt_path={checkpoint}", f"hydra.run.dir={run_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    double, double_predictions, double_masks = _outputs(run_dir)
+    for name in (*COCO_STAT_NAMES, *MASK_STAT_NAMES):
+        assert double[name] == pytest.approx(single[name], abs=1e-6), name
+    # the repeated image is counted once
+    assert len(double_predictions) == len(single_predictions) == len(double_masks) == len(single_masks)
+    # batches are composed differently across ranks, so scores agree to float precision, not bit for bit
+    for image_id in {r["image_id"] for r in single_predictions}:
+        ones = sorted(r["score"] for r in single_predictions if r["image_id"] == image_id)
+        twos = sorted(r["score"] for r in double_predictions if r["image_id"] == image_id)
+        assert twos == pytest.approx(ones, abs=1e-4)
