@@ -26,6 +26,10 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from backbones.weights import apply_weights
 
+# The normalisation ImageNet-trained backbones expect (torchvision's, timm's defaults), RGB in [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 log = logging.getLogger(__name__)
 
 NORMS = ("auto", "frozen_bn", "bn", "gn")

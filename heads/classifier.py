@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from backbones import Backbone
+from backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from backbones.resnet import RESNETS
 from backbones.weights import WeightsError, apply_weights, torchvision_state_dict
-from heads.faster_rcnn import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 

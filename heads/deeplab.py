@@ -19,7 +19,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 from torchvision.models.segmentation.fcn import FCNHead
 
 from backbones import Backbone, FeaturePyramid
-from heads.faster_rcnn import IMAGENET_MEAN, IMAGENET_STD
+from backbones.base import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
@@ -145,28 +145,16 @@ def build_deeplab(
         raise ValueError(f"variant={variant!r} must be one of {VARIANTS}")
     if features not in FEATURE_SOURCES:
         raise ValueError(f"features={features!r} must be one of {FEATURE_SOURCES}")
+    features = _feature_source(backbone, features, output_stride)
     name = getattr(backbone, "name", type(backbone).__name__)
-    if features == "dilated" and output_stride is not None:
-        reached = backbone.dilate_to(output_stride)
-        if reached > output_stride:
-            log.warning(
-                "DeepLab: %s cannot reach output stride %d; ASPP reads a FPN on it instead", name, output_stride
-            )
-            features = "fpn"
     deepest = max(spec.stride for spec in backbone.output_shape().values())
-    source = f"{name} at output stride {deepest}" if features == "dilated" else f"a FPN on {name}"
-    log.info("DeepLab %s reads %s", variant, source)
-    if features == "fpn":
-        strides = [s.stride for s in backbone.output_shape().values()]
-        if len(set(strides)) != len(strides):
-            raise ValueError(
-                f"features=fpn needs an undilated backbone (its strides are {strides}): set backbone.output_stride=32"
-            )
-        high_level, low_level = high_level or "p4", low_level or "p2"
-        aux_level = "p5" if aux_level == "c4" else aux_level
-    else:
-        high_level, low_level = high_level or "c5", low_level or "c2"
-    needed = [high_level] + ([low_level] if variant == "v3plus" else []) + ([aux_level] if aux_level else [])
+    log.info(
+        "DeepLab %s reads %s",
+        variant,
+        f"{name} at output stride {deepest}" if features == "dilated" else f"a FPN on {name}",
+    )
+    high_level, low_level, aux_level = _levels(features, variant, high_level, low_level, aux_level)
+    needed = [level for level in (high_level, low_level, aux_level) if level]
     if features == "fpn":  # only the levels the heads read: an unused level's conv would stall DDP
         backbone = FeaturePyramid(
             backbone, out_channels=fpn_channels, norm=fpn_norm, extra_blocks="none", out_levels=sorted(set(needed))
@@ -178,7 +166,6 @@ def build_deeplab(
     high = shapes[high_level].channels
     if variant == "v3":
         classifier: nn.Module = deeplabv3_head(high, num_classes, atrous_rates, channels)
-        low_level = None
     else:
         classifier = DeepLabV3PlusHead(high, shapes[low_level].channels, num_classes, atrous_rates, channels)
     aux = FCNHead(shapes[aux_level].channels, num_classes) if aux_level else None
@@ -191,3 +178,35 @@ def build_deeplab(
         low_level=low_level,
         aux_level=aux_level,
     )
+
+
+def _feature_source(backbone: Backbone, features: str, output_stride: int | None) -> str:
+    """``features``, after dilating the backbone to ``output_stride``; a backbone that cannot reach it
+    gets a FPN instead (with a warning). A FPN needs an undilated backbone."""
+    name = getattr(backbone, "name", type(backbone).__name__)
+    if features == "dilated" and output_stride is not None:
+        reached = backbone.dilate_to(output_stride)
+        if reached > output_stride:
+            log.warning(
+                "DeepLab: %s cannot reach output stride %d; ASPP reads a FPN on it instead", name, output_stride
+            )
+            features = "fpn"
+    if features == "fpn":
+        strides = [s.stride for s in backbone.output_shape().values()]
+        if len(set(strides)) != len(strides):
+            raise ValueError(
+                f"features=fpn needs an undilated backbone (its strides are {strides}): set backbone.output_stride=32"
+            )
+    return features
+
+
+def _levels(
+    features: str, variant: str, high: str | None, low: str | None, aux: str | None
+) -> tuple[str, str | None, str | None]:
+    """The maps ASPP, the V3+ decoder (None for V3) and the auxiliary head read: backbone outputs
+    (``c5``, ``c2``, ``c4``) or, with a FPN, pyramid levels (``p4``, ``p2``, ``p5``)."""
+    if features == "fpn":
+        high, low, aux = high or "p4", low or "p2", "p5" if aux == "c4" else aux
+    else:
+        high, low = high or "c5", low or "c2"
+    return high, (low if variant == "v3plus" else None), aux

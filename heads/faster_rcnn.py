@@ -23,11 +23,10 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from backbones import Backbone, FeaturePyramid
+from backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from backbones.fpn import FPN_NORMS
 from heads.detector_weights import load_detector_weights
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 BOX_HEADS = ("auto", "mlp", "conv")
 
 
@@ -183,42 +182,25 @@ def build_faster_rcnn(
     """
     if num_classes < 1:
         raise ValueError(f"num_classes={num_classes} must count at least one object category")
-    if isinstance(backbone, FeaturePyramid):
-        features = backbone
-    else:
-        features = FeaturePyramid(
-            backbone, out_channels=fpn_channels, in_features=fpn_levels, extra_blocks=fpn_extra, norm=fpn_norm
-        )
-    shapes = features.output_shape()
-    channels = {spec.channels for spec in shapes.values()}
-    if len(channels) != 1:
-        raise ValueError(f"the RPN head is shared across levels, so all levels need one width; got {shapes}")
-    (width,) = channels
-    sizes = tuple((s,) if isinstance(s, int) else tuple(s) for s in anchor_sizes)
-    if len(sizes) != len(shapes):
-        raise ValueError(
-            f"anchor_sizes has {len(sizes)} entries but the pyramid has {len(shapes)} levels "
-            f"({list(shapes)}): give one size per level"
-        )
-    anchors = FullPrecisionAnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
-    rpn = RegionProposalNetwork(
-        anchors,
-        FullPrecisionRPNHead(width, anchors.num_anchors_per_location()[0]),
-        rpn_fg_iou_thresh,
-        rpn_bg_iou_thresh,
-        rpn_batch_size_per_image,
-        rpn_positive_fraction,
-        dict(training=rpn_pre_nms_top_n_train, testing=rpn_pre_nms_top_n_test),
-        dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test),
-        rpn_nms_thresh,
+    features = backbone if isinstance(backbone, FeaturePyramid) else FeaturePyramid(
+        backbone, out_channels=fpn_channels, in_features=fpn_levels, extra_blocks=fpn_extra, norm=fpn_norm
+    )  # fmt: skip
+    width = _shared_width(features)
+    rpn = region_proposal_network(
+        features,
+        width,
+        anchor_sizes=anchor_sizes,
+        aspect_ratios=aspect_ratios,
+        pre_nms_top_n=dict(training=rpn_pre_nms_top_n_train, testing=rpn_pre_nms_top_n_test),
+        post_nms_top_n=dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test),
+        nms_thresh=rpn_nms_thresh,
+        fg_iou_thresh=rpn_fg_iou_thresh,
+        bg_iou_thresh=rpn_bg_iou_thresh,
+        batch_size_per_image=rpn_batch_size_per_image,
+        positive_fraction=rpn_positive_fraction,
     )
     roi_heads = RoIHeads(
-        MultiScaleRoIAlign(
-            featmap_names=features.levels,
-            output_size=roi_output_size,
-            sampling_ratio=2,
-            canonical_scale=roi_canonical_scale,
-        ),
+        MultiScaleRoIAlign(features.levels, roi_output_size, sampling_ratio=2, canonical_scale=roi_canonical_scale),
         build_box_head(box_head, features.norm, width, roi_output_size, representation_size),
         FullPrecisionPredictor(representation_size, num_classes + 1),
         box_fg_iou_thresh,
@@ -238,3 +220,50 @@ def build_faster_rcnn(
     if weights != "none":
         load_detector_weights(model, weights, class_names)
     return model
+
+
+def _shared_width(features: FeaturePyramid) -> int:
+    """The one channel count of every pyramid level (the RPN head is shared across levels)."""
+    shapes = features.output_shape()
+    channels = {spec.channels for spec in shapes.values()}
+    if len(channels) != 1:
+        raise ValueError(f"the RPN head is shared across levels, so all levels need one width; got {shapes}")
+    return channels.pop()
+
+
+def region_proposal_network(
+    features: FeaturePyramid,
+    width: int,
+    *,
+    anchor_sizes: Sequence[int | Sequence[int]],
+    aspect_ratios: Sequence[float],
+    pre_nms_top_n: dict[str, int],
+    post_nms_top_n: dict[str, int],
+    nms_thresh: float,
+    fg_iou_thresh: float,
+    bg_iou_thresh: float,
+    batch_size_per_image: int,
+    positive_fraction: float,
+) -> RegionProposalNetwork:
+    """torchvision's RPN over every pyramid level: one entry of ``anchor_sizes`` per level, every
+    level with all ``aspect_ratios``; anchors and the head's outputs in float32."""
+    levels = list(features.output_shape())
+    sizes = tuple((s,) if isinstance(s, int) else tuple(s) for s in anchor_sizes)
+    if len(sizes) != len(levels):
+        raise ValueError(
+            f"anchor_sizes has {len(sizes)} entries but the pyramid has {len(levels)} levels "
+            f"({levels}): give one size per level"
+        )
+    anchors = FullPrecisionAnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
+    head = FullPrecisionRPNHead(width, anchors.num_anchors_per_location()[0])
+    return RegionProposalNetwork(
+        anchors,
+        head,
+        fg_iou_thresh,
+        bg_iou_thresh,
+        batch_size_per_image,
+        positive_fraction,
+        pre_nms_top_n,
+        post_nms_top_n,
+        nms_thresh,
+    )

@@ -44,8 +44,9 @@ from torchvision.models.segmentation import deeplabv3_resnet50
 from torchvision.ops import FrozenBatchNorm2d
 
 from backbones import ResNetBackbone
+from backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from heads.deeplab import build_deeplab
-from heads.faster_rcnn import IMAGENET_MEAN, IMAGENET_STD, build_faster_rcnn
+from heads.faster_rcnn import build_faster_rcnn
 from tasks.inference.engines import OnnxRuntimeEngine
 from tasks.inference.export import write_onnx
 from tasks.inference.fast import optimise_for_cpu

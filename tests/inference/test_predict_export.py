@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from heads.faster_rcnn import IMAGENET_MEAN
+from backbones.base import IMAGENET_MEAN
 from tasks.common.errors import UserError
 from tasks.common.metadata import load_trained_model
 from tasks.core.runner import train
