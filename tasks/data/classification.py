@@ -24,7 +24,6 @@ from tasks.data.bad_images import find_bad_images
 from tasks.data.base import TaskDataModule
 from tasks.data.doctor import ERROR, DatasetError, Finding
 from tasks.data.images import MAX_PIXELS, image_file_problem, is_image_file, read_rgb
-from tasks.data.shapes import SHAPE_CLASSES, ensure_shapes, split_spec
 
 log = logging.getLogger(__name__)
 
@@ -283,23 +282,3 @@ class ImageFolderDataModule(ClassificationDataModule):
     def _split_records(self, split: str) -> tuple[list[ImageRecord], str]:
         folder = self._split_dir(split)
         return folder_records(folder, self.class_names), str(folder)
-
-
-class ShapesClsDataModule(ImageFolderDataModule):
-    """The built-in shapes, one shape an image, generated on first use in class folders. Options
-    named like ``ShapesSpec`` fields set the generation, as for detection's shapes."""
-
-    def __init__(self, root: str | Path, **options) -> None:
-        self.spec, options = split_spec(options)
-        super().__init__(root, **options)
-
-    def _read_metadata(self) -> list[str]:
-        return sorted(SHAPE_CLASSES)
-
-    def prepare_data(self) -> None:
-        ensure_shapes(self.root, self.spec, layout="imagefolder")
-        super().prepare_data()
-
-    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:
-        ensure_shapes(self.root, self.spec, layout="imagefolder")
-        return super().inspect(read_images=read_images, max_pixels=max_pixels)

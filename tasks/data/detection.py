@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import cached_property
-from pathlib import Path
 
 import albumentations as A
 
 from tasks.data.base import TaskDataModule
 from tasks.data.detection_dataset import DetectionDataset, collate_detection
 from tasks.data.detection_transforms import RESIZING_PRESETS, detection_transforms
-from tasks.data.doctor import ERROR, Finding
-from tasks.data.formats.coco import CocoDetection, inspect_coco, read_categories, read_instances
-from tasks.data.formats.voc import VOC_CLASSES, VocDetection, inspect_voc
+from tasks.data.doctor import Finding
 from tasks.data.images import MAX_PIXELS
 from tasks.data.sampling import aspect_ratio_groups
-from tasks.data.shapes import SHAPE_CLASSES, ensure_shapes, split_spec
 
 
 class DetectionDataModule(TaskDataModule):
@@ -142,157 +137,3 @@ class DetectionDataModule(TaskDataModule):
 
     def group_ids(self) -> list[int] | None:
         return aspect_ratio_groups(self.train_set.index.aspect_ratios) if self.group_aspect_ratio else None
-
-
-class CocoDataModule(DetectionDataModule):
-    """Train/val splits given as image folders and instances jsons, relative to ``root``
-    (absolute paths are taken as they are, so any COCO-format pair works).
-    """
-
-    def __init__(
-        self,
-        root: str | Path | None = None,
-        *,
-        train_images: str = "train2017",
-        train_annotations: str = "annotations/instances_train2017.json",
-        val_images: str = "val2017",
-        val_annotations: str = "annotations/instances_val2017.json",
-        **options,
-    ) -> None:
-        super().__init__(**options)
-        self.root = Path(root).expanduser() if root else Path()
-        self.splits = {"train": (train_images, train_annotations), "val": (val_images, val_annotations)}
-
-    def _layout(self) -> str:
-        return ", ".join(f"{images}/ and {ann}" for images, ann in self.splits.values())
-
-    def _split_paths(self, split: str) -> tuple[Path, Path]:
-        images, annotations = (self.root / p for p in self.splits[split])
-        if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"dataset.root={self.root} does not exist; expected a folder holding {self._layout()}"
-            )
-        if not annotations.is_file():
-            raise FileNotFoundError(
-                f"annotation file {annotations} not found (dataset.root={self.root}); expected the {split} "
-                f"instances json there (COCO format), or set dataset.{split}_annotations"
-            )
-        if not images.is_dir():
-            raise FileNotFoundError(
-                f"image folder {images} not found (dataset.root={self.root}); expected the {split} images "
-                f"there, or set dataset.{split}_images"
-            )
-        return images, annotations
-
-    def _build_split(self, split: str, transforms: A.Compose | None, *, prepared: bool) -> DetectionDataset:
-        images, annotations = self._split_paths(split)
-        return CocoDetection(
-            images, annotations, transforms, cache_dir=self.cache_dir, check_images=False, masks=self.masks
-        )
-
-    def _read_metadata(self) -> tuple[list[int], list[str]]:
-        """From the validation json (the smaller one; setup checks that training agrees)."""
-        return read_categories(self._split_paths("val")[1])
-
-    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:
-        findings, class_names = [], []
-        for split in self.splits:
-            try:
-                images, annotations = self._split_paths(split)
-                dataset = read_instances(annotations, keep_segmentation=self.masks)
-            except (FileNotFoundError, ValueError) as err:
-                findings.append(Finding(ERROR, "layout", str(err)))
-                continue
-            options = {"read_images": read_images, "max_pixels": max_pixels, "masks": self.masks}
-            findings += inspect_coco(dataset, images, str(annotations), **options)
-            categories = sorted(dataset.get("categories", []), key=lambda c: c["id"])
-            class_names = class_names or [c["name"] for c in categories]
-        return findings, class_names
-
-
-class VocDataModule(DetectionDataModule):
-    """PASCAL VOC under ``root`` (the ``VOCdevkit`` folder), e.g. VOC07+12 trainval / VOC07 test.
-
-    Reports VOC07 11-point and VOC2010+ area mAP next to the COCO-style stats.
-    """
-
-    def __init__(
-        self,
-        root: str | Path,
-        *,
-        train_years: Sequence[str | int] = (2007, 2012),
-        train_split: str = "trainval",
-        val_years: Sequence[str | int] = (2007,),
-        val_split: str = "test",
-        class_names: Sequence[str] = VOC_CLASSES,
-        use_difficult: bool = False,
-        **options,
-    ) -> None:
-        super().__init__(**options)
-        self.root = Path(root).expanduser()
-        self.splits = {"train": (list(train_years), train_split), "val": (list(val_years), val_split)}
-        self.voc_class_names = list(class_names)
-        self.use_difficult = use_difficult
-
-    def _read_metadata(self) -> tuple[list[int], list[str]]:
-        return list(range(1, len(self.voc_class_names) + 1)), list(self.voc_class_names)
-
-    def _build_split(self, split: str, transforms: A.Compose | None, *, prepared: bool) -> DetectionDataset:
-        if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"dataset.root={self.root} does not exist; expected a VOCdevkit folder holding "
-                "VOC<year>/Annotations, VOC<year>/JPEGImages and VOC<year>/ImageSets/Main"
-            )
-        if self.masks:
-            raise ValueError(
-                "PASCAL VOC detection data (dataset=voc) carries no instance masks; instance segmentation "
-                "reads COCO-format instances jsons with polygons or RLE (dataset=coco or dataset=coco_custom)"
-            )
-        years, image_set = self.splits[split]
-        # difficult objects are never trained on in evaluation splits; they are ignore regions there
-        use_difficult = self.use_difficult and split == "train"
-        return VocDetection(
-            self.root,
-            years,
-            image_set,
-            transforms,
-            class_names=self.voc_class_names,
-            use_difficult=use_difficult,
-            check_images=False,
-        )
-
-    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:
-        findings = []
-        for years, image_set in self.splits.values():
-            findings += inspect_voc(
-                self.root, years, image_set, self.voc_class_names, read_images=read_images, max_pixels=max_pixels
-            )
-        return findings, self.voc_class_names
-
-    def evaluation_inputs(self) -> dict:
-        """Also each image's boxes with VOC's difficult flags: VOC AP is reported next to COCO's stats."""
-        return {**super().evaluation_inputs(), "voc_ground_truth": self.val_set.voc_ground_truth}
-
-
-class ShapesDataModule(CocoDataModule):
-    """The COCO data module over the generated shapes folder (generated on first use, by
-    ``prepare_data``: on one process while the others wait).
-
-    Keyword options named like ``ShapesSpec`` fields (``num_train``, ``image_size``, ``seed``, ...)
-    set the generation; the others go to ``CocoDataModule``.
-    """
-
-    def __init__(self, root: str | Path, **options) -> None:
-        self.spec, loader_options = split_spec(options)
-        super().__init__(root, **loader_options)
-
-    def _read_metadata(self) -> tuple[list[int], list[str]]:
-        return list(range(1, len(SHAPE_CLASSES) + 1)), list(SHAPE_CLASSES)
-
-    def prepare_data(self) -> None:
-        ensure_shapes(self.root, self.spec)
-        super().prepare_data()
-
-    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS):
-        ensure_shapes(self.root, self.spec)
-        return super().inspect(read_images=read_images, max_pixels=max_pixels)

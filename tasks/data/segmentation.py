@@ -31,7 +31,6 @@ from tasks.data.formats.semantic import (
 )
 from tasks.data.formats.voc import VOC_CLASSES
 from tasks.data.images import MAX_PIXELS, read_rgb
-from tasks.data.shapes import SHAPE_CLASSES, ensure_shapes, split_spec
 
 log = logging.getLogger(__name__)
 
@@ -273,25 +272,3 @@ class CocoSegDataModule(SegmentationDataModule):
             images, annotations, folder, self.categories, build=build, workers=self.mask_workers
         )
         return records, names, str(annotations)
-
-
-class ShapesSegDataModule(VocSegDataModule):
-    """The built-in shapes, generated on first use in VOC layout (background + 4 shape classes).
-
-    Options named like ``ShapesSpec`` fields set the generation, as for detection's shapes.
-    """
-
-    def __init__(self, root: str | Path, **options) -> None:
-        spec, options = split_spec(options)
-        options.setdefault("train_years", (2007, 2012))
-        options.setdefault("val_years", (2007,))
-        super().__init__(root, class_names=("background", *SHAPE_CLASSES), use_sbd=False, **options)
-        self.spec = spec
-
-    def prepare_data(self) -> None:
-        ensure_shapes(self.root, self.spec, layout="voc")
-        super().prepare_data()
-
-    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:
-        ensure_shapes(self.root, self.spec, layout="voc")
-        return super().inspect(read_images=read_images, max_pixels=max_pixels)

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 import tasks.data.bad_images as bad_images
-from tasks.data.detection import CocoDataModule
 from tasks.data.doctor import DatasetError
+from tasks.data.formats.coco import CocoDataModule
 from tasks.data.images import read_rgb
 from tasks.data.segmentation import VocSegDataModule
 from tasks.data.shapes import SHAPE_CLASSES

@@ -11,10 +11,9 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tasks.data.detection import CocoDataModule
 from tasks.data.detection_transforms import detection_transforms
 from tasks.data.doctor import DatasetError
-from tasks.data.formats.coco import CocoDetection, load_coco
+from tasks.data.formats.coco import CocoDataModule, CocoDetection, load_coco
 from tasks.data.formats.masks import decode_segmentation, encode_mask
 from tasks.evaluation.coco_eval import COCO_STAT_NAMES, coco_evaluate
 from tests.support import CATEGORY_IDS, write_coco_folder

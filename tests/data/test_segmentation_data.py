@@ -9,14 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tasks.data.builtin import ShapesSegDataModule
 from tasks.data.collate import collate_segmentation
 from tasks.data.formats.semantic import read_mask
-from tasks.data.segmentation import (
-    CocoSegDataModule,
-    ShapesSegDataModule,
-    VocSegDataModule,
-    segmentation_transforms,
-)
+from tasks.data.segmentation import CocoSegDataModule, VocSegDataModule, segmentation_transforms
 from tasks.data.shapes import SHAPE_CLASSES
 from tests.support import TINY_SHAPES
 

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.data.detection import VocDataModule
 from tasks.data.doctor import DatasetError
-from tasks.data.formats.voc import VocDetection
+from tasks.data.formats.voc import VocDataModule, VocDetection
 from tasks.data.shapes import SHAPE_CLASSES
 from tasks.evaluation.detection import detection_evaluator
 from tests.support import TINY_SHAPES

@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
-from tasks.data.detection import CocoDataModule
-from tasks.data.formats.coco import load_coco
+from tasks.data.formats.coco import CocoDataModule, load_coco
 from tasks.data.formats.masks import encode_mask
 from tasks.evaluation.coco_eval import COCO_STAT_NAMES, coco_stats
 from tasks.evaluation.detection import detection_evaluator

@@ -14,11 +14,12 @@ import albumentations as A
 import numpy as np
 from pycocotools.coco import COCO
 
+from tasks.data.detection import DetectionDataModule
 from tasks.data.detection_dataset import DetectionDataset, clip_boxes
 from tasks.data.detection_index import DetectionIndex, cached_index, source_key
-from tasks.data.doctor import ERROR, Finding, image_file_findings, inspect_coco_tables, raise_on_errors
+from tasks.data.doctor import ERROR, INFO, REPAIRED, Finding, image_file_findings, raise_on_errors
 from tasks.data.formats.masks import segmentation_problem
-from tasks.data.images import MAX_PIXELS
+from tasks.data.images import MAX_PIXELS, image_file_problem
 
 log = logging.getLogger(__name__)
 
@@ -241,3 +242,168 @@ class CocoDetection(DetectionDataset):
             source=str(ann_file),
         )
         self.image_dir, self.ann_file = image_dir, ann_file
+
+
+FILE_CHECKS = ("skip", "exist", "decode")
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _box_text(row: np.ndarray) -> str:
+    return str([_number(v) for v in row.tolist()])
+
+
+def _id_findings(ann_ids: np.ndarray, source: str) -> list[Finding]:
+    findings = []
+    values, counts = np.unique(ann_ids, return_counts=True)
+    for ann_id, count in zip(values.tolist(), counts.tolist(), strict=True):
+        if ann_id in (0, -1):
+            shown = repr(ann_id) if ann_id == 0 else "None"
+            findings.append(Finding(ERROR, "zero annotation id", f"{source}: {count} annotations have id {shown}"))
+        elif count > 1:
+            findings.append(Finding(ERROR, "duplicate annotation id", f"{source}: id {ann_id} is used {count} times"))
+    return findings
+
+
+def _box_findings(tables: CocoTables, owner: np.ndarray, known: np.ndarray, source: str) -> list[Finding]:
+    """Degenerate boxes and boxes leaving their image (both repaired by the loaders)."""
+    findings = []
+    x, y, w, h = tables.bboxes.T
+    rows = np.flatnonzero(known)
+    width, height = tables.widths[owner[rows]], tables.heights[owner[rows]]
+    malformed = np.isnan(tables.bboxes[rows]).any(axis=1)
+    degenerate = ~malformed & ((w[rows] <= 0) | (h[rows] <= 0))
+    outside = (
+        ~malformed
+        & ~degenerate
+        & ((x[rows] < 0) | (y[rows] < 0) | (x[rows] + w[rows] > width) | (y[rows] + h[rows] > height))
+    )
+    for k in np.flatnonzero(malformed):
+        row = rows[k]
+        findings.append(
+            Finding(ERROR, "malformed bbox", f"{source}: annotation {tables.ann_ids[row]} bbox is not 4 numbers")
+        )
+    for k in np.flatnonzero(degenerate | outside):
+        row, image = rows[k], owner[rows[k]]
+        box = _box_text(tables.bboxes[row])
+        where = f"{source} {tables.file_names[image]}: annotation {tables.ann_ids[row]} bbox {box}"
+        if degenerate[k]:
+            findings.append(Finding(REPAIRED, "degenerate box", f"{where} (dropped)"))
+        else:
+            size = f"{tables.widths[image]}x{tables.heights[image]}"
+            findings.append(Finding(REPAIRED, "box outside image", f"{where} leaves the {size} image (clipped)"))
+    return findings
+
+
+def inspect_coco_tables(
+    tables: CocoTables, image_dir: Path, source: str, *, files: str = "decode", max_pixels: int = MAX_PIXELS
+) -> list[Finding]:
+    """Every check of an instances json; ``files``: ``skip`` image files, check they ``exist``, or
+    ``decode`` them (also checking their header: pixel count, recorded size, EXIF rotation)."""
+    if files not in FILE_CHECKS:
+        raise ValueError(f"files={files!r} must be one of {FILE_CHECKS}")
+    findings = _id_findings(tables.ann_ids, source)
+    order = np.argsort(tables.image_ids, kind="stable")
+    sorted_ids = tables.image_ids[order]
+    position = np.searchsorted(sorted_ids, tables.ann_image_ids).clip(0, max(len(sorted_ids) - 1, 0))
+    known = (sorted_ids[position] == tables.ann_image_ids) if len(sorted_ids) else np.zeros(len(position), bool)
+    owner = order[position] if len(order) else position
+    for row in np.flatnonzero(~known):
+        message = f"{source}: annotation {tables.ann_ids[row]} has image_id {tables.ann_image_ids[row]}"
+        findings.append(Finding(ERROR, "unknown image", message))
+    categories = tables.category_ids
+    for row in np.flatnonzero(known & ~np.isin(tables.ann_category_ids, categories)):
+        message = (
+            f"{source}: annotation {tables.ann_ids[row]} has category_id {tables.ann_category_ids[row]} "
+            f"(declared: {categories})"
+        )
+        findings.append(Finding(ERROR, "unknown category", message))
+    findings += _box_findings(tables, owner, known, source)
+    if files != "skip":
+        for image, image_id in enumerate(tables.image_ids.tolist()):
+            path = image_dir / tables.file_names[image]
+            if files == "exist":
+                problem = None if path.is_file() else "missing"
+            else:
+                size = (int(tables.widths[image]), int(tables.heights[image]))
+                problem = image_file_problem(path, recorded_size=size, max_pixels=max_pixels)
+            if problem:
+                findings.append(Finding(ERROR, "image file", f"{path} (image_id {image_id}) is {problem}"))
+    annotated = np.zeros(len(tables.image_ids), bool)
+    annotated[owner[known]] = True
+    for image in np.flatnonzero(~annotated):
+        message = f"{tables.file_names[image]} (image_id {tables.image_ids[image]})"
+        findings.append(Finding(INFO, "image without annotations", message))
+    if categories and categories != list(range(categories[0], categories[0] + len(categories))):
+        findings.append(
+            Finding(INFO, "category id gaps", f"{source}: ids {categories} are not contiguous (mapped to labels 1..K)")
+        )
+    return findings
+
+
+class CocoDataModule(DetectionDataModule):
+    """Train/val splits given as image folders and instances jsons, relative to ``root``
+    (absolute paths are taken as they are, so any COCO-format pair works).
+    """
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        *,
+        train_images: str = "train2017",
+        train_annotations: str = "annotations/instances_train2017.json",
+        val_images: str = "val2017",
+        val_annotations: str = "annotations/instances_val2017.json",
+        **options,
+    ) -> None:
+        super().__init__(**options)
+        self.root = Path(root).expanduser() if root else Path()
+        self.splits = {"train": (train_images, train_annotations), "val": (val_images, val_annotations)}
+
+    def _layout(self) -> str:
+        return ", ".join(f"{images}/ and {ann}" for images, ann in self.splits.values())
+
+    def _split_paths(self, split: str) -> tuple[Path, Path]:
+        images, annotations = (self.root / p for p in self.splits[split])
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"dataset.root={self.root} does not exist; expected a folder holding {self._layout()}"
+            )
+        if not annotations.is_file():
+            raise FileNotFoundError(
+                f"annotation file {annotations} not found (dataset.root={self.root}); expected the {split} "
+                f"instances json there (COCO format), or set dataset.{split}_annotations"
+            )
+        if not images.is_dir():
+            raise FileNotFoundError(
+                f"image folder {images} not found (dataset.root={self.root}); expected the {split} images "
+                f"there, or set dataset.{split}_images"
+            )
+        return images, annotations
+
+    def _build_split(self, split: str, transforms: A.Compose | None, *, prepared: bool) -> DetectionDataset:
+        images, annotations = self._split_paths(split)
+        return CocoDetection(
+            images, annotations, transforms, cache_dir=self.cache_dir, check_images=False, masks=self.masks
+        )
+
+    def _read_metadata(self) -> tuple[list[int], list[str]]:
+        """From the validation json (the smaller one; setup checks that training agrees)."""
+        return read_categories(self._split_paths("val")[1])
+
+    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:
+        findings, class_names = [], []
+        for split in self.splits:
+            try:
+                images, annotations = self._split_paths(split)
+                dataset = read_instances(annotations, keep_segmentation=self.masks)
+            except (FileNotFoundError, ValueError) as err:
+                findings.append(Finding(ERROR, "layout", str(err)))
+                continue
+            options = {"read_images": read_images, "max_pixels": max_pixels, "masks": self.masks}
+            findings += inspect_coco(dataset, images, str(annotations), **options)
+            categories = sorted(dataset.get("categories", []), key=lambda c: c["id"])
+            class_names = class_names or [c["name"] for c in categories]
+        return findings, class_names

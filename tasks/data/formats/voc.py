@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 import xml.etree.ElementTree as ET
@@ -14,11 +12,12 @@ from pathlib import Path
 import albumentations as A
 import numpy as np
 from PIL import Image
-from pycocotools.coco import COCO
 
+from tasks.data.detection import DetectionDataModule
 from tasks.data.detection_dataset import DetectionDataset, clip_boxes
 from tasks.data.detection_index import DetectionIndex
 from tasks.data.doctor import ERROR, INFO, REPAIRED, Finding, raise_on_errors
+from tasks.data.ground_truth import coco_ground_truth
 from tasks.data.images import MAX_PIXELS, image_file_problem
 
 log = logging.getLogger(__name__)
@@ -91,6 +90,139 @@ def read_image_set(root: Path, year: str, split: str) -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
+@dataclass
+class VocImage:
+    """One image of a split as its XML file describes it (read once, for the checks and the index)."""
+
+    year: str
+    file_id: str
+    xml_path: Path
+    image_path: Path
+    size: tuple[int, int] | None = None  # (width, height)
+    objects: list[tuple[str, bool, list[float]]] | None = None  # None: the XML could not be read
+    error: str | None = None
+
+
+def read_voc_split(root: Path, years: Sequence[str | int], split: str) -> tuple[list[VocImage], list[Finding]]:
+    """Every image of ``split`` in each year, its XML parsed; a missing image set is a finding."""
+    images, findings = [], []
+    for year in map(str, years):
+        try:
+            file_ids = read_image_set(root, year, split)
+        except FileNotFoundError as err:
+            findings.append(Finding(ERROR, "image set", str(err)))
+            continue
+        for file_id in file_ids:
+            image = VocImage(
+                year,
+                file_id,
+                root / f"VOC{year}" / "Annotations" / f"{file_id}.xml",
+                root / f"VOC{year}" / "JPEGImages" / f"{file_id}.jpg",
+            )
+            try:
+                width, height, image.objects = parse_voc_xml(image.xml_path)
+                image.size = (width, height)
+            except (OSError, ValueError) as err:
+                image.error = str(err)
+            images.append(image)
+    return images, findings
+
+
+def voc_findings(
+    images: Sequence[VocImage], class_names: Sequence[str], *, read_images: bool = True, max_pixels: int = MAX_PIXELS
+) -> list[Finding]:
+    """The doctor's findings for read images: unreadable XML, image files, unknown classes, boxes."""
+    findings: list[Finding] = []
+    for image in images:
+        if image.error:
+            findings.append(Finding(ERROR, "annotation file", f"{image.xml_path}: {image.error}"))
+        if read_images:
+            problem = image_file_problem(image.image_path, recorded_size=image.size, max_pixels=max_pixels)
+        else:
+            problem = None if image.image_path.is_file() else "missing"
+        if problem:
+            findings.append(Finding(ERROR, "image file", f"{image.image_path} is {problem}"))
+        if image.objects is None:
+            continue
+        if not image.objects:
+            findings.append(Finding(INFO, "image without annotations", str(image.xml_path)))
+        width, height = image.size
+        for k, (name, _difficult, (x1, y1, x2, y2)) in enumerate(image.objects):
+            where = f"{image.xml_path} object {k}"
+            if name not in class_names:
+                findings.append(
+                    Finding(ERROR, "unknown category", f"{where}: class {name!r} not in {list(class_names)}")
+                )
+            if x2 - x1 <= 0 or y2 - y1 <= 0:
+                findings.append(Finding(REPAIRED, "degenerate box", f"{where}: box {[x1, y1, x2, y2]} (dropped)"))
+            elif x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+                message = f"{where}: box leaves the {width}x{height} image (clipped)"
+                findings.append(Finding(REPAIRED, "box outside image", message))
+    return findings
+
+
+def inspect_voc(
+    root: Path,
+    years: list,
+    split: str,
+    class_names: list[str],
+    *,
+    read_images: bool = True,
+    max_pixels: int = MAX_PIXELS,
+) -> list[Finding]:
+    """Check a VOCdevkit split: image sets, XML files, boxes, class names and images."""
+    images, findings = read_voc_split(root, years, split)
+    return findings + voc_findings(images, class_names, read_images=read_images, max_pixels=max_pixels)
+
+
+@dataclass
+class VocIndex:
+    """A split's detection index, with what VOC evaluation needs besides it."""
+
+    index: DetectionIndex
+    names: dict[int, str]  # image id -> VOC<year>/<file id>
+    voc_ground_truth: dict[int, VocGroundTruth]  # every box, difficult ones flagged, as VOC AP scores them
+    clipped: int = 0
+    dropped: int = 0
+
+
+def voc_index(images: Sequence[VocImage], class_names: Sequence[str], *, use_difficult: bool) -> VocIndex:
+    """Image ids 1..N in reading order; boxes clipped to their image, those under one pixel dropped;
+    difficult boxes are ignore regions unless ``use_difficult``."""
+    label_of = {name: i + 1 for i, name in enumerate(class_names)}
+    names, voc_ground_truth, clipped, dropped = {}, {}, 0, 0
+    columns: dict[str, list] = {key: [] for key in ("ids", "heights", "widths", "files", "counts")}
+    boxes_all, labels_all, ignored_all = [], [], []
+    for image in images:
+        image_id = len(columns["ids"]) + 1
+        (width, height), objects = image.size, image.objects
+        boxes, keep, changed = clip_boxes(np.asarray([box for _, _, box in objects]), width, height)
+        clipped, dropped = clipped + changed, dropped + int((~keep).sum())
+        labels = np.asarray([label_of[name] for name, _, _ in objects], np.int64)[keep]
+        difficult = np.asarray([d for _, d, _ in objects], bool)[keep]
+        boxes = boxes[keep]
+        file_name = f"VOC{image.year}/JPEGImages/{image.file_id}.jpg"
+        for key, value in zip(columns, (image_id, height, width, file_name, len(boxes)), strict=True):
+            columns[key].append(value)
+        boxes_all.append(boxes)
+        labels_all.append(labels)
+        ignored_all.append(difficult & (not use_difficult))
+        names[image_id] = f"VOC{image.year}/{image.file_id}"
+        inclusive = boxes.astype(float) - [0, 0, 1, 1]  # VOC AP counts pixels inclusively
+        voc_ground_truth[image_id] = VocGroundTruth(inclusive, labels - 1, difficult)
+    index = DetectionIndex.build(
+        columns["ids"],
+        columns["heights"],
+        columns["widths"],
+        columns["files"],
+        columns["counts"],
+        np.concatenate(boxes_all) if boxes_all else np.zeros((0, 4)),
+        np.concatenate(labels_all) if labels_all else np.zeros(0),
+        np.concatenate(ignored_all) if ignored_all else np.zeros(0),
+    )
+    return VocIndex(index, names, voc_ground_truth, clipped, dropped)
+
+
 class VocDetection(DetectionDataset):
     """The images of ``split`` in each of ``years`` under a ``VOCdevkit`` folder.
 
@@ -114,156 +246,30 @@ class VocDetection(DetectionDataset):
         source = f"{root} VOC{'+'.join(map(str, years))} {split}"
         for year in map(str, years):  # a missing image set is a layout error, not a data problem
             read_image_set(root, year, split)
-        findings = inspect_voc(root, list(years), split, list(class_names), read_images=False)
+        images, _ = read_voc_split(root, years, split)
+        findings = voc_findings(images, class_names, read_images=False)
         if not check_images:  # the caller checks the image files (and may leave bad ones out)
             findings = [f for f in findings if f.check != "image file"]
         raise_on_errors(findings, source)
-        label_of = {name: i + 1 for i, name in enumerate(class_names)}
-        self.names, self.voc_ground_truth = {}, {}
-        columns: dict[str, list] = {key: [] for key in ("ids", "heights", "widths", "files", "counts")}
-        boxes_all, labels_all, ignored_all, clipped, dropped = [], [], [], 0, 0
-        for year in map(str, years):
-            for file_id in read_image_set(root, year, split):
-                image_id = len(columns["ids"]) + 1
-                width, height, objects = parse_voc_xml(root / f"VOC{year}" / "Annotations" / f"{file_id}.xml")
-                boxes, keep, changed = clip_boxes(np.asarray([box for _, _, box in objects]), width, height)
-                clipped, dropped = clipped + changed, dropped + int((~keep).sum())
-                labels = np.asarray([label_of[name] for name, _, _ in objects], np.int64)[keep]
-                difficult = np.asarray([d for _, d, _ in objects], bool)[keep]
-                boxes = boxes[keep]
-                for key, value in zip(
-                    columns, (image_id, height, width, f"VOC{year}/JPEGImages/{file_id}.jpg", len(boxes)), strict=True
-                ):
-                    columns[key].append(value)
-                boxes_all.append(boxes)
-                labels_all.append(labels)
-                ignored_all.append(difficult & (not use_difficult))
-                self.names[image_id] = f"VOC{year}/{file_id}"
-                inclusive = boxes.astype(float) - [0, 0, 1, 1]  # VOC AP counts pixels inclusively
-                self.voc_ground_truth[image_id] = VocGroundTruth(inclusive, labels - 1, difficult)
-        index = DetectionIndex.build(
-            columns["ids"],
-            columns["heights"],
-            columns["widths"],
-            columns["files"],
-            columns["counts"],
-            np.concatenate(boxes_all) if boxes_all else np.zeros((0, 4)),
-            np.concatenate(labels_all) if labels_all else np.zeros(0),
-            np.concatenate(ignored_all) if ignored_all else np.zeros(0),
-        )
-        categories = [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]
+        split_index = voc_index(images, class_names, use_difficult=use_difficult)
+        self.names, self.voc_ground_truth = split_index.names, split_index.voc_ground_truth
+        category_ids = list(range(1, len(class_names) + 1))
         super().__init__(
-            index,
+            split_index.index,
             root,
-            category_ids=list(range(1, len(class_names) + 1)),
+            category_ids=category_ids,
             class_names=class_names,
-            ground_truth=lambda: _in_memory_coco(_ground_truth_dataset(index, self.voc_ground_truth, categories)),
+            ground_truth=lambda: coco_ground_truth(split_index.index, category_ids, class_names),
             transforms=transforms,
             source=source,
         )
-        if clipped or dropped:
+        if split_index.clipped or split_index.dropped:
             log.warning(
-                "%s: clipped %d boxes to their image, dropped %d boxes under one pixel", source, clipped, dropped
+                "%s: clipped %d boxes to their image, dropped %d boxes under one pixel",
+                source,
+                split_index.clipped,
+                split_index.dropped,
             )
-
-
-def _ground_truth_dataset(index: DetectionIndex, voc: dict[int, VocGroundTruth], categories: list[dict]) -> dict:
-    """COCO-format ground truth: every box, difficult ones as crowd (pycocotools' ignore regions)."""
-    images, annotations = [], []
-    for i in range(len(index)):
-        image_id = int(index.image_ids[i])
-        images.append(
-            {
-                "id": image_id,
-                "width": int(index.widths[i]),
-                "height": int(index.heights[i]),
-                "file_name": index.file_name(i),
-            }
-        )
-        gt = voc[image_id]
-        boxes = gt.boxes + [0, 0, 1, 1]  # back from VOC's inclusive pixels to edges
-        annotations += _coco_annotations(image_id, boxes, gt.labels + 1, gt.difficult, first_id=len(annotations) + 1)
-    return {"images": images, "annotations": annotations, "categories": categories}
-
-
-def _coco_annotations(
-    image_id: int, boxes: np.ndarray, labels: np.ndarray, difficult: np.ndarray, first_id: int
-) -> list[dict]:
-    rows = []
-    for k, (box, label, is_difficult) in enumerate(
-        zip(boxes.tolist(), labels.tolist(), difficult.tolist(), strict=True)
-    ):
-        w, h = box[2] - box[0], box[3] - box[1]
-        rows.append(
-            {
-                "id": first_id + k,
-                "image_id": image_id,
-                "category_id": label,
-                "bbox": [box[0], box[1], w, h],
-                "area": w * h,
-                "iscrowd": int(is_difficult),  # pycocotools' only way to mark a box as "ignore"
-            }
-        )
-    return rows
-
-
-def _in_memory_coco(dataset: dict) -> COCO:
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
-
-def inspect_voc(
-    root: Path,
-    years: list,
-    split: str,
-    class_names: list[str],
-    *,
-    read_images: bool = True,
-    max_pixels: int = MAX_PIXELS,
-) -> list[Finding]:
-    """Check a VOCdevkit split: image sets, XML files, boxes, class names and images."""
-    findings: list[Finding] = []
-    for year in map(str, years):
-        try:
-            file_ids = read_image_set(root, year, split)
-        except FileNotFoundError as err:
-            findings.append(Finding(ERROR, "image set", str(err)))
-            continue
-        for file_id in file_ids:
-            xml_path = root / f"VOC{year}" / "Annotations" / f"{file_id}.xml"
-            image_path = root / f"VOC{year}" / "JPEGImages" / f"{file_id}.jpg"
-            try:
-                width, height, objects = parse_voc_xml(xml_path)
-            except (OSError, ValueError) as err:
-                findings.append(Finding(ERROR, "annotation file", f"{xml_path}: {err}"))
-                width = height = objects = None
-            if read_images:
-                size = (width, height) if width else None
-                problem = image_file_problem(image_path, recorded_size=size, max_pixels=max_pixels)
-            else:
-                problem = None if image_path.is_file() else "missing"
-            if problem:
-                findings.append(Finding(ERROR, "image file", f"{image_path} is {problem}"))
-            if objects is None:
-                continue
-            if not objects:
-                findings.append(Finding(INFO, "image without annotations", str(xml_path)))
-            for k, (name, _difficult, (x1, y1, x2, y2)) in enumerate(objects):
-                where = f"{xml_path} object {k}"
-                if name not in class_names:
-                    findings.append(Finding(ERROR, "unknown category", f"{where}: class {name!r} not in {class_names}"))
-                if x2 - x1 <= 0 or y2 - y1 <= 0:
-                    findings.append(Finding(REPAIRED, "degenerate box", f"{where}: box {[x1, y1, x2, y2]} (dropped)"))
-                elif x1 < 0 or y1 < 0 or x2 > width or y2 > height:
-                    findings.append(
-                        Finding(
-                            REPAIRED, "box outside image", f"{where}: box leaves the {width}x{height} image (clipped)"
-                        )
-                    )
-    return findings
 
 
 def save_palette_png(mask: np.ndarray, path: Path) -> None:
@@ -274,3 +280,67 @@ def save_palette_png(mask: np.ndarray, path: Path) -> None:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     image.save(tmp)
     os.replace(tmp, path)
+
+
+class VocDataModule(DetectionDataModule):
+    """PASCAL VOC under ``root`` (the ``VOCdevkit`` folder), e.g. VOC07+12 trainval / VOC07 test.
+
+    Reports VOC07 11-point and VOC2010+ area mAP next to the COCO-style stats.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        train_years: Sequence[str | int] = (2007, 2012),
+        train_split: str = "trainval",
+        val_years: Sequence[str | int] = (2007,),
+        val_split: str = "test",
+        class_names: Sequence[str] = VOC_CLASSES,
+        use_difficult: bool = False,
+        **options,
+    ) -> None:
+        super().__init__(**options)
+        self.root = Path(root).expanduser()
+        self.splits = {"train": (list(train_years), train_split), "val": (list(val_years), val_split)}
+        self.voc_class_names = list(class_names)
+        self.use_difficult = use_difficult
+
+    def _read_metadata(self) -> tuple[list[int], list[str]]:
+        return list(range(1, len(self.voc_class_names) + 1)), list(self.voc_class_names)
+
+    def _build_split(self, split: str, transforms: A.Compose | None, *, prepared: bool) -> DetectionDataset:
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"dataset.root={self.root} does not exist; expected a VOCdevkit folder holding "
+                "VOC<year>/Annotations, VOC<year>/JPEGImages and VOC<year>/ImageSets/Main"
+            )
+        if self.masks:
+            raise ValueError(
+                "PASCAL VOC detection data (dataset=voc) carries no instance masks; instance segmentation "
+                "reads COCO-format instances jsons with polygons or RLE (dataset=coco or dataset=coco_custom)"
+            )
+        years, image_set = self.splits[split]
+        # difficult objects are never trained on in evaluation splits; they are ignore regions there
+        use_difficult = self.use_difficult and split == "train"
+        return VocDetection(
+            self.root,
+            years,
+            image_set,
+            transforms,
+            class_names=self.voc_class_names,
+            use_difficult=use_difficult,
+            check_images=False,
+        )
+
+    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:
+        findings = []
+        for years, image_set in self.splits.values():
+            findings += inspect_voc(
+                self.root, years, image_set, self.voc_class_names, read_images=read_images, max_pixels=max_pixels
+            )
+        return findings, self.voc_class_names
+
+    def evaluation_inputs(self) -> dict:
+        """Also each image's boxes with VOC's difficult flags: VOC AP is reported next to COCO's stats."""
+        return {**super().evaluation_inputs(), "voc_ground_truth": self.val_set.voc_ground_truth}
