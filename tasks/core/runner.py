@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -61,7 +60,8 @@ def model_arguments(model_cfg: DictConfig, datamodule: L.LightningDataModule) ->
 def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
     arguments = model_arguments(cfg.task.model, datamodule)
     model = instantiate(cfg.task.model, **arguments)
-    evaluator = partial(build_evaluator, cfg.task.get("evaluator"), datamodule)  # built once the data is set up
+    # a partial: the module completes it with its data module's evaluation inputs once the data is set up
+    evaluator = instantiate(cfg.task.evaluator) if cfg.task.get("evaluator") else None
     options = {
         "channels_last": bool(cfg.get("runtime", {}).get("channels_last", False)),
         "skip_nonfinite_batches": int(cfg.get("skip_nonfinite_batches", 0)),
@@ -70,13 +70,6 @@ def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Lightn
     # set here, not passed to instantiate: Hydra would build the model config it holds
     module.inference = inference_metadata(cfg, datamodule, arguments)
     return module
-
-
-def build_evaluator(evaluator_cfg: DictConfig | None, datamodule: L.LightningDataModule) -> object:
-    """The task config's evaluator (a partial) completed with the validation split's ground truth."""
-    if not evaluator_cfg:
-        return None
-    return instantiate(evaluator_cfg)(**datamodule.evaluation_inputs())
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:

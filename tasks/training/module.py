@@ -57,7 +57,8 @@ class TaskModule(L.LightningModule):
         model: the network.
         optimizer: partial optimizer, called with parameter groups (``parameter_groups``).
         scheduler: partial scheduler, called with the optimizer and ``total_steps``; stepped every step.
-        evaluator: the validation metrics, or a function that builds them once the data is set up.
+        evaluator: the validation metrics, or a function that builds them from the data module's
+            ``evaluation_inputs()`` (ground truth, category ids, class names) once the data is set up.
         lr_reference_batch: the total batch the optimizer's lr is meant for; the lr is multiplied by
             (batch_size x devices x num_nodes x accumulate_grad_batches) / lr_reference_batch.
             None uses the lr as given.
@@ -102,7 +103,8 @@ class TaskModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self.evaluator is None and self._evaluator_factory is not None:
-            self.evaluator = self._evaluator_factory()
+            # the evaluator needs the validation split's ground truth: known once the data is set up
+            self.evaluator = self._evaluator_factory(**self.trainer.datamodule.evaluation_inputs())
 
     def on_train_start(self) -> None:
         # the loops are restored from a checkpoint by now, and the epoch loop has not started: a run
