@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tasks.data.formats.voc import voc_palette
+from tasks.data.formats.palette import voc_palette
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
 SPEC_FILE = "shapes_spec.json"

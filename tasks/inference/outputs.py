@@ -12,7 +12,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from tasks.data.formats.voc import voc_palette
+from tasks.data.formats.palette import voc_palette
 from tasks.evaluation.coco_eval import to_coco_results, to_segmentation_results
 from tasks.evaluation.predictions import rescale_to_original
 

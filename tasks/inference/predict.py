@@ -19,7 +19,7 @@ from torch import Tensor
 
 from tasks.common.errors import UserError
 from tasks.common.metadata import load_trained_model
-from tasks.data.formats.voc import save_palette_png
+from tasks.data.formats.palette import save_palette_png
 from tasks.inference import outputs
 from tasks.inference.engines import ENGINES, OnnxRuntimeEngine, TorchEngine
 from tasks.inference.graphs import is_semantic

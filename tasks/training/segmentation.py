@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tasks.data.formats.voc import save_palette_png
+from tasks.data.formats.palette import save_palette_png
 from tasks.training.module import TaskModule
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import albumentations as A
 import numpy as np
-from PIL import Image
 
 from tasks.data.detection import DetectionDataModule
 from tasks.data.detection_dataset import DetectionDataset, clip_boxes
@@ -35,19 +33,6 @@ class VocGroundTruth:
     boxes: np.ndarray  # (N, 4) xyxy, inclusive pixel coordinates (x2 is the last pixel column)
     labels: np.ndarray  # (N,) class index 0..K-1
     difficult: np.ndarray  # (N,) bool
-
-
-def voc_palette() -> list[int]:
-    """The PASCAL VOC colour map (bit-interleaved), 256 RGB entries."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for shift in range(7, -1, -1):
-            r, g, b = r | ((c & 1) << shift), g | (((c >> 1) & 1) << shift), b | (((c >> 2) & 1) << shift)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
 
 
 def _text(node: ET.Element, tag: str, xml_path: Path) -> str:
@@ -270,16 +255,6 @@ class VocDetection(DetectionDataset):
                 split_index.clipped,
                 split_index.dropped,
             )
-
-
-def save_palette_png(mask: np.ndarray, path: Path) -> None:
-    """Write a class-index mask as a VOC palette PNG, atomically: a temporary file in the same
-    folder renamed into place, so processes writing the same image never leave a torn file."""
-    image = Image.fromarray(mask.astype(np.uint8), mode="P")
-    image.putpalette(voc_palette())
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    image.save(tmp)
-    os.replace(tmp, path)
 
 
 class VocDataModule(DetectionDataModule):
