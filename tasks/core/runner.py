@@ -153,8 +153,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = checkpoint_path(cfg.ckpt_path)
     resume = read_checkpoint(ckpt_path) if ckpt_path else None  # before anything is built
     overrides = command_line_overrides()
+    log_recipe(cfg, overrides)  # the recipe's values first; then which limit the command line lifts
     apply_command_line_limits(cfg, overrides)
-    log_recipe(cfg, overrides)
     configure_torch(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
