@@ -147,20 +147,13 @@ def check_resumable(state: dict[str, int | bool], sampler: EpochBatchSampler) ->
     told: another seed or dataset size changes the order; grouped batches take samples out of order."""
     if int(state["samples_done"]) >= int(state["size"]):  # saved at the end of an epoch: anything goes
         return
-    changed = [
-        f"{name} {state[key]} -> {now}"
-        for name, key, now in (("seed", "seed", sampler.seed), ("training images", "size", sampler.size))
-        if state[key] != now
-    ]
-    if sampler.grouped:
-        changed += [
-            f"{name} {state[key]} -> {now}"
-            for name, key, now in (
-                ("dataset.batch_size", "batch_size", sampler.batch_size),
-                ("processes", "world_size", sampler.num_replicas),
-            )
-            if state[key] != now
+    fixed = [("seed", "seed", sampler.seed), ("training images", "size", sampler.size)]
+    if sampler.grouped:  # grouped batches are not a prefix of the order: their layout must stay too
+        fixed += [
+            ("dataset.batch_size", "batch_size", sampler.batch_size),
+            ("processes", "world_size", sampler.num_replicas),
         ]
+    changed = [f"{name} {state[key]} -> {now}" for name, key, now in fixed if state[key] != now]
     if changed:
         raise UserError(
             f"cannot resume in the middle of epoch {state['epoch']} ({state['samples_done']} of {state['size']} "

@@ -24,6 +24,7 @@ from tasks.data.images import MAX_PIXELS, image_file_problem
 log = logging.getLogger(__name__)
 
 MISSING = -1  # stands for an absent or malformed id in the tables
+FILE_CHECKS = ("skip", "exist", "decode")  # how inspect_coco_tables treats image files
 
 
 def load_coco(ann_file: Path) -> COCO:
@@ -244,9 +245,7 @@ class CocoDetection(DetectionDataset):
         self.image_dir, self.ann_file = image_dir, ann_file
 
 
-FILE_CHECKS = ("skip", "exist", "decode")
-
-
+# -- the doctor's checks of an instances json ------------------------------------------------
 def _number(value: float) -> int | float:
     return int(value) if float(value).is_integer() else float(value)
 
