@@ -77,7 +77,6 @@ class StepCountSchedule(LRScheduler):
         self.base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
         self.last_epoch = schedule.last_epoch
         self._start = (schedule.state_dict(), [group["lr"] for group in self.optimizer.param_groups])
-        self.steps = 0
 
     def get_last_lr(self) -> list[float]:
         return self.schedule.get_last_lr()
@@ -87,19 +86,18 @@ class StepCountSchedule(LRScheduler):
 
     def step(self, epoch: int | None = None) -> None:
         self.schedule.step()
-        self.steps += 1
-        self.last_epoch = self.schedule.last_epoch
+        self.last_epoch = self.schedule.last_epoch  # torch's schedulers count their steps here
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps}
+        return {"steps": self.last_epoch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # checkpoints of torch's schedulers themselves count their steps as last_epoch
         steps = int(state_dict.get("steps", state_dict.get("last_epoch", 0)))
         initial_state, initial_lrs = self._start
         self.schedule.load_state_dict(initial_state)
+        self.last_epoch = self.schedule.last_epoch
         for group, lr in zip(self.optimizer.param_groups, initial_lrs, strict=True):
             group["lr"] = lr
-        self.steps = 0
         for _ in range(steps):
             self.step()
