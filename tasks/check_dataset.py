@@ -16,7 +16,7 @@ from omegaconf import DictConfig  # noqa: E402
 from tasks.common.errors import exit_on_user_error  # noqa: E402
 from tasks.core.recipes import accept_recipe_null  # noqa: E402
 from tasks.core.resolvers import register_resolvers  # noqa: E402
-from tasks.data.doctor import ERROR, check_num_classes, format_report  # noqa: E402
+from tasks.data.doctor import ERROR, check_num_classes, format_report, split_summary  # noqa: E402
 
 register_resolvers()
 
@@ -33,6 +33,9 @@ def main(cfg: DictConfig) -> None:
     print(f"\n{errors} error(s)" + (": training would stop at start-up" if errors else ": ready to train"))
     if errors:
         sys.exit(1)
+    datamodule.setup()  # the splits as training loads them (bad images left out where skip_bad_images)
+    for split, dataset in (("train", datamodule.train_set), ("val", datamodule.val_set)):
+        print(split_summary(split, dataset))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
     from tasks.data.detection_index import DetectionIndex
 
@@ -83,3 +85,20 @@ def raise_on_errors(findings: list[Finding], source: str) -> None:
             f"{source} has problems that would crash training or falsify evaluation:\n{report}\n"
             "Fix the annotation file (python tasks/check_dataset.py dataset=... lists everything)."
         )
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 'es' if word[-1] in 'sx' else 's'}"
+
+
+def split_summary(split: str, dataset: object) -> str:
+    """One line for a loaded split: images, and for box data the boxes and the classes they use,
+    e.g. ``train: 40 images, 679 boxes, 1 class``."""
+    line = f"{split}: {_plural(len(dataset), 'image')}"
+    index = getattr(dataset, "index", None)
+    if index is None or not hasattr(index, "labels"):
+        return line
+    trained = ~np.asarray(index.ignored)
+    line += f", {_plural(int(trained.sum()), 'box')}, {_plural(len(np.unique(index.labels[trained])), 'class')}"
+    ignored = int((~trained).sum())
+    return line + (f" (and {ignored:,} ignore regions: crowd or difficult)" if ignored else "")

@@ -178,12 +178,12 @@ def _write_coco(folder: Path, spec: ShapesSpec) -> None:
         (folder / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(full))
 
 
-def _voc_xml(file_name: str, size: int, owner: np.ndarray, classes: list[int]) -> str:
+def _voc_xml(file_name: str, size: int, owner: np.ndarray, classes: list[int], *, mark_difficult: bool = True) -> str:
     objects = []
     for k, cls in enumerate(classes):
         ys, xs = np.nonzero(owner == k)
         truncated = int(xs.min() == 0 or ys.min() == 0 or xs.max() == size - 1 or ys.max() == size - 1)
-        difficult = int(len(xs) < 100)  # tiny remnants are what VOC annotators mark difficult
+        difficult = int(mark_difficult and len(xs) < 100)  # tiny remnants are what VOC annotators mark difficult
         objects.append(
             f"<object><name>{SHAPE_CLASSES[cls]}</name><pose>Unspecified</pose><truncated>{truncated}</truncated>"
             f"<difficult>{difficult}</difficult><bndbox><xmin>{xs.min() + 1}</xmin><ymin>{ys.min() + 1}</ymin>"
@@ -241,7 +241,43 @@ def _write_imagefolder(folder: Path, spec: ShapesSpec) -> None:
         Image.fromarray(image).save(target / f"{image_id:06d}.png")
 
 
-LAYOUTS = {"coco": _write_coco, "voc": _write_voc, "imagefolder": _write_imagefolder}
+def _write_voc_folder(folder: Path, spec: ShapesSpec) -> None:
+    """What a labelling tool leaves: ``{train,val}/images/<id>.png`` and ``{train,val}/annotations/<id>.xml``
+    (1-based VOC boxes, no difficult flags), the same pixels and boxes as the COCO layout."""
+    for image_id, split, image, owner, classes in _render_all(spec):
+        for sub in ("images", "annotations"):
+            (folder / split / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / split / "images" / f"{image_id:06d}.png")
+        xml = _voc_xml(f"{image_id:06d}.png", spec.image_size, owner, classes, mark_difficult=False)
+        (folder / split / "annotations" / f"{image_id:06d}.xml").write_text(xml)
+
+
+def _write_yolo(folder: Path, spec: ShapesSpec) -> None:
+    """The Ultralytics layout: ``data.yaml``, ``images/{train,val}/<id>.png``, ``labels/{train,val}/<id>.txt``
+    with normalised ``class cx cy w h`` rows (full precision: the same boxes as the COCO layout)."""
+    size = spec.image_size
+    for image_id, split, image, owner, classes in _render_all(spec):
+        for sub in ("images", "labels"):
+            (folder / sub / split).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / "images" / split / f"{image_id:06d}.png")
+        rows = []
+        for k, cls in enumerate(classes):
+            ys, xs = np.nonzero(owner == k)
+            x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+            values = ((x1 + x2) / 2 / size, (y1 + y2) / 2 / size, (x2 - x1) / size, (y2 - y1) / size)
+            rows.append(" ".join([str(cls), *map(repr, map(float, values))]))
+        (folder / "labels" / split / f"{image_id:06d}.txt").write_text("".join(f"{row}\n" for row in rows))
+    names = "".join(f"  {k}: {name}\n" for k, name in enumerate(SHAPE_CLASSES))
+    (folder / "data.yaml").write_text(f"path: .\ntrain: images/train\nval: images/val\nnames:\n{names}")
+
+
+LAYOUTS = {
+    "coco": _write_coco,
+    "voc": _write_voc,
+    "imagefolder": _write_imagefolder,
+    "voc_folder": _write_voc_folder,
+    "yolo": _write_yolo,
+}
 
 
 def ensure_shapes(root: str | Path, spec: ShapesSpec, layout: str = "coco") -> Path:

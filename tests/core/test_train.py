@@ -14,8 +14,17 @@ import torch
 from tasks import PROJECT_ROOT
 from tasks.core.runner import build_datamodule, build_module, build_trainer, configure_torch, train
 from tasks.data.formats.coco import load_coco
+from tasks.data.shapes import ensure_shapes
 from tasks.evaluation.coco_eval import COCO_STAT_NAMES
-from tests.support import CPU_DDP, TINY_DETECTION, compose_config, pycocotools_stats, run_script, shapes_overrides
+from tests.support import (
+    CPU_DDP,
+    TINY_DETECTION,
+    TINY_SHAPES,
+    compose_config,
+    pycocotools_stats,
+    run_script,
+    shapes_overrides,
+)
 
 
 def _tiny(shapes_root: Path, *extra: str) -> list[str]:
@@ -252,3 +261,30 @@ def test_max_steps_on_the_command_line_wins_over_the_recipes_epochs(shapes_root:
     assert "it sets task.model.anchor_sizes" not in log  # given on the command line (TINY_DETECTION)
     assert "; the command line overrides task.model.min_size=64 (recipe: 128)" in log
     assert "max_size=64 (recipe: 128)" in log and "task.module.optimizer.name=adamw" in log.split("overrides")[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["voc_folder", "yolo"])
+def test_labelling_tool_layouts_train(layout: str, tmp_path: Path) -> None:
+    """A labelling tool's folder, as a user points at it: no validation split of its own for the
+    VOC folder (drawn with val_fraction and written to the run directory), class names from the files."""
+    root = ensure_shapes(tmp_path / layout, TINY_SHAPES, layout)
+    source = ["dataset.train_dir=train", "dataset.val_dir=null", "dataset.val_fraction=0.25"]
+    overrides = [
+        "task=detection",
+        f"dataset={layout}",
+        f"dataset.root={root}",
+        "dataset.num_workers=0",
+        "dataset.resize_longest=null",
+        *(source if layout == "voc_folder" else []),
+        "backbone=resnet18",
+        *TINY_DETECTION,
+        "trainer.max_steps=2",
+    ]
+    run_dir = tmp_path / "run"
+    train(compose_config(overrides, run_dir))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"map_50", "map"} <= set(metrics)
+    if layout == "voc_folder":
+        split = json.loads((run_dir / "data_split.json").read_text())
+        assert len(split["val"]) == TINY_SHAPES.num_train // 4 and not set(split["val"]) & set(split["train"])

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import albumentations as A
 import numpy as np
+from PIL import Image
 
-from tasks.data.detection import DetectionDataModule
-from tasks.data.detection_dataset import DetectionDataset, clip_boxes
-from tasks.data.detection_index import DetectionIndex
-from tasks.data.doctor import ERROR, INFO, REPAIRED, Finding, raise_on_errors
+from tasks.data.detection_dataset import DetectionDataset
+from tasks.data.doctor import ERROR, INFO, Finding, raise_on_errors
+from tasks.data.formats.labelled import LabelledImage, LabelledObject, labelled_findings, labelled_index
+from tasks.data.formats.labelled_module import LabelledDataModule
 from tasks.data.ground_truth import coco_ground_truth
-from tasks.data.images import MAX_PIXELS, image_file_problem
+from tasks.data.images import MAX_PIXELS, upright_size
 
 log = logging.getLogger(__name__)
 
@@ -42,27 +43,69 @@ def _text(node: ET.Element, tag: str, xml_path: Path) -> str:
     return found.text.strip()
 
 
-def parse_voc_xml(xml_path: Path) -> tuple[int, int, list[tuple[str, bool, list[float]]]]:
-    """(width, height, [(class name, difficult, xyxy box in 0-based pixel-edge coordinates)])."""
+def _number(node: ET.Element, tag: str, xml_path: Path) -> float:
+    text = _text(node, tag, xml_path)
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{xml_path}: <{tag}> is {text!r}, not a number") from None
+
+
+def parse_voc_xml(xml_path: Path, *, one_based: bool = True) -> tuple[int, int, list[LabelledObject]]:
+    """(width, height, objects with xyxy boxes in 0-based pixel-edge coordinates). ``one_based``:
+    the file counts pixels from 1, inclusively, as VOC's own files do (xmin=1, xmax=W spans the
+    whole width); otherwise from 0, as many labelling tools write. Width and height are 0 where
+    the file leaves them out or records 0 (the image's header gives them)."""
     try:
         root = ET.parse(xml_path).getroot()
     except ET.ParseError as err:
         raise ValueError(f"{xml_path} is not valid XML: {err}") from err
     size = root.find("size")
-    if size is None:
-        raise ValueError(f"{xml_path}: <size> is missing")
-    width, height = int(float(_text(size, "width", xml_path))), int(float(_text(size, "height", xml_path)))
+    width = height = 0
+    if size is not None and size.find("width") is not None:
+        width, height = int(_number(size, "width", xml_path)), int(_number(size, "height", xml_path))
     objects = []
-    for obj in root.iter("object"):
+    for k, obj in enumerate(root.iter("object")):
         box = obj.find("bndbox")
         if box is None:
-            raise ValueError(f"{xml_path}: an <object> has no <bndbox>")
-        x1, y1, x2, y2 = (float(_text(box, k, xml_path)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            raise ValueError(f"{xml_path}: object {k} has no <bndbox>")
+        x1, y1, x2, y2 = (_number(box, tag, xml_path) for tag in ("xmin", "ymin", "xmax", "ymax"))
         difficult = obj.find("difficult")
         is_difficult = difficult is not None and (difficult.text or "0").strip() == "1"
-        # VOC pixels are 1-based and inclusive: xmin=1, xmax=W spans the whole width
-        objects.append((_text(obj, "name", xml_path), is_difficult, [x1 - 1, y1 - 1, x2, y2]))
+        # 1-based inclusive: the first pixel column starts at edge x1 - 1, the last one ends at edge x2
+        corners = [x1 - 1, y1 - 1, x2, y2] if one_based else [x1, y1, x2, y2]
+        objects.append(LabelledObject(_text(obj, "name", xml_path), corners, is_difficult, row=f"object {k}"))
     return width, height, objects
+
+
+def read_labelled_xml(image: LabelledImage, *, one_based: bool) -> None:
+    """Fill ``image`` from its XML file (an unreadable file sets ``error``); a size the XML lacks
+    comes from the image's header."""
+    try:
+        width, height, image.objects = parse_voc_xml(image.annotation_path, one_based=one_based)
+    except (OSError, ValueError) as err:
+        image.objects, image.error = None, str(err)
+        return
+    if width > 0 and height > 0:
+        image.size = (width, height)
+        return
+    try:
+        with Image.open(image.image_path) as opened:
+            image.size = upright_size(opened)
+    except OSError:  # the image check reports the file
+        image.objects = None
+
+
+def zero_based_hint(images: Sequence[LabelledImage]) -> list[Finding]:
+    """1-based files never put a box at pixel 0: when read as 1-based and some do, say so."""
+    starts = sum(obj.box[0] == -1 or obj.box[1] == -1 for image in images for obj in image.objects or [])
+    if not starts:
+        return []
+    message = (
+        f"{starts} boxes start at pixel 0, which 1-based VOC files never do: these files are probably 0-based "
+        "(the boxes would grow a pixel left and up); pass dataset.one_based=false"
+    )
+    return [Finding(INFO, "coordinate origin", message)]
 
 
 def read_image_set(root: Path, year: str, split: str) -> list[str]:
@@ -75,20 +118,9 @@ def read_image_set(root: Path, year: str, split: str) -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
-@dataclass
-class VocImage:
-    """One image of a split as its XML file describes it (read once, for the checks and the index)."""
-
-    year: str
-    file_id: str
-    xml_path: Path
-    image_path: Path
-    size: tuple[int, int] | None = None  # (width, height)
-    objects: list[tuple[str, bool, list[float]]] | None = None  # None: the XML could not be read
-    error: str | None = None
-
-
-def read_voc_split(root: Path, years: Sequence[str | int], split: str) -> tuple[list[VocImage], list[Finding]]:
+def read_voc_split(
+    root: Path, years: Sequence[str | int], split: str, *, one_based: bool = True
+) -> tuple[list[LabelledImage], list[Finding]]:
     """Every image of ``split`` in each year, its XML parsed; a missing image set is a finding."""
     images, findings = [], []
     for year in map(str, years):
@@ -98,52 +130,12 @@ def read_voc_split(root: Path, years: Sequence[str | int], split: str) -> tuple[
             findings.append(Finding(ERROR, "image set", str(err)))
             continue
         for file_id in file_ids:
-            image = VocImage(
-                year,
-                file_id,
-                root / f"VOC{year}" / "Annotations" / f"{file_id}.xml",
-                root / f"VOC{year}" / "JPEGImages" / f"{file_id}.jpg",
-            )
-            try:
-                width, height, image.objects = parse_voc_xml(image.xml_path)
-                image.size = (width, height)
-            except (OSError, ValueError) as err:
-                image.error = str(err)
+            file_name = f"VOC{year}/JPEGImages/{file_id}.jpg"
+            xml_path = root / f"VOC{year}" / "Annotations" / f"{file_id}.xml"
+            image = LabelledImage(root / file_name, file_name, xml_path)
+            read_labelled_xml(image, one_based=one_based)
             images.append(image)
-    return images, findings
-
-
-def voc_findings(
-    images: Sequence[VocImage], class_names: Sequence[str], *, read_images: bool = True, max_pixels: int = MAX_PIXELS
-) -> list[Finding]:
-    """The doctor's findings for read images: unreadable XML, image files, unknown classes, boxes."""
-    findings: list[Finding] = []
-    for image in images:
-        if image.error:
-            findings.append(Finding(ERROR, "annotation file", f"{image.xml_path}: {image.error}"))
-        if read_images:
-            problem = image_file_problem(image.image_path, recorded_size=image.size, max_pixels=max_pixels)
-        else:
-            problem = None if image.image_path.is_file() else "missing"
-        if problem:
-            findings.append(Finding(ERROR, "image file", f"{image.image_path} is {problem}"))
-        if image.objects is None:
-            continue
-        if not image.objects:
-            findings.append(Finding(INFO, "image without annotations", str(image.xml_path)))
-        width, height = image.size
-        for k, (name, _difficult, (x1, y1, x2, y2)) in enumerate(image.objects):
-            where = f"{image.xml_path} object {k}"
-            if name not in class_names:
-                findings.append(
-                    Finding(ERROR, "unknown category", f"{where}: class {name!r} not in {list(class_names)}")
-                )
-            if x2 - x1 <= 0 or y2 - y1 <= 0:
-                findings.append(Finding(REPAIRED, "degenerate box", f"{where}: box {[x1, y1, x2, y2]} (dropped)"))
-            elif x1 < 0 or y1 < 0 or x2 > width or y2 > height:
-                message = f"{where}: box leaves the {width}x{height} image (clipped)"
-                findings.append(Finding(REPAIRED, "box outside image", message))
-    return findings
+    return images, findings + (zero_based_hint(images) if one_based else [])
 
 
 def inspect_voc(
@@ -154,58 +146,26 @@ def inspect_voc(
     *,
     read_images: bool = True,
     max_pixels: int = MAX_PIXELS,
+    one_based: bool = True,
 ) -> list[Finding]:
     """Check a VOCdevkit split: image sets, XML files, boxes, class names and images."""
-    images, findings = read_voc_split(root, years, split)
-    return findings + voc_findings(images, class_names, read_images=read_images, max_pixels=max_pixels)
+    images, findings = read_voc_split(root, years, split, one_based=one_based)
+    return findings + labelled_findings(images, class_names, read_images=read_images, max_pixels=max_pixels)
 
 
-@dataclass
-class VocIndex:
-    """A split's detection index, with what VOC evaluation needs besides it."""
-
-    index: DetectionIndex
-    names: dict[int, str]  # image id -> VOC<year>/<file id>
-    voc_ground_truth: dict[int, VocGroundTruth]  # every box, difficult ones flagged, as VOC AP scores them
-    clipped: int = 0
-    dropped: int = 0
-
-
-def voc_index(images: Sequence[VocImage], class_names: Sequence[str], *, use_difficult: bool) -> VocIndex:
-    """Image ids 1..N in reading order; boxes clipped to their image, those under one pixel dropped;
-    difficult boxes are ignore regions unless ``use_difficult``."""
-    label_of = {name: i + 1 for i, name in enumerate(class_names)}
-    names, voc_ground_truth, clipped, dropped = {}, {}, 0, 0
-    columns: dict[str, list] = {key: [] for key in ("ids", "heights", "widths", "files", "counts")}
-    boxes_all, labels_all, ignored_all = [], [], []
-    for image in images:
-        image_id = len(columns["ids"]) + 1
-        (width, height), objects = image.size, image.objects
-        boxes, keep, changed = clip_boxes(np.asarray([box for _, _, box in objects]), width, height)
-        clipped, dropped = clipped + changed, dropped + int((~keep).sum())
-        labels = np.asarray([label_of[name] for name, _, _ in objects], np.int64)[keep]
-        difficult = np.asarray([d for _, d, _ in objects], bool)[keep]
-        boxes = boxes[keep]
-        file_name = f"VOC{image.year}/JPEGImages/{image.file_id}.jpg"
-        for key, value in zip(columns, (image_id, height, width, file_name, len(boxes)), strict=True):
-            columns[key].append(value)
-        boxes_all.append(boxes)
-        labels_all.append(labels)
-        ignored_all.append(difficult & (not use_difficult))
-        names[image_id] = f"VOC{image.year}/{image.file_id}"
-        inclusive = boxes.astype(float) - [0, 0, 1, 1]  # VOC AP counts pixels inclusively
-        voc_ground_truth[image_id] = VocGroundTruth(inclusive, labels - 1, difficult)
-    index = DetectionIndex.build(
-        columns["ids"],
-        columns["heights"],
-        columns["widths"],
-        columns["files"],
-        columns["counts"],
-        np.concatenate(boxes_all) if boxes_all else np.zeros((0, 4)),
-        np.concatenate(labels_all) if labels_all else np.zeros(0),
-        np.concatenate(ignored_all) if ignored_all else np.zeros(0),
-    )
-    return VocIndex(index, names, voc_ground_truth, clipped, dropped)
+def add_voc_evaluation(dataset: DetectionDataset) -> DetectionDataset:
+    """``names[image_id]`` (``VOC<year>/<file id>``) and ``voc_ground_truth`` (every box, difficult ones
+    flagged, in VOC AP's inclusive pixels) on a VOCdevkit split."""
+    index = dataset.index
+    dataset.names, dataset.voc_ground_truth = {}, {}
+    for i in range(len(index)):
+        image_id, start, end = int(index.image_ids[i]), index.box_offsets[i], index.box_offsets[i + 1]
+        year, _, file_name = index.file_name(i).split("/")
+        dataset.names[image_id] = f"{year}/{Path(file_name).stem}"
+        inclusive = np.asarray(index.boxes[start:end], float) - [0, 0, 1, 1]
+        labels, difficult = np.asarray(index.labels[start:end]) - 1, np.asarray(index.ignored[start:end])
+        dataset.voc_ground_truth[image_id] = VocGroundTruth(inclusive.reshape(-1, 4), labels, difficult)
+    return dataset
 
 
 class VocDetection(DetectionDataset):
@@ -232,36 +192,40 @@ class VocDetection(DetectionDataset):
         for year in map(str, years):  # a missing image set is a layout error, not a data problem
             read_image_set(root, year, split)
         images, _ = read_voc_split(root, years, split)
-        findings = voc_findings(images, class_names, read_images=False)
+        findings = labelled_findings(images, class_names, read_images=False)
         if not check_images:  # the caller checks the image files (and may leave bad ones out)
             findings = [f for f in findings if f.check != "image file"]
         raise_on_errors(findings, source)
-        split_index = voc_index(images, class_names, use_difficult=use_difficult)
-        self.names, self.voc_ground_truth = split_index.names, split_index.voc_ground_truth
+        built = labelled_index(images, class_names, use_difficult=use_difficult)
         category_ids = list(range(1, len(class_names) + 1))
         super().__init__(
-            split_index.index,
+            built.index,
             root,
             category_ids=category_ids,
             class_names=class_names,
-            ground_truth=lambda: coco_ground_truth(split_index.index, category_ids, class_names),
+            ground_truth=lambda: coco_ground_truth(built.index, category_ids, class_names),
             transforms=transforms,
             source=source,
         )
-        if split_index.clipped or split_index.dropped:
+        add_voc_evaluation(self)
+        if built.clipped or built.dropped:
             log.warning(
                 "%s: clipped %d boxes to their image, dropped %d boxes under one pixel",
                 source,
-                split_index.clipped,
-                split_index.dropped,
+                built.clipped,
+                built.dropped,
             )
 
 
-class VocDataModule(DetectionDataModule):
+class VocDataModule(LabelledDataModule):
     """PASCAL VOC under ``root`` (the ``VOCdevkit`` folder), e.g. VOC07+12 trainval / VOC07 test.
 
-    Reports VOC07 11-point and VOC2010+ area mAP next to the COCO-style stats.
+    Reports VOC07 11-point and VOC2010+ area mAP next to the COCO-style stats. ``class_names``,
+    ``class_map`` and ``use_difficult`` as for every labelled format; ``one_based``: the XML
+    files count pixels from 1 (VOC's own files) or from 0.
     """
+
+    format_name = "a VOCdevkit folder holding VOC<year>/Annotations, VOC<year>/JPEGImages and VOC<year>/ImageSets/Main"
 
     def __init__(
         self,
@@ -271,50 +235,22 @@ class VocDataModule(DetectionDataModule):
         train_split: str = "trainval",
         val_years: Sequence[str | int] = (2007,),
         val_split: str = "test",
-        class_names: Sequence[str] = VOC_CLASSES,
-        use_difficult: bool = False,
+        class_names: Sequence[str] | None = VOC_CLASSES,
+        one_based: bool = True,
         **options,
     ) -> None:
-        super().__init__(**options)
-        self.root = Path(root).expanduser()
-        self.splits = {"train": (list(train_years), train_split), "val": (list(val_years), val_split)}
-        self.voc_class_names = list(class_names)
-        self.use_difficult = use_difficult
+        super().__init__(root, class_names=class_names, **options)
+        self.image_sets = {"train": (list(train_years), train_split), "val": (list(val_years), val_split)}
+        self.one_based = one_based
 
-    def _read_metadata(self) -> tuple[list[int], list[str]]:
-        return list(range(1, len(self.voc_class_names) + 1)), list(self.voc_class_names)
+    def _read(self, split: str) -> tuple[list[LabelledImage], list[Finding]]:
+        years, image_set = self.image_sets[split]
+        for year in map(str, years):  # a missing image set is a layout error, not a data problem
+            read_image_set(self.root, year, image_set)
+        return read_voc_split(self.root, years, image_set, one_based=self.one_based)
 
     def _build_split(self, split: str, transforms: A.Compose | None, *, prepared: bool) -> DetectionDataset:
-        if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"dataset.root={self.root} does not exist; expected a VOCdevkit folder holding "
-                "VOC<year>/Annotations, VOC<year>/JPEGImages and VOC<year>/ImageSets/Main"
-            )
-        if self.masks:
-            raise ValueError(
-                "PASCAL VOC detection data (dataset=voc) carries no instance masks; instance segmentation "
-                "reads COCO-format instances jsons with polygons or RLE (dataset=coco or dataset=coco_custom)"
-            )
-        years, image_set = self.splits[split]
-        # difficult objects are never trained on in evaluation splits; they are ignore regions there
-        use_difficult = self.use_difficult and split == "train"
-        return VocDetection(
-            self.root,
-            years,
-            image_set,
-            transforms,
-            class_names=self.voc_class_names,
-            use_difficult=use_difficult,
-            check_images=False,
-        )
-
-    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:
-        findings = []
-        for years, image_set in self.splits.values():
-            findings += inspect_voc(
-                self.root, years, image_set, self.voc_class_names, read_images=read_images, max_pixels=max_pixels
-            )
-        return findings, self.voc_class_names
+        return add_voc_evaluation(super()._build_split(split, transforms, prepared=prepared))
 
     def evaluation_inputs(self) -> dict:
         """Also each image's boxes with VOC's difficult flags: VOC AP is reported next to COCO's stats."""
