@@ -14,3 +14,21 @@ def rescale_to_original(detections: list[dict[str, Tensor]], images: list[Tensor
         det["boxes"] = det["boxes"] * scale
         if "masks" in det and (orig_h, orig_w) != (h, w) and len(det["masks"]):
             det["masks"] = F.interpolate(det["masks"], size=(orig_h, orig_w), mode="bilinear", align_corners=False)
+
+
+def detection_cap(model: object) -> int | None:
+    """The most detections the detector keeps an image (torchvision's ``roi_heads.detections_per_img``)."""
+    heads = getattr(model, "roi_heads", None)
+    return getattr(heads, "detections_per_img", None)
+
+
+def count_capped(detections: list[dict[str, Tensor]], cap: int | None) -> int:
+    """Images whose detections reached ``cap``: objects beyond it were lost."""
+    return 0 if cap is None else sum(len(found["boxes"]) >= cap for found in detections)
+
+
+def capped_message(capped: int, total: int, cap: int, option: str) -> str:
+    return (
+        f"{capped} of {total} images reached the cap of {cap} detections: objects beyond it are lost "
+        f"(crowded images); raise {option}"
+    )

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from tasks.common.errors import UserError
 from tasks.data.collate import collate_segmentation
+from tasks.evaluation.predictions import detection_cap
 from tasks.inference.fast import compile_trunk, optimise_for_cpu
 from tasks.inference.graphs import check_inference_task, is_semantic
 
@@ -44,6 +45,7 @@ class TorchEngine:
             "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
         )
         model = model.eval().to(self.device)
+        self.detection_cap = detection_cap(model)  # read before the CPU optimisation wraps the model
         if self.device.type == "cpu":
             model = optimise_for_cpu(model, compile=compile)
         elif compile:
@@ -62,7 +64,8 @@ class TorchEngine:
 class OnnxRuntimeEngine:
     """An exported ``model.onnx`` (``tasks/export.py format=onnx``) in ONNX Runtime."""
 
-    def __init__(self, path: str | Path, task: str) -> None:
+    def __init__(self, path: str | Path, task: str, detection_cap: int | None = None) -> None:
+        self.detection_cap = detection_cap  # fixed when the model was exported
         try:
             import onnxruntime
         except ImportError as err:

@@ -20,6 +20,7 @@ from torch import Tensor
 from tasks.common.errors import UserError
 from tasks.common.metadata import load_trained_model
 from tasks.data.formats.palette import save_palette_png
+from tasks.evaluation.predictions import capped_message, count_capped, detection_cap
 from tasks.inference import outputs
 from tasks.inference.engines import ENGINES, OnnxRuntimeEngine, TorchEngine
 from tasks.inference.graphs import is_semantic
@@ -35,12 +36,20 @@ def build_engine(cfg: DictConfig) -> tuple[object, dict]:
         if not cfg.ckpt_path:
             raise UserError("engine=torch needs a checkpoint: pass ckpt_path=PATH/TO/best.ckpt")
         model, metadata = load_trained_model(cfg.ckpt_path, cfg.task.name)
+        if cfg.get("box_detections_per_img") and detection_cap(model) is not None:
+            model.roi_heads.detections_per_img = int(cfg.box_detections_per_img)
         return TorchEngine(model, metadata["task"], cfg.device, compile=bool(cfg.compile)), metadata
     if cfg.engine == "onnxruntime":
         if not cfg.onnx_path:
             raise UserError("engine=onnxruntime needs an exported model: pass onnx_path=PATH/TO/model.onnx")
         metadata = read_model_card(cfg.onnx_path, cfg.task.name)
-        return OnnxRuntimeEngine(cfg.onnx_path, metadata["task"]), metadata
+        cap = metadata["model"].get("box_detections_per_img")
+        if cfg.get("box_detections_per_img"):
+            raise UserError(
+                f"box_detections_per_img is fixed in an exported model (this one keeps {cap}): "
+                "use engine=torch ckpt_path=... to change it"
+            )
+        return OnnxRuntimeEngine(cfg.onnx_path, metadata["task"], cap), metadata
     raise UserError(f"engine={cfg.engine} is not one of {ENGINES}")
 
 
@@ -121,10 +130,13 @@ def predict(cfg: DictConfig) -> list[dict]:
     output_dir = Path(cfg.paths.output_dir)
     write = PredictionWriter(output_dir, metadata, cfg.score_threshold, cfg.mask_threshold)
     resize = resizer(metadata["preprocessing"])
-    rows, unreadable = [], []
+    rows, unreadable, capped = [], [], 0
+    cap = engine.detection_cap
     loaded = load_images(files, resize, int(cfg.max_pixels), unreadable)
     for batch in same_size_batches(loaded, int(cfg.batch_size)):
-        for (path, image, model_input), found in zip(batch, engine([m for _, _, m in batch]), strict=True):
+        found_all = engine([m for _, _, m in batch])
+        capped += 0 if write.semantic else count_capped(found_all, cap)
+        for (path, image, model_input), found in zip(batch, found_all, strict=True):
             rows += write(path.relative_to(base), image, model_input, found)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "predictions.json").write_text(json.dumps(rows))
@@ -136,6 +148,8 @@ def predict(cfg: DictConfig) -> list[dict]:
         output_dir / "predictions.json",
         output_dir / "overlays",
     )
+    if capped:
+        log.warning(capped_message(capped, done, cap, "box_detections_per_img=N (engine=torch)"))
     if unreadable:
         log.warning("%d files could not be read and were skipped:\n  %s", len(unreadable), "\n  ".join(unreadable))
     if not done:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tasks.evaluation.predictions import rescale_to_original
-from tasks.training.module import TaskModule
+from tasks.evaluation.predictions import capped_message, count_capped, detection_cap, rescale_to_original
+from tasks.training.module import TaskModule, rank_zero_warn
 
 
 def to_float_images(images: list[Tensor]) -> list[Tensor]:
@@ -22,6 +22,19 @@ class DetectionModule(TaskModule):
     """
 
     progress_metrics = ("map", "map_50")
+
+    _capped = [0, 0]  # validation images that reached the detection cap, validation images
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        self._capped = [0, 0]
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        capped, total = self._capped
+        if capped:
+            cap = detection_cap(self.model)
+            rank_zero_warn(capped_message(capped, total, cap, "task.model.box_detections_per_img"))
 
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         return self.model(to_float_images(images))
@@ -55,6 +68,8 @@ class DetectionModule(TaskModule):
             self.record_val_loss(total, batch_size)
         else:
             detections = self.model(images)
+        self._capped[0] += count_capped(detections, detection_cap(self.model))
+        self._capped[1] += len(detections)
         rescale_to_original(detections, images, targets)
         if self.evaluator is not None:
             self.evaluator.update(detections, targets)

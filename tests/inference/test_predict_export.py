@@ -342,3 +342,24 @@ def test_checkpoint_without_inference_metadata_is_refused_with_the_fix(checkpoin
     torch.save(content, older)
     with pytest.raises(UserError, match=f"ckpt_path={older} holds no inference metadata.*Train again, or resume"):
         load_trained_model(older)
+
+
+@pytest.mark.slow
+def test_detection_cap_is_a_predict_option_and_reaching_it_is_logged(
+    checkpoints: dict[str, Path], shapes_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    images = sorted((shapes_root / "val2017").iterdir())[:3]
+    base = [
+        "task=detection",
+        f"ckpt_path={checkpoints['detection']}",
+        f"input={images[0].parent}",
+        "score_threshold=0.0",
+    ]
+    # 50 proposals x 4 classes: at most 200 detections, under a cap of 300
+    wide = predict(_config("predict", [*base, "box_detections_per_img=300"], tmp_path / "wide"))
+    per_image = {name: len(rows) for name, rows in _rows_by_file(wide).items()}
+    assert min(per_image.values()) > 3  # an untrained detector keeps many low-scored boxes
+    assert "reached the cap" not in caplog.text
+    capped = predict(_config("predict", [*base, "box_detections_per_img=3"], tmp_path / "capped"))
+    assert {name: len(rows) for name, rows in _rows_by_file(capped).items()} == dict.fromkeys(per_image, 3)
+    assert f"{len(per_image)} of {len(per_image)} images reached the cap of 3 detections" in caplog.text
