@@ -9,6 +9,7 @@ what an evaluator needs of their validation split (``evaluation_inputs``).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -94,6 +95,15 @@ class TaskDataModule(L.LightningDataModule):
                 report=report,
             )
         return self._good[source]
+
+    def unaugmented(self, split: str) -> Dataset:
+        """The split's items as the files hold them: no augmentation, no resizing (a copy of the
+        dataset; the loaders keep theirs)."""
+        dataset = copy.copy(self.train_set if split == "train" else self.val_set)
+        for name in ("transforms", "resize", "tensor_transforms"):
+            if hasattr(dataset, name):
+                setattr(dataset, name, None)
+        return dataset
 
     # -- metadata --------------------------------------------------------------------------------
     @property

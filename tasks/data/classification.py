@@ -9,6 +9,7 @@ found at start-up and stop the run or are left out (``skip_bad_images``).
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Sequence
 from functools import cached_property
@@ -186,6 +187,13 @@ class ClassificationDataModule(TaskDataModule):
     def _prepare(self) -> None:
         for split in ("train", "val"):
             self._good_records(split, report=True)
+
+    def unaugmented(self, split: str) -> Dataset:
+        """The split's images through the evaluation pipeline (resized and centre-cropped: a batch
+        needs one size), without augmentation."""
+        dataset = copy.copy(self.train_set if split == "train" else self.val_set)
+        dataset.transforms, dataset.tensor_transforms = self.val_set.transforms, None
+        return dataset
 
     def _setup(self) -> None:
         for split in ("train", "val"):

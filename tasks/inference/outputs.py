@@ -66,7 +66,8 @@ def detection_rows(
 def draw_detections(
     image: np.ndarray, detections: dict[str, Tensor], class_names: Sequence[str], mask_threshold: float
 ) -> np.ndarray:
-    """Masks blended in their class colour, then boxes labelled with class name and score."""
+    """Masks blended in their class colour, then boxes labelled with class name and score (ground
+    truth, without ``scores``: the name only)."""
     picture = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     colours = class_colours(len(class_names) + 1)
     labels = detections["labels"].tolist()
@@ -74,9 +75,10 @@ def draw_detections(
     if "masks" in detections and labels:
         masks = detections["masks"][:, 0] >= mask_threshold
         picture = draw_segmentation_masks(picture, masks, alpha=MASK_ALPHA, colors=box_colours)
+    scores = detections["scores"].tolist() if "scores" in detections else [None] * len(labels)  # None: ground truth
     captions = [
-        f"{class_names[label - 1]} {score:.2f}"
-        for label, score in zip(labels, detections["scores"].tolist(), strict=True)
+        class_names[label - 1] + ("" if score is None else f" {score:.2f}")
+        for label, score in zip(labels, scores, strict=True)
     ]
     width = max(1, round(min(image.shape[:2]) / 250))
     picture = draw_bounding_boxes(picture, detections["boxes"], labels=captions, colors=box_colours, width=width)
