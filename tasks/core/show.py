@@ -32,16 +32,13 @@ def _as_uint8(image: torch.Tensor) -> np.ndarray:
 def _fit(image: torch.Tensor, target: dict, size: int) -> tuple[torch.Tensor, dict]:
     """The item scaled so its longer side is ``size`` (small images enlarged, so that names stay
     readable), boxes and masks with it."""
-    scale = size / max(image.shape[-2:])
+    height_in, width_in = image.shape[-2:]
+    scale = size / max(height_in, width_in)
     height, width = round(image.shape[-2] * scale), round(image.shape[-1] * scale)
     image = F.interpolate(image[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
     target = dict(target)
     if "boxes" in target:
-        target["boxes"] = (
-            target["boxes"]
-            * torch.tensor([width, height, width, height])
-            / torch.tensor([*target["orig_shape"][::-1], *target["orig_shape"][::-1]])
-        )
+        target["boxes"] = target["boxes"] * torch.tensor([width / width_in, height / height_in] * 2)
     for key, batch in (("masks", True), ("mask", False)):
         if key in target and target[key].numel():
             masks = target[key].float() if batch else target[key][None].float()
@@ -55,7 +52,7 @@ def draw_item(image: torch.Tensor, target: dict, class_names: list[str], size: i
     ``size``: scaled to that longer side first."""
     image = torch.from_numpy(_as_uint8(image)).permute(2, 0, 1)
     if size:
-        image, target = _fit(image, {**target, "orig_shape": tuple(image.shape[-2:])}, size)
+        image, target = _fit(image, target, size)
     picture = image.permute(1, 2, 0).numpy()
     if "boxes" in target:
         labels = target["labels"]
