@@ -137,7 +137,8 @@ def build_faster_rcnn(
     max_size: int = 1333,
     image_mean: Sequence[float] = IMAGENET_MEAN,
     image_std: Sequence[float] = IMAGENET_STD,
-    anchor_sizes: Sequence[int | Sequence[int]] = (32, 64, 128, 256, 512),
+    anchor_sizes: Sequence[int | Sequence[int]] | str = (32, 64, 128, 256, 512),
+    anchor_base: int | None = None,
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
     rpn_pre_nms_top_n_train: int = 2000,
     rpn_pre_nms_top_n_test: int = 1000,
@@ -171,6 +172,8 @@ def build_faster_rcnn(
 
     ``anchor_sizes`` gives one entry per pyramid level (an int or a tuple of sizes in
     input pixels, after the transform's resize); every level shares ``aspect_ratios``.
+    ``anchor_sizes="auto"``: ``anchor_base`` on the finest level, doubling on each level above
+    (the training command fits ``anchor_base`` to the training boxes).
     ``roi_canonical_scale`` is the box size pooled from the 4th pyramid level (stride 16):
     a box half that size comes from the level below, twice that size from the one above.
     ``resize_in_training=False`` leaves training images at the size the data pipeline chose
@@ -190,6 +193,7 @@ def build_faster_rcnn(
         features,
         width,
         anchor_sizes=anchor_sizes,
+        anchor_base=anchor_base,
         aspect_ratios=aspect_ratios,
         pre_nms_top_n=dict(training=rpn_pre_nms_top_n_train, testing=rpn_pre_nms_top_n_test),
         post_nms_top_n=dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test),
@@ -235,9 +239,10 @@ def region_proposal_network(
     features: FeaturePyramid,
     width: int,
     *,
-    anchor_sizes: Sequence[int | Sequence[int]],
+    anchor_sizes: Sequence[int | Sequence[int]] | str,
     aspect_ratios: Sequence[float],
     pre_nms_top_n: dict[str, int],
+    anchor_base: int | None = None,
     post_nms_top_n: dict[str, int],
     nms_thresh: float,
     fg_iou_thresh: float,
@@ -248,6 +253,10 @@ def region_proposal_network(
     """torchvision's RPN over every pyramid level: one entry of ``anchor_sizes`` per level, every
     level with all ``aspect_ratios``; anchors and the head's outputs in float32."""
     levels = list(features.output_shape())
+    if anchor_sizes == "auto":
+        if not anchor_base:
+            raise ValueError("anchor_sizes=auto needs anchor_base: the training command fits it to the training boxes")
+        anchor_sizes = [int(anchor_base) * 2**k for k in range(len(levels))]
     sizes = tuple((s,) if isinstance(s, int) else tuple(s) for s in anchor_sizes)
     if len(sizes) != len(levels):
         raise ValueError(

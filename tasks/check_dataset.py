@@ -17,6 +17,7 @@ from tasks.common.errors import exit_on_user_error  # noqa: E402
 from tasks.core.recipes import accept_recipe_null  # noqa: E402
 from tasks.core.resolvers import register_resolvers  # noqa: E402
 from tasks.data.doctor import ERROR, check_num_classes, format_report, split_summary  # noqa: E402
+from tasks.data.object_sizes import fit_anchor_base, input_sizes, size_findings  # noqa: E402
 
 register_resolvers()
 
@@ -34,6 +35,14 @@ def main(cfg: DictConfig) -> None:
     if errors:
         sys.exit(1)
     datamodule.setup()  # the splits as training loads them (bad images left out where skip_bad_images)
+    model = cfg.task.model
+    if "anchor_sizes" in model and hasattr(datamodule.train_set, "index"):  # detectors: object sizes vs anchors
+        resize = {"min_size": model.min_size, "max_size": model.max_size, "resize_longest": datamodule.resize_longest}
+        sizes = input_sizes(datamodule.train_set.index, **resize)
+        anchors = model.anchor_sizes
+        if anchors == "auto":
+            anchors = [(model.anchor_base or fit_anchor_base(sizes)) * 2**k for k in range(5)]
+        print(format_report(size_findings(sizes, anchors)))
     for split, dataset in (("train", datamodule.train_set), ("val", datamodule.val_set)):
         print(split_summary(split, dataset))
 

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import get_method, instantiate
 from lightning.pytorch.utilities import rank_zero_only
@@ -22,6 +23,7 @@ from tasks.common.checkpoints import check_checkpoint_fits, checkpoint_path, rea
 from tasks.common.errors import UserError
 from tasks.common.metadata import inference_metadata
 from tasks.core.recipes import apply_command_line_limits, command_line_overrides, log_recipe
+from tasks.data.object_sizes import fit_anchor_base, input_sizes
 from tasks.training.checkpointing import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
@@ -50,11 +52,33 @@ def model_arguments(model_cfg: DictConfig, datamodule: L.LightningDataModule) ->
     the config leaves null; the runner needs to know nothing of any task."""
     resolve_num_classes(model_cfg.get("num_classes"), datamodule)
     accepted = inspect.signature(get_method(model_cfg._target_)).parameters
-    return {
+    arguments = {
         name: value
         for name, value in datamodule.model_metadata().items()
         if name in accepted and model_cfg.get(name) is None
     }
+    if model_cfg.get("anchor_sizes") == "auto" and model_cfg.get("anchor_base") is None:
+        arguments["anchor_base"] = fitted_anchor_base(model_cfg, datamodule)
+    return arguments
+
+
+def fitted_anchor_base(model_cfg: DictConfig, datamodule: L.LightningDataModule) -> int:
+    """``anchor_sizes=auto``: the smallest anchor fitted to the training boxes as the detector sees
+    them (``tasks.data.object_sizes``). Reads the training split's index (every process alike)."""
+    datamodule.setup()
+    sizes = input_sizes(
+        datamodule.train_set.index,
+        min_size=model_cfg.min_size,
+        max_size=model_cfg.max_size,
+        resize_longest=getattr(datamodule, "resize_longest", None),
+    )
+    base = fit_anchor_base(sizes)
+    log.info(
+        "anchor_sizes=auto: %d px on the finest pyramid level, doubling on each level above (the 10th percentile "
+        "of %d training boxes' sqrt(w*h) after the resize; median %.1f px)",
+        base, len(sizes), float(np.median(sizes)),
+    )  # fmt: skip
+    return base
 
 
 def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:

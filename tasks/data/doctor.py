@@ -19,12 +19,13 @@ import numpy as np
 if TYPE_CHECKING:
     from tasks.data.detection_index import DetectionIndex
 
-ERROR, REPAIRED, INFO = "error", "repaired", "info"
+ERROR, WARNING, REPAIRED, INFO = "error", "warning", "repaired", "info"
 
 
 @dataclass(frozen=True)
 class Finding:
-    severity: str  # error: training would crash or evaluate wrongly; repaired: fixed on load; info
+    # error: training would crash or evaluate wrongly; warning: it would learn badly; repaired: fixed on load; info
+    severity: str
     check: str
     message: str
 
@@ -64,7 +65,7 @@ def check_num_classes(num_classes: int | None, class_names: Sequence[str]) -> li
 
 def format_report(findings: list[Finding], limit_per_check: int = 10) -> str:
     """Findings grouped by check, errors first, at most ``limit_per_check`` lines per check."""
-    order = {ERROR: 0, REPAIRED: 1, INFO: 2}
+    order = {ERROR: 0, WARNING: 1, REPAIRED: 2, INFO: 3}
     lines = []
     by_check: dict[tuple[str, str], list[Finding]] = {}
     for finding in sorted(findings, key=lambda f: order[f.severity]):

@@ -18,7 +18,7 @@ from tasks.data.formats.voc_folder import VocFolderDataModule
 from tasks.data.formats.yolo import YoloDataModule
 from tasks.data.shapes import SHAPE_CLASSES, ensure_shapes
 from tasks.evaluation.detection import detection_evaluator
-from tests.support import TINY_SHAPES
+from tests.support import TINY_SHAPES, run_script
 
 OPTIONS = {"num_workers": 0, "augment": "none", "batch_size": 2}
 
@@ -307,3 +307,17 @@ def test_split_summary_counts_images_boxes_and_classes(layouts: dict[str, Path],
         split_summary("val", single.val_set)
         == f"val: {TINY_SHAPES.num_val} images, {TINY_SHAPES.num_val} boxes, 1 class"
     )
+
+
+@pytest.mark.slow
+def test_check_dataset_ends_with_a_line_per_split(layouts: dict[str, Path], tmp_path: Path) -> None:
+    args = ["task=detection", "dataset=yolo", f"dataset.root={layouts['yolo']}", "dataset.num_workers=0",
+            "task.model.min_size=64", "task.model.max_size=64", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    result = run_script("check_dataset.py", args)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    datamodule = _modules(layouts)["yolo"]
+    datamodule.setup()
+    assert lines[-2:] == [split_summary("train", datamodule.train_set), split_summary("val", datamodule.val_set)]
+    assert "training boxes, sqrt(w*h) in input pixels after the resize" in result.stdout
+    assert "smaller than the smallest anchor (32 px)" in result.stdout  # 64 px inputs, the COCO anchors
