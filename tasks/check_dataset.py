@@ -36,9 +36,10 @@ def main(cfg: DictConfig) -> None:
         sys.exit(1)
     datamodule.setup()  # the splits as training loads them (bad images left out where skip_bad_images)
     model = cfg.task.model
-    if "anchor_sizes" in model and hasattr(datamodule.train_set, "index"):  # detectors: object sizes vs anchors
+    if "anchor_sizes" in model and hasattr(datamodule, "training_index"):  # detectors: object sizes vs anchors
+        tile = datamodule.tile.size if datamodule.tile else None
         resize = {"min_size": model.min_size, "max_size": model.max_size, "resize_longest": datamodule.resize_longest}
-        sizes = input_sizes(datamodule.train_set.index, **resize)
+        sizes = input_sizes(datamodule.training_index(), tile_size=tile, **resize)
         anchors = model.anchor_sizes
         if anchors == "auto":
             anchors = [(model.anchor_base or fit_anchor_base(sizes)) * 2**k for k in range(5)]

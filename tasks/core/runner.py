@@ -65,12 +65,13 @@ def model_arguments(model_cfg: DictConfig, datamodule: L.LightningDataModule) ->
 def fitted_anchor_base(model_cfg: DictConfig, datamodule: L.LightningDataModule) -> int:
     """``anchor_sizes=auto``: the smallest anchor fitted to the training boxes as the detector sees
     them (``tasks.data.object_sizes``). Reads the training split's index (every process alike)."""
-    datamodule.setup()
+    tile = getattr(datamodule, "tile", None)
     sizes = input_sizes(
-        datamodule.train_set.index,
+        datamodule.training_index(),
         min_size=model_cfg.min_size,
         max_size=model_cfg.max_size,
         resize_longest=getattr(datamodule, "resize_longest", None),
+        tile_size=tile.size if tile else None,
     )
     base = fit_anchor_base(sizes)
     log.info(

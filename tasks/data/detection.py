@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 
 import albumentations as A
@@ -12,14 +13,20 @@ from tasks.data.detection_transforms import RESIZING_PRESETS, detection_transfor
 from tasks.data.doctor import Finding
 from tasks.data.images import MAX_PIXELS
 from tasks.data.sampling import aspect_ratio_groups
+from tasks.data.tiling import TiledDataset, TileOptions
+
+log = logging.getLogger(__name__)
 
 
 class DetectionDataModule(TaskDataModule):
     """Augmentation and evaluation inputs shared by every detection dataset, on the shared data module.
 
     Subclasses say how to build a split (``_build_split``) and where the class names come from
-    (``_read_metadata``, without preparing or loading the data). ``augment`` names a preset of
-    ``tasks.data.detection_transforms``; ``preset_options`` passes its sizes (e.g. ``multiscale_sizes``).
+    (``_read_metadata``, without preparing or loading the data). ``tile`` (``size``, ``overlap``,
+    ``min_visible``, ``keep_empty``; ``size`` null: off) trains on tiles of the images at full
+    resolution (``tasks.data.tiling``); evaluation images then keep their full resolution too.
+    ``augment`` names a preset of ``tasks.data.detection_transforms``; ``preset_options`` passes its
+    sizes (e.g. ``multiscale_sizes``).
     ``group_aspect_ratio`` batches wide and tall images apart so batches pad little. ``masks``:
     items carry instance masks too (the instance segmentation task asks for them).
     """
@@ -37,9 +44,12 @@ class DetectionDataModule(TaskDataModule):
         preset_options: dict | None = None,
         group_aspect_ratio: bool = False,
         masks: bool = False,
+        tile: dict | None = None,
         **options,
     ) -> None:
         super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, **options)
+        tile = dict(tile or {})
+        self.tile = TileOptions(**tile) if tile.get("size") else None
         self.masks = masks
         self.augment = augment
         self.resize_longest = resize_longest
@@ -55,6 +65,9 @@ class DetectionDataModule(TaskDataModule):
         return {**super().model_metadata(), "resize_in_training": not self.resizes_training_images}
 
     def inference_preprocessing(self) -> dict:
+        """Trained on tiles: full resolution, and the tile size (predict slices images by it)."""
+        if self.tile is not None:
+            return {"resize_longest": None, "upscale": False, "tile_size": self.tile.size}
         return {"resize_longest": self.resize_longest, "upscale": False}  # ShrinkLongest never enlarges
 
     def _build_split(
@@ -97,9 +110,9 @@ class DetectionDataModule(TaskDataModule):
         raise NotImplementedError
 
     def _transforms(self, train: bool) -> A.Compose | None:
-        return detection_transforms(
-            self.augment, train=train, resize_longest=self.resize_longest, **self.preset_options
-        )
+        # on tiles, evaluation images keep their full resolution: sliced inference cuts them as training did
+        resize_longest = None if self.tile is not None and not train else self.resize_longest
+        return detection_transforms(self.augment, train=train, resize_longest=resize_longest, **self.preset_options)
 
     def _prepare(self) -> None:
         """Index both splits (cached where the format allows) and run the start-up checks, once."""
@@ -115,6 +128,17 @@ class DetectionDataModule(TaskDataModule):
                     f"train and val declare different categories: {dataset.source} has ids {dataset.category_ids} "
                     f"({dataset.class_names}), expected {self.category_ids} ({self.class_names})"
                 )
+        if self.tile is not None:
+            self.train_set = TiledDataset(self.train_set, self.tile, seed=self.sampling_seed)
+            log.info(
+                "training on %d tiles of %d px (overlap %.0f%%) cut from %d images",
+                len(self.train_set), self.tile.size, 100 * self.tile.overlap, len(self.train_set.dataset),
+            )  # fmt: skip
+
+    def training_index(self):
+        """The training split's index (of whole images, also when training on tiles)."""
+        self.setup()
+        return self.train_set.dataset.index if self.tile is not None else self.train_set.index
 
     @cached_property
     def _metadata(self) -> tuple[list[int], list[str]]:
@@ -136,4 +160,7 @@ class DetectionDataModule(TaskDataModule):
         return {"ground_truth": val.ground_truth, "category_ids": val.category_ids, "class_names": val.class_names}
 
     def group_ids(self) -> list[int] | None:
-        return aspect_ratio_groups(self.train_set.index.aspect_ratios) if self.group_aspect_ratio else None
+        if not self.group_aspect_ratio:
+            return None
+        tiled = self.tile is not None
+        return aspect_ratio_groups(self.train_set.aspect_ratios if tiled else self.train_set.index.aspect_ratios)

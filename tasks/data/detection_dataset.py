@@ -73,14 +73,21 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+    def read(self, index: int) -> tuple[ImageRecord, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Item ``index`` as the file holds it: (record, HxWx3 image, boxes, labels, masks or None)."""
         record = self.index.record(index, self.image_root)
         try:
             image = read_rgb(record.path, self.max_pixels)
         except (OSError, ValueError) as err:
             raise OSError(f"cannot read image {record.path} (image_id {record.image_id}): {err}") from err
-        boxes, labels = record.boxes, record.labels
         masks = None if record.segmentations is None else decode_masks(record.segmentations, *image.shape[:2])
+        return record, image, record.boxes, record.labels, masks
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        return self.item(*self.read(index))
+
+    def item(self, record: ImageRecord, image: np.ndarray, boxes, labels, masks) -> tuple[torch.Tensor, dict]:
+        """The augmented item of an image read by ``read`` (or a part of one: a tile)."""
         if self.transforms is not None:
             image, boxes, labels, masks = self._augment(image, boxes, labels, masks)
         target = {

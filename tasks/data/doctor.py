@@ -95,7 +95,12 @@ def _plural(count: int, word: str) -> str:
 def split_summary(split: str, dataset: object) -> str:
     """One line for a loaded split: images, and for box data the boxes and the classes they use,
     e.g. ``train: 40 images, 679 boxes, 1 class``."""
+    tiles = getattr(dataset, "tiles", None)
+    if tiles is not None:  # training on tiles: the images they are cut from
+        dataset = dataset.dataset
     line = f"{split}: {_plural(len(dataset), 'image')}"
+    if tiles is not None:
+        line += f" ({_plural(len(tiles), 'tile')})"
     index = getattr(dataset, "index", None)
     if index is None or not hasattr(index, "labels"):
         return line

@@ -20,11 +20,20 @@ AUTO_QUANTILE = 0.1  # the smallest anchor: this quantile of the training object
 FEW_PIXELS = 8  # objects under this many input pixels span two cells of the finest (stride 4) level
 
 
-def input_scales(index: DetectionIndex, min_size: int | Sequence[int], max_size: int, resize_longest: int | None):
+def input_scales(
+    index: DetectionIndex,
+    min_size: int | Sequence[int],
+    max_size: int,
+    resize_longest: int | None,
+    tile_size: int | None = None,
+):
     """Each image's scale from its file to the detector's input: the data pipeline's shrink of the
     longer side to ``resize_longest`` (never enlarging), then the detector's own resize (shorter
-    side to ``min_size``, longer side at most ``max_size``; the evaluation size where several)."""
+    side to ``min_size``, longer side at most ``max_size``; the evaluation size where several).
+    ``tile_size``: the detector sees tiles of that size, cut at full resolution."""
     widths, heights = index.widths.astype(float), index.heights.astype(float)
+    if tile_size:
+        widths, heights, resize_longest = np.minimum(widths, tile_size), np.minimum(heights, tile_size), None
     shrink = (
         np.ones(len(widths)) if not resize_longest else np.minimum(1.0, resize_longest / np.maximum(widths, heights))
     )

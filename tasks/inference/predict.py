@@ -14,13 +14,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from tasks.common.errors import UserError
 from tasks.common.metadata import load_trained_model
 from tasks.data.formats.palette import save_palette_png
 from tasks.evaluation.predictions import capped_message, count_capped, detection_cap
+from tasks.evaluation.slicing import Slicing, predict_images_sliced, slicing_settings
 from tasks.inference import outputs
 from tasks.inference.engines import ENGINES, OnnxRuntimeEngine, TorchEngine
 from tasks.inference.graphs import is_semantic
@@ -123,18 +124,37 @@ def _tails(suffix: str) -> Iterator[str]:
     yield from (f"_{suffix}_{count}" for count in itertools.count(2))
 
 
+def prediction_slicing(options: DictConfig | None, metadata: dict) -> Slicing | None:
+    """``slicing`` as configured; its size null: the tile size the model was trained on, if any."""
+    if options is None:
+        return None
+    options = {k: v for k, v in OmegaConf.to_container(options, resolve=True).items() if k != "_target_"}
+    if options.get("size") is None:
+        options["size"] = metadata["preprocessing"].get("tile_size")
+    slicing = slicing_settings(**options)
+    if slicing is not None and metadata["task"] != "detection":
+        raise UserError(f"sliced inference merges boxes: task {metadata['task']} needs slicing.size=0")
+    return slicing
+
+
 def predict(cfg: DictConfig) -> list[dict]:
     """Run ``cfg.engine`` on every image of ``cfg.input``; unreadable files are reported and skipped."""
     engine, metadata = build_engine(cfg)
     files, base = find_images(cfg.input)
     output_dir = Path(cfg.paths.output_dir)
     write = PredictionWriter(output_dir, metadata, cfg.score_threshold, cfg.mask_threshold)
-    resize = resizer(metadata["preprocessing"])
+    slicing = prediction_slicing(cfg.get("slicing"), metadata)
+    resize = None if slicing is not None else resizer(metadata["preprocessing"])  # sliced: full resolution
     rows, unreadable, capped = [], [], 0
     cap = engine.detection_cap
+    if slicing is not None:
+        log.info(
+            "sliced inference: tiles of %d px, overlap %s, merged by %s", slicing.size, slicing.overlap, slicing.merge
+        )
     loaded = load_images(files, resize, int(cfg.max_pixels), unreadable)
     for batch in same_size_batches(loaded, int(cfg.batch_size)):
-        found_all = engine([m for _, _, m in batch])
+        inputs = [m for _, _, m in batch]
+        found_all = engine(inputs) if slicing is None else predict_images_sliced(engine, inputs, slicing, cap)
         capped += 0 if write.semantic else count_capped(found_all, cap)
         for (path, image, model_input), found in zip(batch, found_all, strict=True):
             rows += write(path.relative_to(base), image, model_input, found)

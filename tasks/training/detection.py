@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from tasks.evaluation.predictions import capped_message, count_capped, detection_cap, rescale_to_original
+from tasks.evaluation.slicing import Slicing, predict_images_sliced
 from tasks.training.module import TaskModule, rank_zero_warn
 
 
@@ -17,11 +18,16 @@ def to_float_images(images: list[Tensor]) -> list[Tensor]:
 class DetectionModule(TaskModule):
     """Logs every loss component; validation reports the 12 COCO stats as ``val/<name>``.
 
-    ``model`` returns a loss dict in training and detections in eval; the other arguments are
-    those of :class:`tasks.training.module.TaskModule`.
+    ``model`` returns a loss dict in training and detections in eval; ``slicing``: validation runs
+    it on tiles of each image (``tasks.evaluation.slicing``); the other arguments are those of
+    :class:`tasks.training.module.TaskModule`.
     """
 
     progress_metrics = ("map", "map_50")
+
+    def __init__(self, model, *, slicing: Slicing | None = None, **options) -> None:
+        super().__init__(model, **options)
+        self.slicing = slicing
 
     _capped = [0, 0]  # validation images that reached the detection cap, validation images
 
@@ -54,7 +60,9 @@ class DetectionModule(TaskModule):
     def validation_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> None:
         images, targets = batch
         images = to_float_images(images)
-        if hasattr(self.model, "losses_and_detections"):
+        if self.slicing is not None:  # tiles of full-resolution images, merged; no validation loss
+            detections = predict_images_sliced(self.model, images, self.slicing, detection_cap(self.model))
+        elif hasattr(self.model, "losses_and_detections"):
             # proposal sampling draws random numbers: a private, per-batch seeded stream keeps the
             # validation loss repeatable and leaves the training random state untouched
             devices = [self.device.index] if self.device.type == "cuda" else []

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from tasks import PROJECT_ROOT
-from tasks.core.runner import build_datamodule, build_module, build_trainer, configure_torch, train
+from tasks.core.runner import build_datamodule, build_module, build_trainer, configure_torch, evaluate, train
 from tasks.data.formats.coco import load_coco
 from tasks.data.shapes import ensure_shapes
 from tasks.evaluation.coco_eval import COCO_STAT_NAMES
+from tasks.inference.predict import predict
 from tests.support import (
     CPU_DDP,
     TINY_DETECTION,
@@ -288,3 +289,35 @@ def test_labelling_tool_layouts_train(layout: str, tmp_path: Path) -> None:
     if layout == "voc_folder":
         split = json.loads((run_dir / "data_split.json").read_text())
         assert len(split["val"]) == TINY_SHAPES.num_train // 4 and not set(split["val"]) & set(split["train"])
+
+
+@pytest.mark.slow
+def test_tiled_training_validates_and_predicts_on_slices_alike(shapes_root: Path, tmp_path: Path) -> None:
+    """Trained on 40 px tiles of the 64 px images: validation, evaluate.py and predict.py (which takes
+    the tile size from the checkpoint) all slice the images, and find the same boxes."""
+    tiles = ["dataset.tile.size=40", "dataset.tile.overlap=0.5", "dataset.tile.keep_empty=1.0"]
+    overrides = _tiny(shapes_root, *tiles, "trainer.max_steps=3", "task.model.box_score_thresh=0.2")
+    train(compose_config(overrides, tmp_path / "run"))
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    metrics = evaluate(compose_config([*overrides, f"ckpt_path={checkpoint}"], tmp_path / "eval"))
+    rows = json.loads((tmp_path / "eval" / "predictions.json").read_text())
+    assert rows and max(r["bbox"][0] + r["bbox"][2] for r in rows) > 40  # boxes beyond the first tile
+    coco_gt = load_coco(shapes_root / "annotations" / "instances_val2017.json")
+    assert metrics["map_50"] == pytest.approx(pycocotools_stats(coco_gt, rows)[1], abs=1e-9)
+    predicted = predict(
+        compose_config(
+            [f"ckpt_path={checkpoint}", f"input={shapes_root / 'val2017'}", "score_threshold=0.0"],
+            tmp_path / "predict",
+            "predict",
+        )
+    )
+    names = {image["id"]: image["file_name"] for image in coco_gt.dataset["images"]}
+
+    def key(file_name: str, row: dict) -> tuple:
+        return file_name, row["category_id"], [round(v, 1) for v in row["bbox"]]
+
+    evaluated = sorted((key(names[r["image_id"]], r), r["bbox"]) for r in rows)
+    predicted = sorted((key(r["file_name"], r), r["bbox"]) for r in predicted)
+    assert [k for k, _ in evaluated] == [k for k, _ in predicted]
+    for (_, a), (_, b) in zip(evaluated, predicted, strict=True):
+        assert a == pytest.approx(b, abs=1e-3)
