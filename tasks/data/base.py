@@ -129,6 +129,10 @@ class TaskDataModule(L.LightningDataModule):
         """A group per training image; batches are filled within a group (None: no grouping)."""
         return None
 
+    def repeat_factors(self) -> Sequence[float] | None:
+        """How often each training item appears in an epoch (None: once each)."""
+        return None
+
     def _loader_options(self) -> dict:
         return dict(
             num_workers=self.num_workers,
@@ -147,6 +151,7 @@ class TaskDataModule(L.LightningDataModule):
             seed=self.sampling_seed,
             trainer=self.trainer,
             group_ids=self.group_ids(),
+            repeat=self.repeat_factors(),
             drop_last=self.drop_last_batch,
             resume=self._resume,
             **self._loader_options(),

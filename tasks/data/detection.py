@@ -6,13 +6,14 @@ import logging
 from functools import cached_property
 
 import albumentations as A
+import numpy as np
 
 from tasks.data.base import TaskDataModule
 from tasks.data.detection_dataset import DetectionDataset, collate_detection
 from tasks.data.detection_transforms import RESIZING_PRESETS, detection_transforms
 from tasks.data.doctor import Finding
 from tasks.data.images import MAX_PIXELS
-from tasks.data.sampling import aspect_ratio_groups
+from tasks.data.sampling import aspect_ratio_groups, repeat_factors
 from tasks.data.tiling import TiledDataset, TileOptions
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ class DetectionDataModule(TaskDataModule):
     (``_read_metadata``, without preparing or loading the data). ``tile`` (``size``, ``overlap``,
     ``min_visible``, ``keep_empty``; ``size`` null: off) trains on tiles of the images at full
     resolution (``tasks.data.tiling``); evaluation images then keep their full resolution too.
+    ``repeat_threshold`` (e.g. 0.001): LVIS's repeat-factor sampling for rare classes.
     ``augment`` names a preset of ``tasks.data.detection_transforms``; ``preset_options`` passes its
     sizes (e.g. ``multiscale_sizes``).
     ``group_aspect_ratio`` batches wide and tall images apart so batches pad little. ``masks``:
@@ -45,11 +47,13 @@ class DetectionDataModule(TaskDataModule):
         group_aspect_ratio: bool = False,
         masks: bool = False,
         tile: dict | None = None,
+        repeat_threshold: float | None = None,
         **options,
     ) -> None:
         super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, **options)
         tile = dict(tile or {})
         self.tile = TileOptions(**tile) if tile.get("size") else None
+        self.repeat_threshold = repeat_threshold
         self.masks = masks
         self.augment = augment
         self.resize_longest = resize_longest
@@ -134,6 +138,19 @@ class DetectionDataModule(TaskDataModule):
                 "training on %d tiles of %d px (overlap %.0f%%) cut from %d images",
                 len(self.train_set), self.tile.size, 100 * self.tile.overlap, len(self.train_set.dataset),
             )  # fmt: skip
+
+    def repeat_factors(self) -> np.ndarray | None:
+        """LVIS's repeat-factor sampling over the training items (images or tiles) when
+        ``repeat_threshold`` is set: images of rare classes appear more often in each epoch."""
+        if not self.repeat_threshold:
+            return None
+        factors = repeat_factors(self.train_set.item_classes(), self.repeat_threshold)
+        log.info(
+            "repeat-factor sampling (dataset.repeat_threshold=%s): %d samples an epoch from %d items, "
+            "each repeated 1 to %.2f times",
+            self.repeat_threshold, round(factors.sum()), len(factors), factors.max(),
+        )  # fmt: skip
+        return factors
 
     def training_index(self):
         """The training split's index (of whole images, also when training on tiles)."""

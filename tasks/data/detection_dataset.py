@@ -73,6 +73,15 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def item_classes(self) -> list[tuple[int, ...]]:
+        """The labels of the objects trained on in each image (repeat-factor sampling reads them)."""
+        index, trained = self.index, ~np.asarray(self.index.ignored)
+        labels = np.asarray(index.labels)
+        return [
+            tuple(sorted(set(labels[start:end][trained[start:end]].tolist())))
+            for start, end in zip(index.box_offsets[:-1], index.box_offsets[1:], strict=True)
+        ]
+
     def read(self, index: int) -> tuple[ImageRecord, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """Item ``index`` as the file holds it: (record, HxWx3 image, boxes, labels, masks or None)."""
         record = self.index.record(index, self.image_root)

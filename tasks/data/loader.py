@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -135,6 +136,7 @@ class ResumableLoader(DataLoader):
             "seed": sampler.seed,
             "size": sampler.size,
             "grouped": sampler.grouped,
+            "repeat": repeat_key(sampler.repeat),
         }
 
     def load_state_dict(self, state: dict[str, int | bool]) -> None:
@@ -142,12 +144,22 @@ class ResumableLoader(DataLoader):
         (Lightning builds the training loader before restoring its loops, so it never calls this)."""
 
 
+def repeat_key(factors: np.ndarray | None) -> str | None:
+    """A short fingerprint of repeat factors (None: no repeat-factor sampling)."""
+    return None if factors is None else hashlib.sha1(np.round(factors, 9).tobytes()).hexdigest()[:12]
+
+
 def check_resumable(state: dict[str, int | bool], sampler: EpochBatchSampler) -> None:
     """Refuse, naming old and new values, a mid-epoch resume whose rest of the epoch cannot be
     told: another seed or dataset size changes the order; grouped batches take samples out of order."""
     if int(state["samples_done"]) >= int(state["size"]):  # saved at the end of an epoch: anything goes
         return
-    fixed = [("seed", "seed", sampler.seed), ("training images", "size", sampler.size)]
+    samples = "training images" if sampler.repeat is None else "training samples an epoch"
+    fixed = [("seed", "seed", sampler.seed), (samples, "size", sampler.size)]
+    if "repeat" in state:  # written since repeat-factor sampling exists
+        fixed.append(
+            ("repeat factors (dataset.repeat_threshold or the images' classes)", "repeat", repeat_key(sampler.repeat))
+        )
     if sampler.grouped:  # grouped batches are not a prefix of the order: their layout must stay too
         fixed += [
             ("dataset.batch_size", "batch_size", sampler.batch_size),
@@ -170,6 +182,7 @@ def training_loader(
     seed: int,
     trainer: Any | None,
     group_ids: Sequence[int] | None = None,
+    repeat: Sequence[float] | None = None,
     drop_last: bool = False,
     resume: dict | None = None,
     **options: Any,
@@ -183,6 +196,7 @@ def training_loader(
         seed=seed,
         drop_last=drop_last,
         group_ids=group_ids,
+        repeat=repeat,
         num_replicas=num_replicas,
         rank=rank,
     )

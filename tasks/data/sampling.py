@@ -46,6 +46,35 @@ def plain_batches(order: Sequence[int], batch_size: int, drop_last: bool) -> lis
     return batches[:-1] if batches and drop_last and len(batches[-1]) < batch_size else batches
 
 
+def repeat_factors(classes_per_image: Sequence[Sequence[int]], threshold: float) -> np.ndarray:
+    """LVIS's repeat-factor sampling (Gupta et al., 2019): a class in a fraction ``f`` of the images
+    gets ``r = max(1, sqrt(threshold / f))``; an image repeats by the largest ``r`` of its classes
+    (1 without objects), so images of rare classes are seen more often each epoch."""
+    if not threshold > 0:
+        raise ValueError(f"repeat_threshold={threshold} must be a positive fraction of the images, e.g. 0.001")
+    images = len(classes_per_image)
+    present = [set(map(int, classes)) for classes in classes_per_image]
+    counts: dict[int, int] = defaultdict(int)
+    for classes in present:
+        for c in classes:
+            counts[c] += 1
+    per_class = {c: max(1.0, math.sqrt(threshold / (n / images))) for c, n in counts.items()}
+    return np.asarray([max((per_class[c] for c in classes), default=1.0) for classes in present])
+
+
+def repeated_order(factors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each image ``floor(r)`` times, and once more for a seeded draw of images weighted by the
+    fractional parts, so that every epoch has the same length ``round(sum(r))`` (Lightning counts an
+    epoch's batches once)."""
+    whole = np.floor(factors).astype(np.int64)
+    extra = int(round(factors.sum())) - int(whole.sum())
+    fractions = factors - whole
+    chosen = np.zeros(0, np.int64)
+    if extra > 0:
+        chosen = rng.choice(len(factors), size=extra, replace=False, p=fractions / fractions.sum())
+    return np.concatenate([np.repeat(np.arange(len(factors)), whole), chosen])
+
+
 def derive_seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from integers (a run's seed, an epoch, a step, a rank ...)."""
     state = np.random.SeedSequence([int(p) % 2**63 for p in parts]).generate_state(2, np.uint32)
@@ -72,10 +101,15 @@ class EpochBatchSampler(DistributedSampler):
         shuffle: bool = True,
         drop_last: bool = False,
         group_ids: Sequence[int] | None = None,
+        repeat: Sequence[float] | None = None,
         num_replicas: int = 1,
         rank: int = 0,
     ) -> None:
         super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.repeat = None if repeat is None else np.asarray(repeat, float)
+        self.images = size
+        if self.repeat is not None:  # an epoch's order holds each image its repeat factor times
+            size = int(round(self.repeat.sum()))
         self.size, self.batch_size, self.drop_last_batch = size, batch_size, drop_last
         self.group_ids = list(group_ids) if group_ids is not None else None
         self.samples_done, self.skip = 0, 0
@@ -112,16 +146,26 @@ class EpochBatchSampler(DistributedSampler):
         on every rank, exactly the first k x B x R positions are consumed, a prefix of the order.
         """
         rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
-        seeds = rng.integers(0, 2**63 - 1, size=self.size)
-        rest = order[samples_done:]
-        padded = np.resize(rest, self.num_replicas * math.ceil(len(rest) / self.num_replicas))
-        shard = padded[self.rank :: self.num_replicas].tolist()
-        if self.group_ids is None:
-            batches = plain_batches(shard, self.batch_size, self.drop_last_batch)
+        if self.repeat is not None:  # a repeated image is augmented anew each time: a seed per position
+            order = repeated_order(self.repeat, rng)
+            order = rng.permutation(order) if self.shuffle else order
+            seeds = rng.integers(0, 2**63 - 1, size=self.size)
+            positions = np.arange(self.size)
         else:
-            batches = group_batches(shard, self.group_ids, self.batch_size, self.drop_last_batch)
-        return [[(index, int(seeds[index])) for index in batch] for batch in batches]
+            order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
+            seeds = rng.integers(0, 2**63 - 1, size=self.size)
+            positions = order
+        length = self.num_replicas * math.ceil((self.size - samples_done) / self.num_replicas)
+        shard = slice(self.rank, None, self.num_replicas)
+        indices = np.resize(order[samples_done:], length)[shard].tolist()
+        slot_seeds = seeds[np.resize(positions[samples_done:], length)[shard]].tolist()
+        slots = list(range(len(indices)))  # batched by slot in the shard: a repeated image keeps its own seed
+        if self.group_ids is None:
+            batches = plain_batches(slots, self.batch_size, self.drop_last_batch)
+        else:
+            slot_groups = [self.group_ids[index] for index in indices]
+            batches = group_batches(slots, slot_groups, self.batch_size, self.drop_last_batch)
+        return [[(indices[slot], int(slot_seeds[slot])) for slot in batch] for batch in batches]
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
         yield from self.epoch_batches(self.epoch, self.samples_done)[self.skip :]

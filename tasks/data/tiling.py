@@ -73,19 +73,23 @@ class TiledDataset(Dataset):
     def __init__(self, dataset: DetectionDataset, options: TileOptions, seed: int = 0) -> None:
         self.dataset, self.options = dataset, options
         index, rng = dataset.index, np.random.default_rng(seed)
-        tiles = []
+        tiles, self.tile_classes = [], []  # the classes of the objects each tile holds
         for i in range(len(index)):
             start, end = index.box_offsets[i], index.box_offsets[i + 1]
             trained = ~np.asarray(index.ignored[start:end])
-            boxes = np.asarray(index.boxes[start:end])[trained]
+            boxes, labels = np.asarray(index.boxes[start:end])[trained], np.asarray(index.labels[start:end])[trained]
             for window in tile_windows(int(index.widths[i]), int(index.heights[i]), options.size, options.overlap):
-                has_objects = boxes_in_window(boxes, window, options.min_visible)[1].any()
-                if has_objects or rng.random() < options.keep_empty:
+                inside = boxes_in_window(boxes, window, options.min_visible)[1]
+                if inside.any() or rng.random() < options.keep_empty:
                     tiles.append((i, *window))
+                    self.tile_classes.append(tuple(sorted(set(labels[inside].tolist()))))
         self.tiles = np.asarray(tiles, np.int64).reshape(-1, 5)
 
     def __len__(self) -> int:
         return len(self.tiles)
+
+    def item_classes(self) -> list[tuple[int, ...]]:
+        return self.tile_classes
 
     @property
     def aspect_ratios(self) -> np.ndarray:

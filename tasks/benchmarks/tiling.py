@@ -1,0 +1,103 @@
+"""Large images, small objects (prints figures; not a test): tiles against whole images.
+
+    python -m tasks.benchmarks.tiling [--image-size 1024 --tile 256 --steps 300]
+
+Generates the shapes in the YOLO layout as large images crowded with small objects (12-40 px),
+then trains the same detector twice with the same seed, steps and batch: on whole images brought
+to ``--tile`` pixels (objects shrink to a few pixels), and on ``--tile`` pixel tiles at full
+resolution with sliced inference for validation. Both fit their anchors to what they see
+(``anchor_sizes=auto``) and score the same validation images, on the original pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from tasks import PROJECT_ROOT
+from tasks.benchmarks.machine import cpu_description
+from tasks.core.resolvers import register_resolvers
+from tasks.core.runner import train
+from tasks.data.shapes import ShapesSpec, ensure_shapes
+
+SHOWN = ("map_50", "map", "map_small", "mar_100")
+
+
+def run(overrides: list[str], output_dir: Path) -> tuple[dict, float]:
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+    start = time.perf_counter()
+    metrics = train(cfg)
+    return metrics, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image-size", type=int, default=1024)
+    parser.add_argument("--tile", type=int, default=256, help="tile size, and the whole-image run's input size")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--num-train", type=int, default=32)
+    parser.add_argument("--num-val", type=int, default=8)
+    parser.add_argument("--objects", type=int, nargs=2, default=(10, 25), metavar=("MIN", "MAX"))
+    args = parser.parse_args()
+    spec = ShapesSpec(
+        num_train=args.num_train,
+        num_val=args.num_val,
+        image_size=args.image_size,
+        min_objects=args.objects[0],
+        max_objects=args.objects[1],
+        min_object_size=12,
+        max_object_size=40,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        root = ensure_shapes(Path(tmp) / "large", spec, layout="yolo")
+        common = [
+            "task=detection",
+            "dataset=yolo",
+            f"dataset.root={root}",
+            "dataset.num_workers=0",
+            "dataset.resize_longest=null",
+            f"dataset.batch_size={args.batch_size}",
+            "dataset.val_batch_size=1",
+            "backbone=resnet18",
+            "task.model.anchor_sizes=auto",
+            f"task.model.min_size={args.tile}",
+            f"task.model.max_size={args.tile}",
+            "task.model.fpn_norm=bn",
+            "task.module.optimizer.name=adamw",
+            "task.module.optimizer.lr=0.001",
+            "task.module.scheduler.warmup_steps=50",
+            "task.module.scheduler.decay=cosine",
+            f"trainer.max_steps={args.steps}",
+            "trainer.max_epochs=-1",
+            "trainer.check_val_every_n_epoch=100000",  # one validation, of the final weights
+            "trainer.enable_progress_bar=false",
+        ]
+        tiles = [f"dataset.tile.size={args.tile}", "dataset.tile.overlap=0.2", "dataset.tile.keep_empty=0.1"]
+        whole, whole_time = run(common, Path(tmp) / "whole")
+        tiled, tiled_time = run([*common, *tiles], Path(tmp) / "tiles")
+    print(f"\nmachine: {cpu_description()}")
+    print(
+        f"command: python -m tasks.benchmarks.tiling --image-size {args.image_size} --tile {args.tile} "
+        f"--steps {args.steps} --batch-size {args.batch_size}"
+    )
+    print(
+        f"data: {args.num_train} train / {args.num_val} val images of {args.image_size} px, "
+        f"{args.objects[0]}-{args.objects[1]} objects of 12-40 px each; resnet18 FPN, {args.steps} steps of "
+        f"{args.batch_size}, same seed"
+    )
+    for name, metrics, seconds in (("whole images", whole, whole_time), ("tiles + slices", tiled, tiled_time)):
+        figures = "  ".join(f"{key} {metrics[key]:.3f}" for key in SHOWN)
+        print(f"  {name:15s} {figures}  ({seconds:.0f} s)")
+    ratio = tiled["map_50"] / max(whole["map_50"], 1e-9)
+    print(f"tiles_vs_whole_map50={ratio:.2f}x map_small: {tiled['map_small']:.3f} vs {whole['map_small']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
