@@ -61,6 +61,11 @@ class ClassificationModule(TaskModule):
     def labels(targets: list[dict], device: torch.device) -> Tensor:
         return torch.tensor([int(t["label"]) for t in targets], dtype=torch.long, device=device)
 
+    def batch_loss(self, batch: tuple[Tensor, list[dict]]) -> Tensor:
+        """The cross-entropy on ``batch`` in the model's current mode (no mixing)."""
+        images, targets = batch
+        return F.cross_entropy(self(images).float(), self.labels(targets, images.device))
+
     def training_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> Tensor | None:
         images, targets = batch
         images, labels = images.float() / 255, self.labels(targets, images.device)

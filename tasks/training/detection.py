@@ -45,6 +45,16 @@ class DetectionModule(TaskModule):
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         return self.model(to_float_images(images))
 
+    def batch_loss(self, batch: tuple[list[Tensor], list[dict]]) -> Tensor | None:
+        """The summed losses on ``batch`` in the model's current mode (None where eval mode has none)."""
+        images, targets = batch
+        images = to_float_images(images)
+        if self.model.training:
+            return sum(self.model(images, targets).values())
+        if hasattr(self.model, "losses_and_detections"):
+            return sum(self.model.losses_and_detections(images, targets)[0].values())
+        return None
+
     def training_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> Tensor | None:
         images, targets = batch
         losses = self.model(to_float_images(images), targets)

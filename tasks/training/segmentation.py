@@ -46,6 +46,11 @@ class SegmentationModule(TaskModule):
         images = images.float() / 255 if images.dtype == torch.uint8 else images
         return self.model(self.to_memory_format(images))
 
+    def batch_loss(self, batch: tuple[Tensor, list[dict]]) -> Tensor:
+        """The main head's loss on ``batch`` in the model's current mode."""
+        images, targets = batch
+        return self._loss(self(images)["out"], torch.stack([t["mask"] for t in targets]))
+
     def training_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> Tensor | None:
         images, targets = batch
         masks = torch.stack([t["mask"] for t in targets])

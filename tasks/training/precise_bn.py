@@ -1,0 +1,130 @@
+"""Precise BatchNorm statistics (detectron2's PreciseBN), and a warning when eval mode and train mode
+disagree.
+
+BatchNorm trained on small batches keeps running statistics that lag behind the weights: each
+step's statistics enter the running average with a momentum of 0.1, and the weights have moved
+since. A detector trained from scratch at 4 images a batch scored map_50 0.003 in eval mode after
+40 steps, and 0.117 with the same weights when BatchNorm used each batch's own statistics. Before
+each validation during training (so also before the best checkpoint is written), this callback
+recomputes the statistics with the current weights as the plain average over ``num_batches``
+training batches, averaged over DDP processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
+
+from tasks.data.loader import SeededBatches
+from tasks.data.sampling import derive_seed
+
+
+def trainable_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """BatchNorm layers whose statistics training updates (frozen BatchNorm is another class)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def recompute_statistics(model: nn.Module, forward: Callable[[object], object], batches: Iterable) -> int:
+    """Running mean and variance of every trainable BatchNorm of ``model`` as the plain average of
+    its batch statistics over ``batches`` (``forward`` runs one, ``model`` in train mode); returns
+    the number of batches used. Weights are untouched; each layer's momentum is restored."""
+    layers = trainable_batchnorms(model)
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # a cumulative average: every batch counts the same
+    count = 0
+    for batch in batches:
+        forward(batch)
+        count += 1
+    for layer, momentum in zip(layers, momenta, strict=True):
+        layer.momentum = momentum
+    return count
+
+
+class PreciseBatchNorm(L.Callback):
+    """``enabled``: true, false, or ``auto``: on where BatchNorm trains on fewer than
+    ``below_batch_size`` images per process. ``num_batches`` training batches (drawn with ``seed``
+    and the step, so that a resumed run draws the same ones) recompute the statistics before each
+    validation during training. Whether on or not, the first validation batch's loss is computed in
+    eval and in train mode; a ratio over ``warn_ratio`` is warned about once."""
+
+    def __init__(
+        self, enabled: bool | str = "auto", num_batches: int = 20, below_batch_size: int = 16, warn_ratio: float = 2.0,
+        seed: int = 0,
+    ) -> None:  # fmt: skip
+        if enabled not in (True, False, "auto"):
+            raise ValueError(f"callbacks.precise_bn.enabled={enabled!r} must be true, false or auto")
+        self.enabled, self.num_batches, self.below_batch_size = enabled, num_batches, below_batch_size
+        self.warn_ratio, self.seed = warn_ratio, seed
+        self._warned = False
+
+    def active(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        if not trainable_batchnorms(pl_module) or self.enabled is False:
+            return False
+        return self.enabled is True or trainer.datamodule.batch_size < self.below_batch_size
+
+    def _batches(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Iterable:
+        datamodule = trainer.datamodule
+        dataset, size = datamodule.train_set, datamodule.batch_size
+        rng = np.random.default_rng(derive_seed(self.seed, trainer.global_step, trainer.global_rank))
+        order = rng.permutation(len(dataset))[: self.num_batches * size]
+        reader = SeededBatches(dataset)
+        for start in range(0, len(order), size):
+            keys = [(int(i), derive_seed(self.seed, trainer.global_step, int(i))) for i in order[start : start + size]]
+            yield trainer.strategy.batch_to_device(datamodule.collate_fn(reader[keys]))
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        modes = {module: module.training for module in pl_module.modules()}
+        try:
+            with torch.random.fork_rng(devices=[pl_module.device.index] if pl_module.device.type == "cuda" else []):
+                if self.active(trainer, pl_module):
+                    self._recompute(trainer, pl_module)
+                self._compare_modes(trainer, pl_module)
+        finally:
+            for module, training in modes.items():
+                module.training = training
+
+    def _recompute(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.train()
+        count = recompute_statistics(pl_module, pl_module.batch_loss, self._batches(trainer, pl_module))
+        for layer in trainable_batchnorms(pl_module):  # every process ends with the same statistics
+            for name in ("running_mean", "running_var"):
+                buffer = getattr(layer, name)
+                buffer.copy_(trainer.strategy.reduce(buffer.clone(), reduce_op="mean"))
+        rank_zero_info(f"BatchNorm statistics recomputed over {count} training batches (precise BN)")
+
+    def _compare_modes(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The first validation batch's loss with running statistics against batch statistics."""
+        if self._warned or not trainable_batchnorms(pl_module):
+            return
+        datamodule = trainer.datamodule
+        items = [datamodule.val_set[i] for i in range(min(datamodule.val_batch_size, len(datamodule.val_set)))]
+        batch = trainer.strategy.batch_to_device(datamodule.collate_fn(items))
+        buffers = {name: value.clone() for name, value in pl_module.named_buffers()}
+        with torch.no_grad():
+            pl_module.eval()
+            eval_loss = pl_module.batch_loss(batch)
+            pl_module.train()
+            train_loss = pl_module.batch_loss(batch)
+        for name, value in pl_module.named_buffers():  # train mode moved the running statistics
+            value.copy_(buffers[name])
+        if eval_loss is None or not torch.isfinite(eval_loss) or float(train_loss) <= 0:
+            return
+        ratio = float(eval_loss) / float(train_loss)
+        if ratio > self.warn_ratio:
+            self._warned = True
+            rank_zero_warn(
+                f"on the first validation batch the loss with BatchNorm's running statistics (eval mode, "
+                f"{float(eval_loss):.3f}) is {ratio:.1f} times the loss with the batch's own statistics "
+                f"({float(train_loss):.3f}): the running statistics lag behind the weights. Recompute them "
+                "(callbacks.precise_bn.enabled=true), train larger batches, or use GroupNorm (backbone.norm=gn)"
+            )
