@@ -3,9 +3,8 @@ disagree.
 
 BatchNorm trained on small batches keeps running statistics that lag behind the weights: each
 step's statistics enter the running average with a momentum of 0.1, and the weights have moved
-since. A detector trained from scratch at 4 images a batch scored map_50 0.003 in eval mode after
-40 steps, and 0.117 with the same weights when BatchNorm used each batch's own statistics. Before
-each validation during training (so also before the best checkpoint is written), this callback
+since, so a model trained from scratch can score far lower in eval mode than its weights allow.
+Before each validation during training (so also before the best checkpoint is written), this callback
 recomputes the statistics with the current weights as the plain average over ``num_batches``
 training batches, averaged over DDP processes.
 """

@@ -18,7 +18,7 @@ from tasks.data.formats.voc_folder import VocFolderDataModule
 from tasks.data.formats.yolo import YoloDataModule
 from tasks.data.shapes import SHAPE_CLASSES, ensure_shapes
 from tasks.evaluation.detection import detection_evaluator
-from tests.support import TINY_SHAPES, run_script
+from tests.support import TINY_SHAPES, compose_config, run_script
 
 OPTIONS = {"num_workers": 0, "augment": "none", "batch_size": 2}
 
@@ -152,7 +152,7 @@ def test_unknown_class_is_one_line_with_the_names_found_and_the_fix(tmp_path: Pa
     datamodule = VocFolderDataModule(root, class_names=["Tree"], val_fraction=0.34, **OPTIONS)
     errors = [f.message for f in datamodule.inspect()[0] if f.severity == ERROR]
     assert len(errors) == 2  # one per unknown name, not one per object
-    assert "class 'Alive' (1 objects, first in" in errors[0] and "the files use ['Alive', 'Dead', 'Tree']" in errors[0]
+    assert "class 'Alive' (1 object, first in" in errors[0] and "the files use ['Alive', 'Dead', 'Tree']" in errors[0]
     assert (
         "dataset.class_names=null" in errors[0] and "dataset.class_map='{Alive: <one of the class names>}'" in errors[0]
     )
@@ -321,3 +321,11 @@ def test_check_dataset_ends_with_a_line_per_split(layouts: dict[str, Path], tmp_
     assert lines[-2:] == [split_summary("train", datamodule.train_set), split_summary("val", datamodule.val_set)]
     assert "training boxes, sqrt(w*h) in input pixels after the resize" in result.stdout
     assert "smaller than the smallest anchor (32 px)" in result.stdout  # 64 px inputs, the COCO anchors
+
+
+@pytest.mark.parametrize("dataset", ["voc", "voc_folder", "yolo"])
+def test_class_map_and_names_are_given_on_the_command_line(dataset: str, tmp_path: Path) -> None:
+    overrides = [f"dataset={dataset}", "dataset.root=/data", "dataset.class_map={Alive: Tree, Dead: Tree}",
+                 "dataset.class_names=null"]  # fmt: skip
+    cfg = compose_config(overrides, tmp_path)
+    assert cfg.dataset.class_map == {"Alive": "Tree", "Dead": "Tree"} and cfg.dataset.class_names is None

@@ -109,3 +109,18 @@ def test_malformed_xml_names_file_line_and_column(shapes_voc_root: Path, tmp_pat
         VocDetection(root, [2007], "test", class_names=SHAPE_CLASSES)
     message = str(info.value)
     assert f"{xml_path} is not valid XML" in message and "line 4, column" in message, message
+
+
+def test_png_and_tif_images_are_found_by_their_id(shapes_voc_root: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = Path(shutil.copytree(shapes_voc_root, tmp_path / "VOCdevkit"))
+    ids = (root / "VOC2007/ImageSets/Main/test.txt").read_text().split()
+    folder = root / "VOC2007" / "JPEGImages"
+    for file_id, suffix in zip(ids[:2], (".png", ".tif"), strict=True):
+        with Image.open(folder / f"{file_id}.jpg") as image:
+            image.save(folder / f"{file_id}{suffix}")
+        (folder / f"{file_id}.jpg").unlink()
+    dataset = VocDetection(root, [2007], "test", class_names=SHAPE_CLASSES)
+    assert [Path(r.path).name for r in dataset.records][:2] == [f"{ids[0]}.png", f"{ids[1]}.tif"]
+    assert dataset[0][0].shape[0] == 3 and dataset[1][0].shape[0] == 3

@@ -62,7 +62,7 @@ def collect_class_names(images: Sequence[LabelledImage]) -> list[str]:
     return sorted(class_counts(images))
 
 
-def _unknown_class_findings(images: Sequence[LabelledImage], class_names: Sequence[str]) -> list[Finding]:
+def unknown_class_findings(images: Sequence[LabelledImage], class_names: Sequence[str]) -> list[Finding]:
     """One finding per unknown name (not one per object), with the names found and the fix."""
     counts, first = class_counts(images), {}
     for image in images:
@@ -75,7 +75,8 @@ def _unknown_class_findings(images: Sequence[LabelledImage], class_names: Sequen
             Finding(
                 ERROR,
                 "unknown class",
-                f"class {name!r} ({counts[name]} objects, first in {first[name]}) is not in dataset.class_names "
+                f"class {name!r} ({counts[name]} object{'s' * (counts[name] != 1)}, first in {first[name]}) is not "
+                f"in dataset.class_names "
                 f"{list(class_names)}; the files use {found}. Pass dataset.class_names=null to take the names from "
                 f"the files, or map it: dataset.class_map='{{{name}: <one of the class names>}}'",
             )
@@ -105,8 +106,10 @@ def labelled_findings(
     *,
     read_images: bool = True,
     max_pixels: int = MAX_PIXELS,
+    classes: bool = True,
 ) -> list[Finding]:
-    """The doctor's findings: unreadable label files, image files, unknown classes, boxes."""
+    """The doctor's findings: unreadable label files, image files, boxes, and unknown classes
+    (``classes``; a caller checking several splits checks their classes together instead)."""
     findings: list[Finding] = []
     for image in images:
         if image.error:
@@ -122,7 +125,7 @@ def labelled_findings(
         if not image.objects:
             findings.append(Finding(INFO, "image without objects", str(image.annotation_path or image.image_path)))
         findings += _box_findings(image)
-    return findings + _unknown_class_findings(images, class_names)
+    return findings + (unknown_class_findings(images, class_names) if classes else [])
 
 
 def polygon_findings(images: Sequence[LabelledImage]) -> list[Finding]:

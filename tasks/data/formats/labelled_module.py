@@ -22,6 +22,7 @@ from tasks.data.formats.labelled import (
     polygon_findings,
     read_split,
     rename_classes,
+    unknown_class_findings,
     write_split,
 )
 from tasks.data.ground_truth import coco_ground_truth
@@ -139,7 +140,9 @@ class LabelledDataModule(DetectionDataModule):
         images, layout_findings = self.splits()[split]
         category_ids, class_names = self._metadata
         source = f"{self.root} ({self.format_name}, {split})"
-        findings = layout_findings + labelled_findings(images, class_names, read_images=False)
+        every_image = [image for split_images, _ in self.splits().values() for image in split_images]
+        findings = layout_findings + labelled_findings(images, class_names, read_images=False, classes=False)
+        findings += unknown_class_findings(every_image, class_names)  # one finding per name, over both splits
         if self.masks:
             findings += polygon_findings(images)
         raise_on_errors([f for f in findings if f.check != "image file"], source)  # the caller checks images
@@ -170,6 +173,7 @@ class LabelledDataModule(DetectionDataModule):
         findings = []
         for images, layout_findings in splits.values():
             findings += layout_findings + labelled_findings(
-                images, class_names, read_images=read_images, max_pixels=max_pixels
+                images, class_names, read_images=read_images, max_pixels=max_pixels, classes=False
             )
-        return findings, class_names
+        every_image = [image for images, _ in splits.values() for image in images]
+        return findings + unknown_class_findings(every_image, class_names), class_names

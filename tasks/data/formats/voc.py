@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from tasks.data.doctor import ERROR, INFO, Finding, raise_on_errors
 from tasks.data.formats.labelled import LabelledImage, LabelledObject, labelled_findings, labelled_index
 from tasks.data.formats.labelled_module import LabelledDataModule
 from tasks.data.ground_truth import coco_ground_truth
-from tasks.data.images import MAX_PIXELS, upright_size
+from tasks.data.images import IMAGE_SUFFIXES, MAX_PIXELS, upright_size
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,17 @@ def read_image_set(root: Path, year: str, split: str) -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
+def _images_by_stem(folder: Path) -> dict[str, str]:
+    """File name of each image in ``folder`` by its stem (``.jpg`` first where several share one):
+    VOC-layout exports also hold ``.png`` and ``.tif`` images."""
+    names: dict[str, str] = {}
+    if folder.is_dir():
+        for name in sorted(os.listdir(folder), key=lambda n: not n.lower().endswith(".jpg")):
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                names.setdefault(Path(name).stem, name)
+    return names
+
+
 def read_voc_split(
     root: Path, years: Sequence[str | int], split: str, *, one_based: bool = True
 ) -> tuple[list[LabelledImage], list[Finding]]:
@@ -129,8 +141,9 @@ def read_voc_split(
         except FileNotFoundError as err:
             findings.append(Finding(ERROR, "image set", str(err)))
             continue
+        image_names = _images_by_stem(root / f"VOC{year}" / "JPEGImages")
         for file_id in file_ids:
-            file_name = f"VOC{year}/JPEGImages/{file_id}.jpg"
+            file_name = f"VOC{year}/JPEGImages/{image_names.get(file_id, file_id + '.jpg')}"
             xml_path = root / f"VOC{year}" / "Annotations" / f"{file_id}.xml"
             image = LabelledImage(root / file_name, file_name, xml_path)
             read_labelled_xml(image, one_based=one_based)
