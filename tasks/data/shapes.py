@@ -252,20 +252,29 @@ def _write_voc_folder(folder: Path, spec: ShapesSpec) -> None:
         (folder / split / "annotations" / f"{image_id:06d}.xml").write_text(xml)
 
 
-def _write_yolo(folder: Path, spec: ShapesSpec) -> None:
+def _yolo_row(cls: int, visible: np.ndarray, size: int, polygon: bool) -> str:
+    """``class cx cy w h`` of the visible pixels' extent, or ``class x1 y1 ...`` of their outline
+    (the largest contour, through its boundary pixels' centres), normalised."""
+    if polygon:
+        contours, _ = cv2.findContours(visible.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        points = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(float) + 0.5
+        values = (points / size).ravel()
+    else:
+        ys, xs = np.nonzero(visible)
+        x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        values = np.array([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]) / size
+    return " ".join([str(cls), *map(repr, map(float, values))])
+
+
+def _write_yolo(folder: Path, spec: ShapesSpec, polygons: bool = False) -> None:
     """The Ultralytics layout: ``data.yaml``, ``images/{train,val}/<id>.png``, ``labels/{train,val}/<id>.txt``
-    with normalised ``class cx cy w h`` rows (full precision: the same boxes as the COCO layout)."""
-    size = spec.image_size
+    with normalised ``class cx cy w h`` rows (full precision: the same boxes as the COCO layout), or
+    with ``polygons`` each object's outline (instance segmentation)."""
     for image_id, split, image, owner, classes in _render_all(spec):
         for sub in ("images", "labels"):
             (folder / sub / split).mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / "images" / split / f"{image_id:06d}.png")
-        rows = []
-        for k, cls in enumerate(classes):
-            ys, xs = np.nonzero(owner == k)
-            x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-            values = ((x1 + x2) / 2 / size, (y1 + y2) / 2 / size, (x2 - x1) / size, (y2 - y1) / size)
-            rows.append(" ".join([str(cls), *map(repr, map(float, values))]))
+        rows = [_yolo_row(cls, owner == k, spec.image_size, polygons) for k, cls in enumerate(classes)]
         (folder / "labels" / split / f"{image_id:06d}.txt").write_text("".join(f"{row}\n" for row in rows))
     names = "".join(f"  {k}: {name}\n" for k, name in enumerate(SHAPE_CLASSES))
     (folder / "data.yaml").write_text(f"path: .\ntrain: images/train\nval: images/val\nnames:\n{names}")
@@ -277,6 +286,7 @@ LAYOUTS = {
     "imagefolder": _write_imagefolder,
     "voc_folder": _write_voc_folder,
     "yolo": _write_yolo,
+    "yolo_seg": lambda folder, spec: _write_yolo(folder, spec, polygons=True),
 }
 
 

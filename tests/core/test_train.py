@@ -321,3 +321,14 @@ def test_tiled_training_validates_and_predicts_on_slices_alike(shapes_root: Path
     assert [k for k, _ in evaluated] == [k for k, _ in predicted]
     for (_, a), (_, b) in zip(evaluated, predicted, strict=True):
         assert a == pytest.approx(b, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_yolo_polygons_train_instance_segmentation(tmp_path: Path) -> None:
+    root = ensure_shapes(tmp_path / "yolo_seg", TINY_SHAPES, "yolo_seg")
+    data = ["dataset=yolo", f"dataset.root={root}", "dataset.num_workers=0", "dataset.resize_longest=null"]
+    overrides = ["task=instance_segmentation", *data, "backbone=resnet18", *TINY_DETECTION, "trainer.max_steps=2"]
+    train(compose_config(overrides, tmp_path / "run"))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert {"map_50", "mask_map_50"} <= set(metrics)
+    assert json.loads((tmp_path / "run" / "segmentations.json").read_text())  # masks predicted and scored
