@@ -329,3 +329,14 @@ def test_class_map_and_names_are_given_on_the_command_line(dataset: str, tmp_pat
                  "dataset.class_names=null"]  # fmt: skip
     cfg = compose_config(overrides, tmp_path)
     assert cfg.dataset.class_map == {"Alive": "Tree", "Dead": "Tree"} and cfg.dataset.class_names is None
+
+
+def test_an_image_whose_size_cannot_be_read_stops_the_run_or_is_left_out(tmp_path: Path) -> None:
+    root = _yolo(tmp_path / "yolo", {"t1": "0 0.5 0.5 0.2 0.4\n", "t2": "0 0.5 0.5 0.2 0.4\n", "v1": ""})
+    broken = root / "images" / "train" / "t2.jpg"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match=f"{broken}: its header cannot be read"):
+        YoloDataModule(root, **OPTIONS).setup()
+    lenient = YoloDataModule(root, skip_bad_images=True, **OPTIONS)
+    lenient.setup()
+    assert [Path(r.path).name for r in lenient.train_set.records] == ["t1.jpg"]

@@ -12,7 +12,7 @@ import albumentations as A
 
 from tasks.data.detection import DetectionDataModule
 from tasks.data.detection_dataset import DetectionDataset
-from tasks.data.doctor import Finding, raise_on_errors
+from tasks.data.doctor import ERROR, Finding, raise_on_errors
 from tasks.data.formats.labelled import (
     LabelledImage,
     collect_class_names,
@@ -146,7 +146,7 @@ class LabelledDataModule(DetectionDataModule):
         if self.masks:
             findings += polygon_findings(images)
         raise_on_errors([f for f in findings if f.check != "image file"], source)  # the caller checks images
-        readable = [image for image in images if image.size is not None]
+        readable = self._readable(images, source)
         built = labelled_index(
             readable, class_names, use_difficult=self.use_difficult and split == "train", masks=self.masks
         )
@@ -166,6 +166,17 @@ class LabelledDataModule(DetectionDataModule):
             transforms=transforms,
             source=source,
         )
+
+    def _readable(self, images: list[LabelledImage], source: str) -> list[LabelledImage]:
+        """The images whose size could be read (a format without sizes in its label files reads each
+        image's header); the others stop the run, or are left out with ``skip_bad_images``."""
+        unreadable = [str(image.image_path) for image in images if image.size is None and image.error is None]
+        if unreadable and not self.skip_bad_images:
+            findings = [Finding(ERROR, "image file", f"{path}: its header cannot be read") for path in unreadable]
+            raise_on_errors(findings, source)
+        if unreadable:
+            log.warning("%s: left out %d images whose header cannot be read: %s", source, len(unreadable), unreadable)
+        return [image for image in images if image.size is not None]
 
     def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:
         splits = self.splits()

@@ -44,7 +44,7 @@ def read_voc_folder(folder: Path, root: Path, *, one_based: bool) -> tuple[list[
         if len(candidates) != 1:
             problem = "no image" if not candidates else f"{len(candidates)} images ({[p.name for p in candidates]})"
             message = f"{xml_path} has {problem} of the same name in {image_dir / stem.parent}"
-            findings.append(Finding(ERROR, "image file", message))
+            findings.append(Finding(ERROR, "annotation without image", message))
             continue
         paired.add(stem)
         image = LabelledImage(candidates[0], candidates[0].relative_to(root).as_posix(), xml_path)
