@@ -70,6 +70,14 @@ def main() -> None:
             f"task.model.min_size={args.tile}",
             f"task.model.max_size={args.tile}",
             "task.model.fpn_norm=bn",
+            # the shapes recipe's light heads (the defaults are sized for COCO on a GPU)
+            "task.model.fpn_channels=128",
+            "task.model.representation_size=512",
+            "task.model.rpn_pre_nms_top_n_train=1000",
+            "task.model.rpn_post_nms_top_n_train=500",
+            "task.model.rpn_pre_nms_top_n_test=1000",
+            "task.model.rpn_post_nms_top_n_test=300",
+            "task.model.box_batch_size_per_image=128",
             "task.module.optimizer.name=adamw",
             "task.module.optimizer.lr=0.001",
             "task.module.scheduler.warmup_steps=50",
@@ -89,8 +97,8 @@ def main() -> None:
     )
     print(
         f"data: {args.num_train} train / {args.num_val} val images of {args.image_size} px, "
-        f"{args.objects[0]}-{args.objects[1]} objects of 12-40 px each; resnet18 FPN, {args.steps} steps of "
-        f"{args.batch_size}, same seed"
+        f"{args.objects[0]}-{args.objects[1]} objects of 12-40 px each; Faster R-CNN R18-FPN (light heads), "
+        f"{args.steps} steps of {args.batch_size}, same seed"
     )
     for name, metrics, seconds in (("whole images", whole, whole_time), ("tiles + slices", tiled, tiled_time)):
         figures = "  ".join(f"{key} {metrics[key]:.3f}" for key in SHOWN)
