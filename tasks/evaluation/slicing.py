@@ -3,9 +3,11 @@ whole image brought to the detector's size, for the large objects), the detectio
 the image's pixels and merged across tiles.
 
 Merging, by name: ``nms`` keeps the best of boxes of one class overlapping by IoU over the
-threshold; ``nmm`` (SAHI's greedy non-maximum merging) joins boxes of one class whose
-intersection covers the threshold of the smaller one into their union, so that an object cut by
-a tile's border, found in halves by two tiles, comes back as one box.
+threshold; ``nmm`` (SAHI's greedy non-maximum merging) joins boxes of one class into their union:
+boxes overlapping by IoU over the threshold, and a box cut by a tile's inner border with any box
+whose intersection covers the threshold of the smaller one, so that an object found in pieces by
+two tiles comes back as one box. Only cut boxes merge by that looser rule: a large box from the
+whole image would otherwise swallow every small object of its class inside it.
 """
 
 from __future__ import annotations
@@ -52,11 +54,15 @@ def _areas(boxes: Tensor) -> Tensor:
     return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
 
 
-def greedy_merge(boxes: Tensor, scores: Tensor, labels: Tensor, threshold: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Non-maximum merging: from the best box down, every remaining box of its class whose overlap
-    covers ``threshold`` of the smaller of the two joins it (union box, the best score)."""
+def greedy_merge(
+    boxes: Tensor, scores: Tensor, labels: Tensor, threshold: float, cut: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Non-maximum merging: from the best box down, every remaining box of its class joins it
+    (union box, the best score) when their IoU reaches ``threshold``, or, where either is ``cut`` by
+    a tile border, when their intersection covers ``threshold`` of the smaller one."""
     order = scores.argsort(descending=True)
     boxes, scores, labels = boxes[order], scores[order], labels[order]
+    cut = torch.zeros(len(boxes), dtype=torch.bool) if cut is None else cut[order]
     free = torch.ones(len(boxes), dtype=torch.bool)
     kept_boxes, kept = [], []
     areas = _areas(boxes)
@@ -64,10 +70,11 @@ def greedy_merge(boxes: Tensor, scores: Tensor, labels: Tensor, threshold: float
         if not free[i]:
             continue
         candidates = torch.nonzero(free & (labels == labels[i])).flatten()
-        overlap = _intersections(boxes[i], boxes[candidates]) / torch.minimum(areas[i], areas[candidates]).clamp(
-            min=1e-9
-        )
-        members = candidates[overlap >= threshold]
+        inter = _intersections(boxes[i], boxes[candidates])
+        iou = inter / (areas[i] + areas[candidates] - inter).clamp(min=1e-9)
+        ios = inter / torch.minimum(areas[i], areas[candidates]).clamp(min=1e-9)
+        joins = (iou >= threshold) | ((ios >= threshold) & (cut[i] | cut[candidates]))
+        members = candidates[joins]
         members = members if i in members.tolist() else torch.cat([members, torch.tensor([i])])
         free[members] = False
         group = boxes[members]
@@ -84,9 +91,21 @@ def merge_detections(found: dict[str, Tensor], slicing: Slicing, max_detections:
         keep = batched_nms(boxes, scores, labels, slicing.threshold)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     else:
-        boxes, scores, labels = greedy_merge(boxes, scores, labels, slicing.threshold)
+        boxes, scores, labels = greedy_merge(boxes, scores, labels, slicing.threshold, found.get("cut"))
     order = scores.argsort(descending=True)[:max_detections]
     return {"boxes": boxes[order], "scores": scores[order], "labels": labels[order]}
+
+
+def cut_by_border(boxes: Tensor, window: Sequence[int], width: int, height: int, margin: float = 1.0) -> Tensor:
+    """Which boxes (image pixels) reach an inner border of their tile ``window``: the object may go on
+    in the next tile (a tile's side on the image's own border cuts nothing)."""
+    x0, y0, x1, y1 = window
+    return (
+        ((boxes[:, 0] <= x0 + margin) & (x0 > 0))
+        | ((boxes[:, 1] <= y0 + margin) & (y0 > 0))
+        | ((boxes[:, 2] >= x1 - margin) & (x1 < width))
+        | ((boxes[:, 3] >= y1 - margin) & (y1 < height))
+    )
 
 
 def predict_sliced(
@@ -103,13 +122,15 @@ def predict_sliced(
     for start in range(0, len(windows), slicing.batch_size):
         chunk = windows[start : start + slicing.batch_size]
         crops = [image[:, y0:y1, x0:x1] for x0, y0, x1, y1 in chunk]
-        for (x0, y0, _, _), found in zip(chunk, predict(crops), strict=True):
+        for window, found in zip(chunk, predict(crops), strict=True):
             if "masks" in found:
                 raise ValueError("sliced inference merges boxes only: instance masks need slicing.size=0")
-            parts.append({**found, "boxes": found["boxes"] + found["boxes"].new_tensor([x0, y0, x0, y0])})
+            boxes = found["boxes"] + found["boxes"].new_tensor(window[:2] * 2)
+            parts.append({**found, "boxes": boxes, "cut": cut_by_border(boxes, window, width, height)})
     if slicing.full_image and len(windows) > 1:
-        parts += predict([image])
-    found = {key: torch.cat([part[key] for part in parts]) for key in ("boxes", "scores", "labels")}
+        whole = predict([image])[0]
+        parts.append({**whole, "cut": torch.zeros(len(whole["boxes"]), dtype=torch.bool)})
+    found = {key: torch.cat([part[key] for part in parts]) for key in ("boxes", "scores", "labels", "cut")}
     return merge_detections(found, slicing, max_detections)
 
 

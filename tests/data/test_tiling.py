@@ -115,9 +115,13 @@ def test_an_object_cut_by_tile_borders_is_merged_back_into_one_box() -> None:
     assert sorted(kept["boxes"].tolist()) == [[70, 20, 150, 60], [100, 20, 190, 60]]
 
 
-def test_greedy_merge_joins_only_one_class_and_enough_overlap() -> None:
-    boxes = torch.tensor([[0.0, 0, 10, 10], [5, 0, 15, 10], [5, 0, 15, 10], [40, 40, 50, 50]])
-    scores, labels = torch.tensor([0.9, 0.8, 0.7, 0.6]), torch.tensor([1, 1, 2, 1])
-    merged, kept_scores, kept_labels = greedy_merge(boxes, scores, labels, threshold=0.5)
-    assert merged.tolist() == [[0, 0, 15, 10], [5, 0, 15, 10], [40, 40, 50, 50]]
-    assert kept_scores.tolist() == pytest.approx([0.9, 0.7, 0.6]) and kept_labels.tolist() == [1, 2, 1]
+def test_greedy_merge_joins_cut_pieces_of_one_class_but_no_box_swallows_others() -> None:
+    boxes = torch.tensor([[30.0, 30, 80, 80], [0, 0, 10, 10], [5, 0, 15, 10], [5, 0, 15, 10], [40, 40, 50, 50]])
+    scores, labels = torch.tensor([0.95, 0.9, 0.8, 0.7, 0.6]), torch.tensor([1, 1, 1, 2, 1])
+    cut = torch.tensor([False, True, True, False, False])  # the two pieces reach a tile border
+    merged, kept_scores, kept_labels = greedy_merge(boxes, scores, labels, threshold=0.5, cut=cut)
+    # the large box (from the whole image) keeps the small one inside it apart: neither is cut
+    assert merged.tolist() == [[30, 30, 80, 80], [0, 0, 15, 10], [5, 0, 15, 10], [40, 40, 50, 50]]
+    assert kept_scores.tolist() == pytest.approx([0.95, 0.9, 0.7, 0.6]) and kept_labels.tolist() == [1, 1, 2, 1]
+    uncut, _, _ = greedy_merge(boxes, scores, labels, threshold=0.5)  # pieces not cut: IoU 0.33 keeps them apart
+    assert len(uncut) == 5
