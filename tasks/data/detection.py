@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from functools import cached_property
 
@@ -151,6 +152,14 @@ class DetectionDataModule(TaskDataModule):
             self.repeat_threshold, round(factors.sum()), len(factors), factors.max(),
         )  # fmt: skip
         return factors
+
+    def unaugmented(self, split: str):
+        """As the files hold them: whole images also when training on tiles."""
+        if split == "train" and self.tile is not None:
+            whole = copy.copy(self.train_set.dataset)
+            whole.transforms = None
+            return whole
+        return super().unaugmented(split)
 
     def training_index(self):
         """The training split's index (of whole images, also when training on tiles)."""

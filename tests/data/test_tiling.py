@@ -74,6 +74,8 @@ def test_tiles_hold_every_object_with_its_class(large_shapes: ShapesDataModule) 
 def test_validation_keeps_full_resolution_and_records_the_tile_size(large_shapes: ShapesDataModule) -> None:
     image, _ = large_shapes.val_set[0]
     assert tuple(image.shape[1:]) == (300, 300)
+    image, _ = large_shapes.unaugmented("train")[0]  # show_dataset augmented=false: the whole file
+    assert tuple(image.shape[1:]) == (300, 300) and len(large_shapes.unaugmented("train")) == 3
     assert large_shapes.inference_preprocessing()["tile_size"] == 128
 
 
