@@ -25,6 +25,7 @@ from tasks.common.metadata import inference_metadata
 from tasks.core.recipes import apply_command_line_limits, command_line_overrides, log_recipe
 from tasks.data.object_sizes import fit_anchor_base, input_sizes
 from tasks.training.checkpointing import AtomicCheckpointIO
+from tasks.training.loggers import build_loggers, flat_config
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,12 @@ def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Lightn
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c]
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    loggers = build_loggers(cfg.get("logger"))
     plugins = [AtomicCheckpointIO()]  # every checkpoint file is replaced atomically
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=plugins)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    for logger in trainer.loggers:  # the composed config, as every logger records hyper-parameters
+        logger.log_hyperparams(flat_config(cfg))
+    return trainer
 
 
 def configure_torch(cfg: DictConfig) -> None:
