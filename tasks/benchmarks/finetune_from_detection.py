@@ -12,23 +12,9 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from tasks import PROJECT_ROOT
-from tasks.core.resolvers import register_resolvers
-from tasks.core.runner import train
-
-
-def run(overrides: list[str], output_dir: Path) -> tuple[dict, float]:
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, f"paths.output_dir={output_dir}"])
-    start = time.perf_counter()
-    metrics = train(cfg)
-    return metrics, time.perf_counter() - start
+from tasks.benchmarks.runs import timed_run
 
 
 def main() -> None:
@@ -53,8 +39,8 @@ def main() -> None:
         f"task.module.backbone_lr_mult={args.backbone_lr_mult}",
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        scratch, scratch_time = run(common, Path(tmp) / "scratch")
-        tuned, tuned_time = run([*common, *finetune], Path(tmp) / "finetune")
+        scratch, scratch_time = timed_run(common, Path(tmp) / "scratch")
+        tuned, tuned_time = timed_run([*common, *finetune], Path(tmp) / "finetune")
     print(f"\nsegmentation on shapes, {args.backbone}, {args.steps} steps each, same seed and recipe")
     print(
         f"  from scratch:                 miou {scratch['miou']:.4f}  pixel_acc {scratch['pixel_acc']:.4f}  "

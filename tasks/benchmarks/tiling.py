@@ -13,27 +13,14 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from tasks import PROJECT_ROOT
 from tasks.benchmarks.machine import cpu_description
-from tasks.core.resolvers import register_resolvers
-from tasks.core.runner import evaluate, train
+from tasks.benchmarks.runs import timed_run
+from tasks.core.runner import evaluate
 from tasks.data.shapes import ShapesSpec, ensure_shapes
 
 SHOWN = ("map_50", "map", "map_small", "mar_100")
-
-
-def run(overrides: list[str], output_dir: Path, command=train) -> tuple[dict, float]:
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, f"paths.output_dir={output_dir}"])
-    start = time.perf_counter()
-    metrics = command(cfg)
-    return metrics, time.perf_counter() - start
 
 
 def main() -> None:
@@ -88,11 +75,11 @@ def main() -> None:
             "trainer.enable_progress_bar=false",
         ]
         tiles = [f"dataset.tile.size={args.tile}", "dataset.tile.overlap=0.2", "dataset.tile.keep_empty=0.1"]
-        whole, whole_time = run(common, Path(tmp) / "whole")
-        tiled, tiled_time = run([*common, *tiles], Path(tmp) / "tiles")
+        whole, whole_time = timed_run(common, Path(tmp) / "whole")
+        tiled, tiled_time = timed_run([*common, *tiles], Path(tmp) / "tiles")
         # the same weights, sliced without the whole-image pass (slicing.full_image=false)
         checkpoint = Path(tmp) / "tiles" / "checkpoints" / "best.ckpt"
-        tiles_only, tiles_only_time = run(
+        tiles_only, tiles_only_time = timed_run(
             [*common, *tiles, f"ckpt_path={checkpoint}", "slicing.full_image=false"], Path(tmp) / "eval", evaluate
         )
     print(f"\nmachine: {cpu_description()}")

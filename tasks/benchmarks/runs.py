@@ -1,0 +1,26 @@
+"""What the benchmarks that train share: a run from the project's configs, timed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from tasks import PROJECT_ROOT
+from tasks.core.resolvers import register_resolvers
+from tasks.core.runner import train
+
+
+def timed_run(
+    overrides: list[str], output_dir: Path, command: Callable[[DictConfig], dict] = train
+) -> tuple[dict, float]:
+    """``command`` (train, or evaluate) on the composed config with ``overrides``; its metrics and seconds."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+    start = time.perf_counter()
+    metrics = command(cfg)
+    return metrics, time.perf_counter() - start
