@@ -114,7 +114,9 @@ def _labelimg_folder(root: Path) -> Path:
     return root
 
 
-def test_voc_folder_pairs_by_name_and_reads_what_labelimg_writes(tmp_path: Path) -> None:
+def test_voc_folder_pairs_by_name_and_reads_what_labelimg_writes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root = _labelimg_folder(tmp_path / "photos")
     datamodule = VocFolderDataModule(root, val_fraction=0.34, split_file=tmp_path / "split.json", **OPTIONS)
     findings, class_names = datamodule.inspect()
@@ -125,6 +127,7 @@ def test_voc_folder_pairs_by_name_and_reads_what_labelimg_writes(tmp_path: Path)
     assert "leaves the 80x60 image" in by_check[REPAIRED, "box outside image"]
     assert not [f for f in findings if f.severity == ERROR]
     datamodule.setup()
+    assert "clipped 1 boxes to their image, dropped 0 boxes under one pixel" in caplog.text
     records = {Path(r.path).name: r for r in [*datamodule.train_set.records, *datamodule.val_set.records]}
     assert sorted(records) == ["a.png", "b.JPG", "c.png"]
     # 1-based inclusive pixels: xmin=1.5 is 0.5 px into the image; xmax=20.5 ends at edge 20.5

@@ -139,19 +139,18 @@ def polygon_findings(images: Sequence[LabelledImage]) -> list[Finding]:
     return findings
 
 
-@dataclass
-class LabelledIndex:
-    index: DetectionIndex
-    clipped: int = 0
-    dropped: int = 0
-
-
 def labelled_index(
-    images: Sequence[LabelledImage], class_names: Sequence[str], *, use_difficult: bool, masks: bool = False
-) -> LabelledIndex:
+    images: Sequence[LabelledImage],
+    class_names: Sequence[str],
+    source: str,
+    *,
+    use_difficult: bool,
+    masks: bool = False,
+) -> DetectionIndex:
     """Image ids 1..N in the given order; boxes clipped to their image, those under one pixel
-    dropped; difficult objects are ignore regions unless ``use_difficult``; ``masks``: each object's
-    polygon as its segmentation (every object must have one)."""
+    dropped (one warning, naming ``source``, counts both); difficult objects are ignore regions
+    unless ``use_difficult``; ``masks``: each object's polygon as its segmentation (every object
+    must have one)."""
     label_of = {name: i + 1 for i, name in enumerate(class_names)}
     columns: dict[str, list] = {key: [] for key in ("heights", "widths", "files", "counts")}
     boxes_all, labels_all, ignored_all, segmentations = [], [], [], []
@@ -178,7 +177,9 @@ def labelled_index(
         np.concatenate(ignored_all) if ignored_all else np.zeros(0),
         segmentations if masks else None,
     )
-    return LabelledIndex(index, clipped, dropped)
+    if clipped or dropped:
+        log.warning("%s: clipped %d boxes to their image, dropped %d boxes under one pixel", source, clipped, dropped)
+    return index
 
 
 # -- a validation split when the data has none -------------------------------------------------

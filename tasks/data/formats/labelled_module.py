@@ -147,22 +147,14 @@ class LabelledDataModule(DetectionDataModule):
             findings += polygon_findings(images)
         raise_on_errors([f for f in findings if f.check != "image file"], source)  # the caller checks images
         readable = self._readable(images, source)
-        built = labelled_index(
-            readable, class_names, use_difficult=self.use_difficult and split == "train", masks=self.masks
-        )
-        if built.clipped or built.dropped:
-            log.warning(
-                "%s: clipped %d boxes to their image, dropped %d boxes under one pixel",
-                source,
-                built.clipped,
-                built.dropped,
-            )
+        use_difficult = self.use_difficult and split == "train"
+        index = labelled_index(readable, class_names, source, use_difficult=use_difficult, masks=self.masks)
         return DetectionDataset(
-            built.index,
+            index,
             self.image_root,
             category_ids=category_ids,
             class_names=class_names,
-            ground_truth=lambda: coco_ground_truth(built.index, category_ids, class_names),
+            ground_truth=lambda: coco_ground_truth(index, category_ids, class_names),
             transforms=transforms,
             source=source,
         )

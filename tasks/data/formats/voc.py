@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -19,8 +18,6 @@ from tasks.data.formats.labelled import LabelledImage, LabelledObject, labelled_
 from tasks.data.formats.labelled_module import LabelledDataModule
 from tasks.data.ground_truth import coco_ground_truth
 from tasks.data.images import IMAGE_SUFFIXES, MAX_PIXELS, upright_size
-
-log = logging.getLogger(__name__)
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -209,25 +206,18 @@ class VocDetection(DetectionDataset):
         if not check_images:  # the caller checks the image files (and may leave bad ones out)
             findings = [f for f in findings if f.check != "image file"]
         raise_on_errors(findings, source)
-        built = labelled_index(images, class_names, use_difficult=use_difficult)
+        index = labelled_index(images, class_names, source, use_difficult=use_difficult)
         category_ids = list(range(1, len(class_names) + 1))
         super().__init__(
-            built.index,
+            index,
             root,
             category_ids=category_ids,
             class_names=class_names,
-            ground_truth=lambda: coco_ground_truth(built.index, category_ids, class_names),
+            ground_truth=lambda: coco_ground_truth(index, category_ids, class_names),
             transforms=transforms,
             source=source,
         )
         add_voc_evaluation(self)
-        if built.clipped or built.dropped:
-            log.warning(
-                "%s: clipped %d boxes to their image, dropped %d boxes under one pixel",
-                source,
-                built.clipped,
-                built.dropped,
-            )
 
 
 class VocDataModule(LabelledDataModule):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
 
 import yaml
@@ -169,8 +170,9 @@ class YoloDataModule(LabelledDataModule):
         super().__init__(root, **options)
         self.data_yaml = data_yaml
 
-    @property
+    @cached_property
     def data(self) -> dict:
+        """``data.yaml``, read once."""
         return read_data_yaml(self.root / self.data_yaml)
 
     def _read(self, split: str) -> tuple[list[LabelledImage], list[Finding]] | None:
