@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
+from torchvision.utils import draw_bounding_boxes
 
 from tasks.common.errors import UserError
 from tasks.inference.outputs import draw_detections, draw_semantic
@@ -69,8 +70,6 @@ def draw_item(image: torch.Tensor, target: dict, class_names: list[str], size: i
 
 
 def _caption(picture: np.ndarray, text: str) -> np.ndarray:
-    from torchvision.utils import draw_bounding_boxes
-
     canvas = torch.from_numpy(np.ascontiguousarray(picture)).permute(2, 0, 1)
     frame = torch.tensor([[0.0, 0.0, picture.shape[1] - 1, picture.shape[0] - 1]])
     return draw_bounding_boxes(canvas, frame, labels=[text], colors="white", width=1).permute(1, 2, 0).numpy()

@@ -96,10 +96,14 @@ class TaskDataModule(L.LightningDataModule):
             )
         return self._good[source]
 
+    def file_dataset(self, split: str) -> Dataset:
+        """The split's dataset of whole files (a data module that wraps it, e.g. in tiles, unwraps it)."""
+        return self.train_set if split == "train" else self.val_set
+
     def unaugmented(self, split: str) -> Dataset:
         """The split's items as the files hold them: no augmentation, no resizing (a copy of the
         dataset; the loaders keep theirs)."""
-        dataset = copy.copy(self.train_set if split == "train" else self.val_set)
+        dataset = copy.copy(self.file_dataset(split))
         for name in ("transforms", "resize", "tensor_transforms"):
             if hasattr(dataset, name):
                 setattr(dataset, name, None)

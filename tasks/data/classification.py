@@ -191,7 +191,7 @@ class ClassificationDataModule(TaskDataModule):
     def unaugmented(self, split: str) -> Dataset:
         """The split's images through the evaluation pipeline (resized and centre-cropped: a batch
         needs one size), without augmentation."""
-        dataset = copy.copy(self.train_set if split == "train" else self.val_set)
+        dataset = copy.copy(self.file_dataset(split))
         dataset.transforms, dataset.tensor_transforms = self.val_set.transforms, None
         return dataset
 

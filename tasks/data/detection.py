@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from functools import cached_property
 
@@ -153,18 +152,15 @@ class DetectionDataModule(TaskDataModule):
         )  # fmt: skip
         return factors
 
-    def unaugmented(self, split: str):
-        """As the files hold them: whole images also when training on tiles."""
-        if split == "train" and self.tile is not None:
-            whole = copy.copy(self.train_set.dataset)
-            whole.transforms = None
-            return whole
-        return super().unaugmented(split)
+    def file_dataset(self, split: str) -> DetectionDataset:
+        """Whole images, also when training on tiles."""
+        dataset = super().file_dataset(split)
+        return dataset.dataset if isinstance(dataset, TiledDataset) else dataset
 
     def training_index(self):
         """The training split's index (of whole images, also when training on tiles)."""
         self.setup()
-        return self.train_set.dataset.index if self.tile is not None else self.train_set.index
+        return self.file_dataset("train").index
 
     @cached_property
     def _metadata(self) -> tuple[list[int], list[str]]:
