@@ -28,8 +28,7 @@ class DetectionModule(TaskModule):
     def __init__(self, model, *, slicing: Slicing | None = None, **options) -> None:
         super().__init__(model, **options)
         self.slicing = slicing
-
-    _capped = [0, 0]  # validation images that reached the detection cap, validation images
+        self._capped = [0, 0]  # validation images that reached the detection cap, validation images
 
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()
