@@ -17,6 +17,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from tasks.data.formats.masks import encode_mask
+from tasks.evaluation.error_analysis import error_analysis
 from tasks.evaluation.evaluation import Evaluation
 from tasks.evaluation.gather import from_rank_zero, gather_by_image_id
 
@@ -44,6 +45,11 @@ class CocoResult:
     stats: dict[str, float]
     ap_per_class: dict[int, float] = field(default_factory=dict)  # category id -> AP@[.5:.95], if it has gt
     extra: dict = field(default_factory=dict)  # what an evaluator adds (e.g. VOC AP per class)
+    # category id -> ap_50 and ap_small/medium/large (AP@[.5:.95] per area range), where it has gt there
+    ap_detail: dict[int, dict[str, float]] = field(default_factory=dict)
+    # COCOeval's interpolated precision at IoU 0.5 (all areas, the largest maxDets) at each of its recall
+    # thresholds: {"recall": [...], "precision": {category id: [...]}} (-1 where the class has no gt)
+    pr_50: dict = field(default_factory=dict)
 
 
 def _quiet(*args: object, **kwargs: object) -> None:
@@ -91,17 +97,36 @@ def coco_evaluate(
     with contextlib.redirect_stdout(io.StringIO()):
         evaluation = _run_cocoeval(coco_gt, results, image_ids, backend, iou_type)
     stats = {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluation.stats[:12], strict=True)}
-    precision = np.asarray(evaluation.eval["precision"])[:, :, :, 0, -1]  # IoUs x recalls x classes, all areas
-    per_class, absent = {}, []
-    for k, category_id in enumerate(evaluation.params.catIds):
-        valid = precision[:, :, k][precision[:, :, k] > -1]
-        if valid.size:
-            per_class[int(category_id)] = float(valid.mean())
-        else:
-            absent.append(int(category_id))
+    per_class, detail, pr_50 = _per_class(evaluation)
+    absent = sorted(set(map(int, evaluation.params.catIds)) - set(per_class))
     if absent:
         warnings.warn(f"categories {absent} have no ground truth in the evaluated images: no AP for them", stacklevel=2)
-    return CocoResult(stats, per_class)
+    return CocoResult(stats, per_class, ap_detail=detail, pr_50=pr_50)
+
+
+def _mean_valid(precision: np.ndarray) -> float | None:
+    """COCOeval's mean over the entries it filled (-1: no ground truth there)."""
+    valid = precision[precision > -1]
+    return float(valid.mean()) if valid.size else None
+
+
+def _per_class(evaluation) -> tuple[dict[int, float], dict[int, dict[str, float]], dict]:
+    """From COCOeval's accumulated precision (IoUs x recalls x classes x areas x maxDets): AP per class,
+    its AP at IoU 0.5 and per area range, and the precision-recall curve at IoU 0.5."""
+    precision = np.asarray(evaluation.eval["precision"])
+    at_50 = int(np.argmin(np.abs(np.asarray(evaluation.params.iouThrs) - 0.5)))
+    per_class, detail, curves = {}, {}, {}
+    for k, category_id in enumerate(map(int, evaluation.params.catIds)):
+        ap = _mean_valid(precision[:, :, k, 0, -1])
+        if ap is None:
+            continue
+        per_class[category_id] = ap
+        values = {"ap_50": _mean_valid(precision[at_50, :, k, 0, -1])}
+        for a, area in enumerate(("small", "medium", "large"), start=1):
+            values[f"ap_{area}"] = _mean_valid(precision[:, :, k, a, -1])
+        detail[category_id] = {name: value for name, value in values.items() if value is not None}
+        curves[category_id] = precision[at_50, :, k, 0, -1].tolist()
+    return per_class, detail, {"recall": np.asarray(evaluation.params.recThrs).tolist(), "precision": curves}
 
 
 def coco_stats(coco_gt: COCO, results: list[dict], image_ids: Sequence[int] | None = None, backend="pycocotools"):
@@ -156,6 +181,7 @@ class CocoEvaluator:
         backend: str = "pycocotools",
         class_names: Sequence[str] | None = None,
         iou_types: Sequence[str] = ("bbox",),
+        analysis: Mapping[str, float] | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"COCO evaluation backend {backend!r} must be one of {BACKENDS}")
@@ -166,6 +192,8 @@ class CocoEvaluator:
         self.category_ids = list(category_ids)
         self.class_names = list(class_names) if class_names is not None else [str(c) for c in self.category_ids]
         self.backend = backend
+        self.analysis = dict(analysis or {})  # error_analysis's iou_threshold and score_threshold
+        self.last_analysis: tuple[dict[str, float], dict] = ({}, {})  # scalars, and plot contents
         self.last_result: CocoResult | None = None
         self.last_mask_result: CocoResult | None = None
         self.last_predictions: list[dict] = []  # gathered rows of the last compute, original ids (rank 0)
@@ -199,39 +227,57 @@ class CocoEvaluator:
         result, self.last_predictions = self._evaluate(per_image, "bbox")
         return result
 
-    def _score_all(self, per_image: dict[int, dict[str, list[dict]]]) -> tuple[CocoResult, CocoResult | None]:
-        """Rank 0's work: boxes, and masks when asked for."""
-        boxes = self._score({image_id: rows["bbox"] for image_id, rows in per_image.items()})
+    def _score_all(self, per_image: dict[int, dict[str, list[dict]]]) -> tuple:
+        """Rank 0's work: boxes (with their error analysis), and masks when asked for."""
+        box_rows = {image_id: rows["bbox"] for image_id, rows in per_image.items()}
+        boxes = self._score(box_rows)
+        analysis = self._analyse(box_rows, boxes)
         if not self.with_masks:
-            return boxes, None
+            return boxes, None, analysis
         masks, self.last_segmentations = self._evaluate(
             {image_id: rows["segm"] for image_id, rows in per_image.items()}, "segm"
         )
-        return boxes, masks
+        return boxes, masks, analysis
+
+    def _analyse(self, box_rows: dict[int, list[dict]], result: CocoResult) -> tuple[dict[str, float], dict]:
+        """The error analysis's scalars, and the confusion matrix and precision-recall curves to draw."""
+        scalars, matrix = error_analysis(self.coco_gt, box_rows, self.category_ids, self.class_names, **self.analysis)
+        names = dict(zip(self.category_ids, self.class_names, strict=True))
+        curves = {
+            "iou_threshold": 0.5,
+            "recall": result.pr_50.get("recall", []),
+            "precision": {names[cid]: values for cid, values in result.pr_50.get("precision", {}).items()},
+            "ap_50": {names[cid]: detail["ap_50"] for cid, detail in result.ap_detail.items()},
+        }
+        return scalars, {"confusion_matrix": matrix, "pr_curves": curves}
 
     def compute(self) -> Evaluation:
         """The stats and per-class table on every process; ``predictions.json`` (COCO results, the
         dataset's own ids), and ``segmentations.json`` with masks, on rank 0."""
         per_image = gather_by_image_id(self._results)
-        self.last_result, self.last_mask_result = from_rank_zero(
+        self.last_result, self.last_mask_result, self.last_analysis = from_rank_zero(
             self._score_all(per_image) if per_image is not None else None
         )
         scalars = dict(self.last_result.stats)
         if self.last_mask_result is not None:
             scalars.update({MASK_PREFIX + name: value for name, value in self.last_mask_result.stats.items()})
+        scalars.update(self.last_analysis[0])
         files = {}
         if per_image is not None:
             files["predictions.json"] = self.last_predictions
             if self.with_masks:
                 files["segmentations.json"] = self.last_segmentations
-        return Evaluation(scalars, self.per_class_table(), files)
+        return Evaluation(scalars, self.per_class_table(), files, analysis=self.last_analysis[1])
 
     def per_class_table(self) -> dict[str, dict[str, float]]:
         """Per-class AP of the last ``compute``, keyed by class name."""
         if self.last_result is None:
             return {}
         names = dict(zip(self.category_ids, self.class_names, strict=True))
-        table = {names.get(cid, str(cid)): {"ap": ap} for cid, ap in self.last_result.ap_per_class.items()}
+        table = {
+            names.get(cid, str(cid)): {"ap": ap, **self.last_result.ap_detail.get(cid, {})}
+            for cid, ap in self.last_result.ap_per_class.items()
+        }
         for cid, ap in (self.last_mask_result.ap_per_class if self.last_mask_result else {}).items():
             table.setdefault(names.get(cid, str(cid)), {})["mask_ap"] = ap
         return table

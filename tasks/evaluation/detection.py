@@ -20,10 +20,13 @@ def detection_evaluator(
     voc_ground_truth: Mapping[int, VocGroundTruth] | None = None,
     backend: str = "pycocotools",
     iou_types: Sequence[str] = ("bbox",),
+    analysis: Mapping[str, float] | None = None,
 ) -> CocoEvaluator:
     """COCOeval against ``ground_truth`` (crowd regions included) for ``iou_types`` (``segm`` scores
-    masks too), with the 11-point and area VOC AP when ``voc_ground_truth`` is given. The data module's
-    ``evaluation_inputs()`` supplies every argument but the two the task config chooses."""
+    masks too), with the 11-point and area VOC AP when ``voc_ground_truth`` is given; ``analysis``: the
+    thresholds of the error analysis (``tasks.evaluation.error_analysis``). The data module's
+    ``evaluation_inputs()`` supplies every argument but those the task config chooses."""
+    options = {"backend": backend, "class_names": class_names, "iou_types": iou_types, "analysis": analysis}
     if voc_ground_truth is not None:
-        return VocEvaluator(ground_truth, category_ids, voc_ground_truth, class_names, backend, iou_types)
-    return CocoEvaluator(ground_truth, category_ids, backend=backend, class_names=class_names, iou_types=iou_types)
+        return VocEvaluator(ground_truth, category_ids, voc_ground_truth, **options)
+    return CocoEvaluator(ground_truth, category_ids, **options)

@@ -18,6 +18,8 @@ class Evaluation:
     scalars: dict[str, float]
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)  # class name -> metric -> value
     files: dict[str, Any] = field(default_factory=dict)  # run-directory file -> JSON content (rank 0 only)
+    # what the plots draw (tasks.evaluation.plots): detection's confusion_matrix and pr_curves
+    analysis: dict[str, Any] = field(default_factory=dict)
 
 
 class Evaluator(Protocol):

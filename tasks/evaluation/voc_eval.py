@@ -109,8 +109,9 @@ class VocEvaluator(CocoEvaluator):
         class_names: Sequence[str],
         backend: str = "pycocotools",
         iou_types: Sequence[str] = ("bbox",),
+        analysis: Mapping[str, float] | None = None,
     ) -> None:
-        super().__init__(ground_truth, category_ids, backend=backend, class_names=class_names, iou_types=iou_types)
+        super().__init__(ground_truth, category_ids, backend, class_names, iou_types, analysis)
         self.voc_ground_truth = voc_ground_truth
 
     def _score(self, per_image: dict[int, list[dict]]) -> CocoResult:
