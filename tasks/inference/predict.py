@@ -20,6 +20,7 @@ from torch import Tensor
 from tasks.common.errors import UserError
 from tasks.common.metadata import load_trained_model
 from tasks.data.formats.palette import save_palette_png
+from tasks.evaluation import drawing
 from tasks.evaluation.predictions import capped_message, count_capped, detection_cap
 from tasks.evaluation.slicing import Slicing, predict_images_sliced, slicing_settings
 from tasks.inference import outputs
@@ -96,13 +97,13 @@ class PredictionWriter:
         names = self.metadata["class_names"]
         overlay = self.output_dir / self._unique(Path("overlays") / outputs.overlay_name(relative), relative)
         if self.semantic:
-            mask = outputs.semantic_mask(found["logits"], image)
+            mask = drawing.semantic_mask(found["logits"], image)
             mask_file = self._unique(Path("masks") / relative.with_suffix(".png"), relative)
             save_palette_png(mask, self.output_dir / mask_file)
-            outputs.save_picture(outputs.draw_semantic(image, mask, len(names)), overlay)
+            outputs.save_picture(drawing.draw_semantic(image, mask, len(names)), overlay)
             return [outputs.semantic_row(mask, relative.as_posix(), mask_file.as_posix(), names)]
         detections = outputs.kept_detections(found, model_input, image, self.score_threshold)
-        outputs.save_picture(outputs.draw_detections(image, detections, names, self.mask_threshold), overlay)
+        outputs.save_picture(drawing.draw_detections(image, detections, names, self.mask_threshold), overlay)
         category_ids = self.metadata.get("category_ids")
         return outputs.detection_rows(detections, relative.as_posix(), names, category_ids, self.mask_threshold)
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.core.show import draw_item, show_dataset
+from tasks.core.show import show_dataset
 from tasks.data.images import read_rgb
-from tasks.inference.outputs import class_colours
+from tasks.evaluation.drawing import class_colours, draw_item
 from tests.support import compose_config, shapes_overrides
 
 
