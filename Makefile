@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[dev,deploy,tensorboard]"
+	$(PY) -m pip install --quiet -e ".[dev,deploy,tensorboard,mlflow,wandb,sweep]"
 	touch $@
 
 setup: $(VENV)/.installed

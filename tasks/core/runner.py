@@ -25,7 +25,7 @@ from tasks.common.metadata import inference_metadata
 from tasks.core.recipes import apply_command_line_limits, command_line_overrides, log_recipe
 from tasks.data.object_sizes import fit_anchor_base, input_sizes
 from tasks.training.checkpointing import AtomicCheckpointIO
-from tasks.training.loggers import build_loggers, flat_config
+from tasks.training.loggers import build_loggers, close_loggers, flat_config
 
 log = logging.getLogger(__name__)
 
@@ -137,16 +137,28 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         module.prediction_dir = output_dir / "masks"
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
     metrics = validation_metrics(trainer, module, datamodule)
-    write_outputs(module, metrics, output_dir, checkpoint)
+    write_outputs(module, metrics, output_dir, checkpoint, bool(cfg.get("plots", True)))
     return metrics
 
 
-def write_outputs(module: L.LightningModule, metrics: dict[str, float], output_dir: Path, checkpoint: str | None):
-    """``metrics.json`` with the per-class table, and the evaluator's files (``predictions.json`` ...)."""
+def write_outputs(
+    module: L.LightningModule, metrics: dict[str, float], output_dir: Path, checkpoint: str | None, plots: bool
+) -> None:
+    """``metrics.json`` with the per-class table, the evaluator's files (``predictions.json`` ...), and
+    with ``plots`` the charts of the evaluation (``plots/``)."""
     evaluation = module.last_evaluation
     report(metrics, output_dir, checkpoint, evaluation.per_class if evaluation else None)
-    for name, content in (evaluation.files if evaluation else {}).items():
+    files = dict(evaluation.files) if evaluation else {}
+    if plots and evaluation is not None and is_global_zero(module):
+        from tasks.evaluation.plots import evaluation_plots  # matplotlib is imported where charts are drawn
+
+        files.update(evaluation_plots(evaluation))
+    for name, content in files.items():
         write_file(content, output_dir / name)
+
+
+def is_global_zero(module: L.LightningModule) -> bool:
+    return module._trainer is None or module.trainer.is_global_zero
 
 
 @rank_zero_only
@@ -191,13 +203,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_checkpoint_fits(resume, module, ckpt_path)
         del resume  # Lightning reads the file again to restore every state
     trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    if never_validated(trainer):
-        checkpoint, metrics = validate_final_weights_as_best(trainer, module, datamodule)
-    else:
-        checkpoint = best_checkpoint(trainer)
-        metrics = validation_metrics(trainer, module, datamodule, checkpoint)
-    write_outputs(module, metrics, Path(cfg.paths.output_dir), checkpoint)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        if never_validated(trainer):
+            checkpoint, metrics = validate_final_weights_as_best(trainer, module, datamodule)
+        else:
+            checkpoint = best_checkpoint(trainer)
+            metrics = validation_metrics(trainer, module, datamodule, checkpoint)
+    finally:
+        close_loggers(trainer.loggers)
+    write_outputs(module, metrics, Path(cfg.paths.output_dir), checkpoint, bool(cfg.get("plots", True)))
     return metrics
 
 

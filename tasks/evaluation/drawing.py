@@ -42,7 +42,8 @@ def draw_detections(
         for label, score in zip(labels, scores, strict=True)
     ]
     width = max(1, round(min(image.shape[:2]) / 250))
-    picture = draw_bounding_boxes(picture, detections["boxes"], labels=captions, colors=box_colours, width=width)
+    if labels:
+        picture = draw_bounding_boxes(picture, detections["boxes"], labels=captions, colors=box_colours, width=width)
     return picture.permute(1, 2, 0).numpy()
 
 
@@ -117,12 +118,13 @@ def caption(picture: np.ndarray, text: str) -> np.ndarray:
     return draw_bounding_boxes(canvas, frame, labels=[text], colors="white", width=1).permute(1, 2, 0).numpy()
 
 
-def grid(pictures: list[np.ndarray], cell: int, columns: int) -> Image.Image:
-    """Pictures scaled to fit ``cell`` pixels square, in rows of ``columns``."""
+def grid(pictures: list[np.ndarray], cell: int | tuple[int, int], columns: int) -> Image.Image:
+    """Pictures scaled down to fit cells of ``cell`` pixels (square, or width x height), in rows of ``columns``."""
+    width, height = (cell, cell) if isinstance(cell, int) else cell
     rows = math.ceil(len(pictures) / columns)
-    sheet = Image.new("RGB", (columns * cell, rows * cell), (32, 32, 32))
+    sheet = Image.new("RGB", (columns * width, rows * height), (32, 32, 32))
     for k, picture in enumerate(pictures):
         image = Image.fromarray(picture)
-        image.thumbnail((cell - 4, cell - 4))
-        sheet.paste(image, ((k % columns) * cell + 2, (k // columns) * cell + 2))
+        image.thumbnail((width - 4, height - 4))
+        sheet.paste(image, ((k % columns) * width + 2, (k // columns) * height + 2))
     return sheet

@@ -44,6 +44,13 @@ class DetectionModule(TaskModule):
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         return self.model(to_float_images(images))
 
+    def detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        """Detections in the input images' pixels: on tiles, merged (``slicing``), or on the whole images."""
+        images = to_float_images(images)
+        if self.slicing is not None:
+            return predict_images_sliced(self.model, images, self.slicing, detection_cap(self.model))
+        return self.model(images)
+
     def batch_loss(self, batch: tuple[list[Tensor], list[dict]]) -> Tensor | None:
         """The summed losses on ``batch`` in the model's current mode (None where eval mode has none)."""
         images, targets = batch
@@ -69,9 +76,9 @@ class DetectionModule(TaskModule):
     def validation_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> None:
         images, targets = batch
         images = to_float_images(images)
-        if self.slicing is not None:  # tiles of full-resolution images, merged; no validation loss
-            detections = predict_images_sliced(self.model, images, self.slicing, detection_cap(self.model))
-        elif hasattr(self.model, "losses_and_detections"):
+        if self.slicing is not None or not hasattr(self.model, "losses_and_detections"):
+            detections = self.detect(images)  # sliced: tiles of full-resolution images merged, no loss
+        else:
             # proposal sampling draws random numbers: a private, per-batch seeded stream keeps the
             # validation loss repeatable and leaves the training random state untouched
             devices = [self.device.index] if self.device.type == "cuda" else []
@@ -83,8 +90,6 @@ class DetectionModule(TaskModule):
             self.log_dict({f"val/{name}": v for name, v in losses.items()}, batch_size=batch_size, sync_dist=True)
             self.log("val/loss", total, batch_size=batch_size, sync_dist=True)
             self.record_val_loss(total, batch_size)
-        else:
-            detections = self.model(images)
         self._capped[0] += count_capped(detections, detection_cap(self.model))
         self._capped[1] += len(detections)
         rescale_to_original(detections, images, targets)

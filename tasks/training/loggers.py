@@ -8,8 +8,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
@@ -40,7 +41,11 @@ class ResumableCSVLogger(CSVLogger):
 
 
 # the package each logger needs, and the extra that installs it
-LOGGER_PACKAGES = {"TensorBoardLogger": ("tensorboard", "tensorboard")}
+LOGGER_PACKAGES = {
+    "TensorBoardLogger": ("tensorboard", "tensorboard"),
+    "MLFlowLogger": ("mlflow", "mlflow"),
+    "WandbLogger": ("wandb", "wandb"),
+}
 
 
 def build_loggers(config: DictConfig | None) -> list[Logger]:
@@ -72,3 +77,23 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
 
     walk(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False), "")
     return flat
+
+
+def log_image(loggers: list[Logger], key: str, picture: np.ndarray, step: int) -> None:
+    """An HxWx3 uint8 picture to every logger that takes images (TensorBoard, MLflow, W&B); the CSV
+    logger takes none (the picture is in the run's ``plots/`` folder anyway)."""
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, picture, global_step=step, dataformats="HWC")
+        elif isinstance(logger, MLFlowLogger):
+            logger.experiment.log_image(logger.run_id, picture, key=key.replace("/", "_"), step=step)
+        elif isinstance(logger, WandbLogger):
+            logger.log_image(key, [picture], step=step)
+
+
+def close_loggers(loggers: list[Logger]) -> None:
+    """End the W&B run (Lightning leaves it open until the process exits): the next run of a sweep in
+    the same process starts its own."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()

@@ -4,10 +4,12 @@ a logger whose package is missing stops at start-up naming the extra."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tasks.common.errors import UserError
@@ -16,9 +18,14 @@ from tasks.training.loggers import build_loggers
 from tests.support import TINY_DETECTION, compose_config, shapes_overrides
 
 
-def _scalars(folder: Path) -> dict[str, list[float]]:
-    events = EventAccumulator(str(folder))
+def _events(folder: Path) -> EventAccumulator:
+    events = EventAccumulator(str(folder), size_guidance={"images": 0})
     events.Reload()
+    return events
+
+
+def _scalars(folder: Path) -> dict[str, list[float]]:
+    events = _events(folder)
     return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
@@ -38,6 +45,11 @@ def test_tensorboard_and_csv_together_log_the_same_values_and_the_config(shapes_
     for folder in (tmp_path / "tensorboard", tmp_path / "logs"):
         hparams = yaml.safe_load((folder / "hparams.yaml").read_text())
         assert hparams["task.name"] == "detection" and hparams["trainer.max_steps"] == 4
+    # the validation pictures: one per validation, in TensorBoard as in plots/
+    drawn = sorted((tmp_path / "plots" / "val_predictions").glob("step_*.png"))
+    images = _events(tmp_path / "tensorboard").Images("val/predictions")
+    assert [image.step for image in images] == [int(path.stem.removeprefix("step_")) for path in drawn] == [4]
+    assert (images[0].width, images[0].height) == Image.open(drawn[0]).size
 
 
 def test_a_missing_logger_package_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,3 +60,34 @@ def test_a_missing_logger_package_names_the_extra(tmp_path: Path, monkeypatch: p
         UserError, match=r'TensorBoardLogger needs the tensorboard package: pip install -e "\.\[tensorboard\]"'
     ):
         build_loggers(cfg.logger)
+
+
+def _tiny_run(shapes_root: Path, tmp_path: Path, *overrides: str) -> None:
+    train(compose_config(["backbone=resnet18", *TINY_DETECTION, *shapes_overrides(shapes_root), "trainer.max_steps=4",
+                          "trainer.log_every_n_steps=1", *overrides], tmp_path))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_mlflow_writes_params_metrics_and_pictures_to_a_local_store(shapes_root: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    _tiny_run(shapes_root, tmp_path, "logger=mlflow", f"paths.log_dir={tmp_path}/outputs")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    (run,) = client.search_runs(client.get_experiment_by_name("detection").experiment_id)
+    assert run.data.params["task.name"] == "detection" and run.data.params["trainer.max_steps"] == "4"
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    rows = (tmp_path / "plots" / "curves.json").read_text()
+    assert len(losses) == 4 and losses[-1] == pytest.approx(json.loads(rows)["train/loss"][-1][1], rel=1e-6)
+    assert "val/map" in run.data.metrics and "val/fp_background" in run.data.metrics
+    pictures = list((tmp_path / "outputs" / "mlartifacts").rglob("*.png"))
+    assert any("val_predictions" in str(p) for p in pictures)
+
+
+@pytest.mark.slow
+def test_wandb_offline_writes_its_run_directory(shapes_root: Path, tmp_path: Path) -> None:
+    _tiny_run(shapes_root, tmp_path, "logger=wandb")
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    (records,) = run_dir.glob("run-*.wandb")  # W&B's own record file, read by `wandb sync`
+    assert list((run_dir / "files" / "media").rglob("*.png"))  # the validation pictures
+    content = records.read_bytes()
+    assert b"task.name" in content and b"train/loss" in content and b"val/map" in content
