@@ -14,6 +14,7 @@ from tasks.core.runner import evaluate, train
 from tasks.data.formats.coco import load_coco
 from tasks.data.shapes import ShapesSpec, ensure_shapes
 from tasks.evaluation.coco_eval import COCO_STAT_NAMES
+from tasks.evaluation.error_analysis import error_analysis
 from tests.support import CPU_DDP, TINY_DETECTION, compose_config, pycocotools_stats, run_script
 
 MASK_STAT_NAMES = tuple(f"mask_{name}" for name in COCO_STAT_NAMES)
@@ -107,3 +108,28 @@ def test_two_ddp_processes_match_one(trained, one_process, tmp_path: Path) -> No
         ones = sorted(r["score"] for r in single_predictions if r["image_id"] == image_id)
         twos = sorted(r["score"] for r in double_predictions if r["image_id"] == image_id)
         assert twos == pytest.approx(ones, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_the_plots_hold_what_the_written_predictions_give(trained, one_process, tmp_path: Path) -> None:
+    """evaluate.py's charts: the confusion matrix recomputed from predictions.json, the PR curves' AP50
+    equal to the per-class table's, the per-class chart's numbers those of metrics.json."""
+    checkpoint, overrides, root = trained
+    metrics, predictions, _, _ = one_process
+    run_dir = tmp_path / "plots"
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluate(compose_config([*overrides, f"ckpt_path={checkpoint}", "plots=true"], run_dir))
+    read = lambda name: json.loads((run_dir / "plots" / name).read_text())  # noqa: E731
+    coco_gt = load_coco(root / "annotations" / "instances_train2017.json")
+    category_ids = sorted(coco_gt.getCatIds())
+    names = [coco_gt.cats[c]["name"] for c in category_ids]
+    by_image = {image_id: [r for r in predictions if r["image_id"] == image_id] for image_id in coco_gt.getImgIds()}
+    scalars, matrix = error_analysis(coco_gt, by_image, category_ids, names)
+    assert read("confusion_matrix.json") == json.loads(json.dumps(matrix))
+    assert sum(map(sum, matrix["matrix"])) > 0
+    assert {name: metrics[name] for name in scalars} == pytest.approx(scalars, abs=1e-12)
+    curves = read("pr_curves.json")
+    assert curves["ap_50"] == pytest.approx({name: row["ap_50"] for name, row in metrics["per_class"].items()})
+    assert read("per_class.json") == metrics["per_class"]
+    for name in ("confusion_matrix", "pr_curves", "per_class"):
+        assert (run_dir / "plots" / f"{name}.png").stat().st_size > 1000
