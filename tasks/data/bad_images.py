@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from tasks.common.progress import progress
 from tasks.data.doctor import DatasetError
 from tasks.data.images import image_file_problem
 
@@ -75,9 +76,9 @@ def find_bad_images(
     workers = min(workers or os.cpu_count() or 1, 16)
     if len(jobs) >= _POOL_THRESHOLD and workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            found = list(pool.map(_problem, jobs, chunksize=64))
+            found = list(progress(pool.map(_problem, jobs, chunksize=64), len(jobs), "checking images"))
     else:
-        found = [_problem(job) for job in jobs]
+        found = [_problem(job) for job in progress(jobs, len(jobs), "checking images")]
     for i, problem in zip(todo, found, strict=True):
         cached[str(items[i][0])] = [identities[i], problem]
     if todo and cache_file is not None:

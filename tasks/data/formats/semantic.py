@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 from pycocotools.coco import COCO
 
+from tasks.common.progress import progress
 from tasks.data.formats.coco import load_coco
 from tasks.data.formats.voc import VOC_CLASSES
 from tasks.data.images import MAX_PIXELS, inspect_image_file
@@ -162,6 +163,9 @@ def _write_masks(image_ids: list[int]) -> None:
         Image.fromarray(mask).save(folder / f"{Path(info['file_name']).stem}.png")
 
 
+MASK_STEPS = "drawing masks (256 images a step)"
+
+
 def _build_masks(coco: COCO, label_of: dict[int, int], folder: Path, workers: int) -> None:
     """Every image's mask into ``folder``, in ``workers`` forked processes."""
     image_ids = sorted(coco.imgs)
@@ -170,9 +174,9 @@ def _build_masks(coco: COCO, label_of: dict[int, int], folder: Path, workers: in
         chunks = [image_ids[i : i + 256] for i in range(0, len(image_ids), 256)]
         if workers > 1 and len(chunks) > 1 and "fork" in mp.get_all_start_methods():
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-                list(pool.map(_write_masks, chunks))
+                list(progress(pool.map(_write_masks, chunks), len(chunks), MASK_STEPS, "steps", min_items=4))
         else:
-            for chunk in chunks:
+            for chunk in progress(chunks, len(chunks), MASK_STEPS, "steps", min_items=4):
                 _write_masks(chunk)
     finally:
         _BUILD.clear()

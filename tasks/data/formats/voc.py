@@ -12,6 +12,7 @@ import albumentations as A
 import numpy as np
 from PIL import Image
 
+from tasks.common.progress import progress
 from tasks.data.detection_dataset import DetectionDataset
 from tasks.data.doctor import ERROR, INFO, Finding, raise_on_errors
 from tasks.data.formats.labelled import LabelledImage, LabelledObject, labelled_findings, labelled_index
@@ -139,7 +140,7 @@ def read_voc_split(
             findings.append(Finding(ERROR, "image set", str(err)))
             continue
         image_names = _images_by_stem(root / f"VOC{year}" / "JPEGImages")
-        for file_id in file_ids:
+        for file_id in progress(file_ids, len(file_ids), f"reading VOC{year} {split} annotations"):
             file_name = f"VOC{year}/JPEGImages/{image_names.get(file_id, file_id + '.jpg')}"
             xml_path = root / f"VOC{year}" / "Annotations" / f"{file_id}.xml"
             image = LabelledImage(root / file_name, file_name, xml_path)

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from tasks.common.progress import progress
 from tasks.data.doctor import ERROR, INFO, Finding
 from tasks.data.formats.labelled import LabelledImage
 from tasks.data.formats.labelled_module import LabelledDataModule
@@ -38,7 +39,7 @@ def read_voc_folder(folder: Path, root: Path, *, one_based: bool) -> tuple[list[
             by_stem[path.relative_to(image_dir).with_suffix("")].append(path)
     xml_files = sorted(p for p in xml_dir.rglob("*") if p.suffix.lower() == ".xml" and not is_hidden(p, xml_dir))
     images, findings, paired = [], [], set()
-    for xml_path in xml_files:
+    for xml_path in progress(xml_files, len(xml_files), f"reading the XML files of {xml_dir}"):
         stem = xml_path.relative_to(xml_dir).with_suffix("")
         candidates = by_stem.get(stem, [])
         if len(candidates) != 1:

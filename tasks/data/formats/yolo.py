@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
+from tasks.common.progress import progress
 from tasks.data.doctor import ERROR, INFO, Finding
 from tasks.data.formats.labelled import LabelledImage, LabelledObject
 from tasks.data.formats.labelled_module import LabelledDataModule
@@ -121,7 +122,8 @@ def parse_label_rows(text: str, path: Path, names: Sequence[str], size: tuple[in
 
 def read_yolo_split(entry: str | list, base: Path, names: Sequence[str]) -> tuple[list[LabelledImage], list[Finding]]:
     images, findings, missing = [], [], []
-    for image_path in _listed_images(base, entry):
+    listed = _listed_images(base, entry)
+    for image_path in progress(listed, len(listed), f"reading the YOLO labels of {entry}"):
         labels = label_path(image_path)
         file_name = image_path.relative_to(base).as_posix() if image_path.is_relative_to(base) else str(image_path)
         image = LabelledImage(image_path, file_name, labels if labels.is_file() else None)
