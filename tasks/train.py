@@ -17,10 +17,12 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @exit_on_user_error
-def main(cfg: DictConfig) -> dict[str, float]:
-    from tasks.core.runner import train  # here: showing the config (--cfg job) imports no Lightning
+def main(cfg: DictConfig) -> dict[str, float] | float:
+    """The run's metrics, or the one a sweeper optimises (``optimized_metric``, e.g. ``hparams_search=...``)."""
+    from tasks.core.runner import optimized_value, train  # here: showing the config (--cfg job) imports no Lightning
 
-    return train(cfg)
+    metrics = train(cfg)
+    return optimized_value(metrics, cfg.get("optimized_metric")) if cfg.get("optimized_metric") else metrics
 
 
 if __name__ == "__main__":

@@ -53,9 +53,17 @@ def user_error(err: BaseException) -> BaseException | None:
     return None
 
 
+def in_sweep() -> bool:
+    """True inside a job of ``-m`` (Hydra's multirun)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
     """Wrap a command's main function: a user error is logged as one message, then the process
-    exits with status 2."""
+    exits with status 2 (in a sweep, the job fails and the sweep goes on)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> T:
@@ -66,6 +74,8 @@ def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
             if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             log.error("%s\n(HYDRA_FULL_ERROR=1 shows the traceback)", cause)
+            if in_sweep():  # the sweeper records the trial as failed and goes on with the next
+                raise cause from None
             sys.exit(USER_ERROR_STATUS)
 
     return wrapper

@@ -216,6 +216,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def optimized_value(metrics: dict[str, float], name: str) -> float:
+    """The metric a sweeper optimises, named as logged (``val/map``) or as in metrics.json (``map``)."""
+    key = name.removeprefix("val/")
+    if key not in metrics:
+        raise UserError(f"optimized_metric={name} is not among the run's metrics: choose one of {sorted(metrics)}")
+    return float(metrics[key])
+
+
 def never_validated(trainer: L.Trainer) -> bool:
     """True when the run's checkpoint callback saw no validation (e.g. validation every 6 epochs, a
     run of 4): there is no best checkpoint to score."""
