@@ -132,6 +132,22 @@ TINY_SEGMENTATION = [
 ]
 
 
+# the tiny shapes (32 px) in class folders: a classification run of a few steps
+TINY_CLASSIFICATION = [
+    "task=classification",
+    f"dataset.num_train={TINY_SHAPES.num_train}",
+    f"dataset.num_val={TINY_SHAPES.num_val}",
+    "dataset.image_size=32",
+    "dataset.min_object_size=8",
+    "dataset.max_object_size=24",
+    "dataset.crop_size=32",
+    "dataset.val_resize=32",
+    "dataset.batch_size=4",
+    "dataset.val_batch_size=4",
+    "trainer.enable_progress_bar=false",
+]
+
+
 def shapes_seg_overrides(voc_root: Path) -> list[str]:
     """The tiny shapes in VOC layout: the same generation settings as ``shapes_overrides``."""
     return [f"dataset.root={voc_root}", *shapes_overrides(voc_root)[1:8]]

@@ -10,12 +10,14 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 from hydra.utils import get_method, instantiate
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
@@ -25,7 +27,7 @@ from tasks.common.metadata import inference_metadata
 from tasks.core.recipes import apply_command_line_limits, command_line_overrides, log_recipe
 from tasks.data.object_sizes import fit_anchor_base, input_sizes
 from tasks.training.checkpointing import AtomicCheckpointIO
-from tasks.training.loggers import build_loggers, close_loggers, flat_config
+from tasks.training.loggers import build_loggers, close_loggers, flat_config, log_image
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +144,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 def write_outputs(
-    module: L.LightningModule, metrics: dict[str, float], output_dir: Path, checkpoint: str | None, plots: bool
+    module: L.LightningModule,
+    metrics: dict[str, float],
+    output_dir: Path,
+    checkpoint: str | None,
+    plots: bool,
+    loggers: Sequence[Logger] = (),
 ) -> None:
     """``metrics.json`` with the per-class table, the evaluator's files (``predictions.json`` ...), and
-    with ``plots`` the charts of the evaluation (``plots/``)."""
+    with ``plots`` the charts of the evaluation (``plots/``), also to the ``loggers`` that take images."""
     evaluation = module.last_evaluation
     report(metrics, output_dir, checkpoint, evaluation.per_class if evaluation else None)
     files = dict(evaluation.files) if evaluation else {}
@@ -155,6 +162,8 @@ def write_outputs(
         files.update(evaluation_plots(evaluation))
     for name, content in files.items():
         write_file(content, output_dir / name)
+        if name.endswith(".png"):
+            log_image(list(loggers), name.removesuffix(".png"), np.asarray(content), module.global_step)
 
 
 def is_global_zero(module: L.LightningModule) -> bool:
@@ -210,9 +219,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         else:
             checkpoint = best_checkpoint(trainer)
             metrics = validation_metrics(trainer, module, datamodule, checkpoint)
+        output_dir, plots = Path(cfg.paths.output_dir), bool(cfg.get("plots", True))
+        write_outputs(module, metrics, output_dir, checkpoint, plots, trainer.loggers)
     finally:
         close_loggers(trainer.loggers)
-    write_outputs(module, metrics, Path(cfg.paths.output_dir), checkpoint, bool(cfg.get("plots", True)))
     return metrics
 
 

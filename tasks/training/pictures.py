@@ -65,6 +65,7 @@ class RunPictures(Callback):
             self.output_dir.mkdir(parents=True, exist_ok=True)
             picture.save(self.output_dir / "curves.png")
             (self.output_dir / "curves.json").write_text(json.dumps(self.history))
+            log_image(trainer.loggers, "plots/curves", np.asarray(picture), trainer.global_step)
             log.info("loss and metric curves: %s", self.output_dir / "curves.png")
 
     def state_dict(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from tasks.evaluation.classification import ClassificationEvaluator, classificat
 from tasks.training.classification import batch_mixer
 from tests.support import (
     BACKBONE_CONFIGS,
+    TINY_CLASSIFICATION,
     TINY_DETECTION,
     TINY_SEGMENTATION,
     TINY_SHAPES,
@@ -33,21 +34,6 @@ from tests.support import (
     shapes_overrides,
     shapes_seg_overrides,
 )
-
-# the tiny shapes (64 px) in class folders: a classification run of a few steps
-TINY_CLASSIFICATION = [
-    "task=classification",
-    f"dataset.num_train={TINY_SHAPES.num_train}",
-    f"dataset.num_val={TINY_SHAPES.num_val}",
-    "dataset.image_size=32",
-    "dataset.min_object_size=8",
-    "dataset.max_object_size=24",
-    "dataset.crop_size=32",
-    "dataset.val_resize=32",
-    "dataset.batch_size=4",
-    "dataset.val_batch_size=4",
-    "trainer.enable_progress_bar=false",
-]
 
 
 # -- the model ------------------------------------------------------------------------------------

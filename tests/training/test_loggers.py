@@ -50,6 +50,9 @@ def test_tensorboard_and_csv_together_log_the_same_values_and_the_config(shapes_
     images = _events(tmp_path / "tensorboard").Images("val/predictions")
     assert [image.step for image in images] == [int(path.stem.removeprefix("step_")) for path in drawn] == [4]
     assert (images[0].width, images[0].height) == Image.open(drawn[0]).size
+    # and the charts of the end
+    tags = _events(tmp_path / "tensorboard").Tags()["images"]
+    assert {"plots/curves", "plots/per_class", "plots/pr_curves", "plots/confusion_matrix"} <= set(tags)
 
 
 def test_a_missing_logger_package_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
