@@ -18,6 +18,7 @@ from tasks.evaluation.evaluation import Evaluation  # noqa: E402
 
 # per-class columns drawn as bars, the first present of each pair
 BAR_METRICS = (("ap", "iou", "accuracy"), ("mask_ap",))
+BAR_LABELS = {"ap": "AP (IoU 0.50:0.95)", "mask_ap": "mask AP", "iou": "IoU", "accuracy": "accuracy"}
 MOST_LEGEND_ENTRIES = 20
 # metrics drawn as curves, where the run logs them (val/<name>)
 CURVE_METRICS = ("map", "map_50", "mask_map", "mask_map_50", "miou", "pixel_acc", "top1", "top5", "accuracy")
@@ -38,17 +39,19 @@ def per_class_picture(per_class: Mapping[str, Mapping[str, float]]) -> Image.Ima
         m in row for m in group for row in per_class.values())]  # fmt: skip
     if not columns:
         return None
-    names = sorted(per_class, key=lambda name: per_class[name].get(columns[0], 0.0))
+    # barh draws the first name at the bottom: best first puts the worst class at the top
+    names = sorted(per_class, key=lambda name: -per_class[name].get(columns[0], 0.0))
     height = 0.25 * len(names) + 1.2
     figure, axes = plt.subplots(figsize=(6, height))
     positions = np.arange(len(names))
     bar = 0.8 / len(columns)
     for k, column in enumerate(columns):
         values = [per_class[name].get(column, 0.0) for name in names]
-        axes.barh(positions + (k - (len(columns) - 1) / 2) * bar, values, height=bar, label=column)
+        offset = (k - (len(columns) - 1) / 2) * bar
+        axes.barh(positions + offset, values, height=bar, label=BAR_LABELS.get(column, column))
     axes.set_yticks(positions, names)
     axes.set_xlim(0, 1)
-    axes.set_xlabel(" / ".join(columns))
+    axes.set_xlabel(" / ".join(BAR_LABELS.get(column, column) for column in columns))
     axes.grid(axis="x", alpha=0.3)
     if len(columns) > 1:
         axes.legend(loc="lower right")
