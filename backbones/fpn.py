@@ -95,6 +95,7 @@ class FeaturePyramid(Backbone):
             if level not in needed:
                 self.fpn.layer_blocks[index] = nn.Identity()
         self._built = built
+        self.out_channels = out_channels  # every level's width, which torchvision's one-stage detectors read
         self._shapes = OrderedDict(
             (level, FeatureSpec(out_channels, stride)) for level, stride in zip(levels, strides, strict=True)
             if level in wanted

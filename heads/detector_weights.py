@@ -1,4 +1,4 @@
-"""Loading whole-detector weights (torchvision's COCO Faster R-CNN or a file) with label remapping."""
+"""Loading whole-detector weights (torchvision's COCO detectors or a file) with label remapping."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum
-from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights, MaskRCNN_ResNet50_FPN_Weights
+from torchvision.models.detection import (
+    FasterRCNN_ResNet50_FPN_Weights,
+    FCOS_ResNet50_FPN_Weights,
+    MaskRCNN_ResNet50_FPN_Weights,
+    RetinaNet_ResNet50_FPN_Weights,
+)
 
 from backbones.weights import WeightsError, load_state_dict_file, strip_prefix, torchvision_state_dict
 
@@ -17,13 +22,20 @@ COCO_WEIGHTS = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
 COCO_MASK_WEIGHTS = MaskRCNN_ResNet50_FPN_Weights.COCO_V1  # 37.9 box AP, 34.6 mask AP
 # torchvision's COCO detectors predict 91 indices: background, then COCO category ids 1..90 ("N/A" for gaps)
 COCO_91_NAMES: list[str] = list(COCO_WEIGHTS.meta["categories"])
-_PREDICTOR = "roi_heads.box_predictor."
-# per-class rows of the predictors: (state-dict key, rows per class)
-_PER_CLASS_ROWS = (
+# per detector kind: torchvision's COCO weights, and the per-class rows of its predictors as (state-dict key,
+# rows per class); the first key has one row per class (per anchor for RetinaNet: anchor-major blocks)
+_TWO_STAGE_ROWS = (
     ("roi_heads.box_predictor.cls_score", 1),
     ("roi_heads.box_predictor.bbox_pred", 4),
     ("roi_heads.mask_predictor.mask_fcn_logits", 1),
 )
+_ONE_STAGE_ROWS = (("head.classification_head.cls_logits", 1),)
+KINDS = {
+    "faster_rcnn": (COCO_WEIGHTS, _TWO_STAGE_ROWS),
+    "mask_rcnn": (COCO_MASK_WEIGHTS, _TWO_STAGE_ROWS),
+    "retinanet": (RetinaNet_ResNet50_FPN_Weights.COCO_V1, _ONE_STAGE_ROWS),  # 36.4 box AP
+    "fcos": (FCOS_ResNet50_FPN_Weights.COCO_V1, _ONE_STAGE_ROWS),  # 39.2 box AP
+}
 # PASCAL VOC names of COCO categories, so that COCO weights map all 20 VOC classes
 VOC_TO_COCO_NAMES = {
     "aeroplane": "airplane",
@@ -49,48 +61,63 @@ def _predictor_rows(source_names: Sequence[str], class_names: Sequence[str]) -> 
     return rows, missing
 
 
-def _remap_predictor(state: dict[str, Tensor], own: dict[str, Tensor], rows: list[int | None]) -> None:
-    """Pick predictor rows by class (4 box-regression rows per class), keeping ours where unknown."""
-    for key, per_class in _PER_CLASS_ROWS:
+def _remap_predictor(
+    state: dict[str, Tensor], own: dict[str, Tensor], rows: list[int | None], keys: tuple, blocks: int
+) -> None:
+    """Pick predictor rows by class (4 box-regression rows per class; in each of ``blocks`` anchor
+    blocks for RetinaNet), keeping ours where the class is unknown."""
+    for key, per_class in keys:
         for suffix in ("weight", "bias"):
             name = f"{key}.{suffix}"
             if name not in own:
                 continue  # no mask branch
-            source, target = state[name], own[name].clone()
+            rest = own[name].shape[1:]
+            source = state[name].reshape(blocks, -1, *rest)
+            target = own[name].clone().reshape(blocks, -1, *rest)
             for k, row in enumerate(rows):
                 if row is not None:
-                    target[k * per_class : (k + 1) * per_class] = source[row * per_class : (row + 1) * per_class]
-            state[name] = target
+                    target[:, k * per_class : (k + 1) * per_class] = source[:, row * per_class : (row + 1) * per_class]
+            state[name] = target.reshape(own[name].shape)
 
 
 def load_detector_weights(
-    model: nn.Module, weights: str, class_names: Sequence[str] | None = None, *, coco: WeightsEnum = COCO_WEIGHTS
+    model: nn.Module,
+    weights: str,
+    class_names: Sequence[str] | None = None,
+    *,
+    kind: str = "faster_rcnn",
+    coco: WeightsEnum | None = None,
 ) -> None:
-    """Load ``weights`` (``"coco"``: torchvision's ``coco`` weights through its weights API; or a file path).
+    """Load ``weights`` (``"coco"``: torchvision's COCO weights of ``kind`` through its weights API, or
+    ``coco``; or a file path).
 
     A predictor trained on torchvision's 91 COCO indices is remapped by class name onto
     ``class_names`` (this model's labels 1..K; VOC's names of COCO classes count, see
     ``VOC_TO_COCO_NAMES``); classes it does not know keep their
     initialisation. Every other tensor must match in shape, else the error names them.
     """
+    default, keys = KINDS[kind]
+    coco = coco or default
     if weights == "coco":
         state = torchvision_state_dict(coco, instead="set task.model.weights=none to start from backbone weights only")
         source = str(coco)
     else:
         state, source = strip_prefix(load_state_dict_file(weights), "model."), weights
     own = model.state_dict()
-    predictor_keys = [k for k in own if k.startswith(_PREDICTOR)]
-    if any(k not in state for k in predictor_keys):
-        raise WeightsError(f"{source} has no Faster R-CNN box predictor ({_PREDICTOR}*): is it a detector checkpoint?")
-    source_rows = state[f"{_PREDICTOR}cls_score.weight"].shape[0]
-    if source_rows != own[f"{_PREDICTOR}cls_score.weight"].shape[0] or class_names is not None:
+    scores = f"{keys[0][0]}.weight"
+    predictor = keys[0][0].rsplit(".", 1)[0]
+    if any(k not in state for k in own if k.startswith(predictor)):
+        raise WeightsError(f"{source} has no {kind} class predictor ({predictor}.*): is it a {kind} checkpoint?")
+    blocks = own[scores].shape[0] // (model.num_classes + 1)  # RetinaNet: a block of rows per anchor
+    source_rows = state[scores].shape[0] // blocks
+    if source_rows != own[scores].shape[0] // blocks or class_names is not None:
         if source_rows != len(COCO_91_NAMES) and source_rows != len(class_names or []) + 1:
             raise WeightsError(f"{source} predicts {source_rows - 1} classes; cannot map them onto {class_names}")
         source_names = COCO_91_NAMES if source_rows == len(COCO_91_NAMES) else ["__background__", *class_names]
         rows, missing = _predictor_rows(source_names, class_names or source_names[1:])
         if missing:
             log.warning("%s knows no class named %s: their predictor rows stay at initialisation", source, missing)
-        _remap_predictor(state, own, rows)
+        _remap_predictor(state, own, rows, keys, blocks)
     mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
     if mismatched:
         raise WeightsError(

@@ -12,7 +12,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import MultiScaleRoIAlign
 
 from backbones import Backbone
-from heads.detector_weights import COCO_MASK_WEIGHTS, load_detector_weights
+from heads.detector_weights import load_detector_weights
 from heads.faster_rcnn import FasterRCNN, build_faster_rcnn
 
 
@@ -45,5 +45,5 @@ def build_mask_rcnn(
     heads.mask_head = MaskRCNNHeads(channels, list(mask_layers), mask_dilation)
     heads.mask_predictor = MaskRCNNPredictor(mask_layers[-1], mask_predictor_channels, num_classes + 1)
     if weights != "none":
-        load_detector_weights(model, weights, class_names, coco=COCO_MASK_WEIGHTS)
+        load_detector_weights(model, weights, class_names, kind="mask_rcnn")
     return model

@@ -1,0 +1,194 @@
+"""One-stage detectors from torchvision's parts on any contract backbone: RetinaNet (dense anchors,
+focal loss) and FCOS (anchor-free: one point per location, centre-ness).
+
+Both classify with sigmoids over ``num_classes + 1`` outputs whose index 0 is never a target, as
+torchvision's COCO models do (91 outputs): dataset label ``k`` (1..K) is output ``k``, as for Faster
+R-CNN. With a ResNet50 body and a 256-wide FPN over c3-c5 plus P6/P7 from P5, the state dicts are key for
+key those of torchvision's ``retinanet_resnet50_fpn`` and ``fcos_resnet50_fpn`` (``num_classes=90``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+from torchvision.models.detection import fcos, retinanet
+
+from backbones import Backbone, FeaturePyramid
+from backbones.base import IMAGENET_MEAN, IMAGENET_STD
+from heads.detector_weights import load_detector_weights
+from heads.faster_rcnn import FullPrecisionAnchorGenerator
+
+ONE_STAGE_LEVELS = ("c3", "c4", "c5")  # P3-P5, and P6/P7 on top: strides 8 to 128
+
+
+class _LossesAndDetections:
+    """Validation in one backbone and head pass: the training losses and the inference detections
+    (``DetectionModule`` logs the validation loss from it)."""
+
+    def losses_and_detections(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
+        original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+        batch, targets = self.transform(images, targets)
+        features = list(self.backbone(batch.tensors).values())
+        outputs = self.head(features)
+        anchors = self.anchor_generator(batch, features)
+        locations = [feature.size(2) * feature.size(3) for feature in features]
+        losses = self._losses(targets, outputs, anchors, locations)
+        per_level = [count * (outputs["cls_logits"].size(1) // sum(locations)) for count in locations]
+        split_outputs = {name: list(value.split(per_level, dim=1)) for name, value in outputs.items()}
+        split_anchors = [list(image_anchors.split(per_level)) for image_anchors in anchors]
+        detections = self.postprocess_detections(split_outputs, split_anchors, batch.image_sizes)
+        return losses, self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+
+
+class RetinaNet(_LossesAndDetections, retinanet.RetinaNet):
+    """torchvision's RetinaNet; ``num_classes`` excludes the unused output 0."""
+
+    def __init__(self, backbone: FeaturePyramid, *, num_classes: int, **options) -> None:
+        super().__init__(backbone, num_classes + 1, **options)
+        self.num_classes = num_classes
+
+    def _losses(self, targets, outputs, anchors, locations) -> dict[str, Tensor]:
+        return self.compute_loss(targets, outputs, anchors)
+
+
+class FCOS(_LossesAndDetections, fcos.FCOS):
+    """torchvision's FCOS; ``num_classes`` excludes the unused output 0."""
+
+    def __init__(self, backbone: FeaturePyramid, *, num_classes: int, **options) -> None:
+        super().__init__(backbone, num_classes + 1, **options)
+        self.num_classes = num_classes
+
+    def _losses(self, targets, outputs, anchors, locations) -> dict[str, Tensor]:
+        return self.compute_loss(targets, outputs, anchors, locations)
+
+
+def _pyramid(backbone: Backbone, fpn_channels: int, fpn_levels: Sequence[str] | None, fpn_norm: str) -> FeaturePyramid:
+    if isinstance(backbone, FeaturePyramid):
+        return backbone
+    levels = list(fpn_levels or ONE_STAGE_LEVELS)
+    return FeaturePyramid(backbone, out_channels=fpn_channels, in_features=levels, extra_blocks="p6p7", norm=fpn_norm)
+
+
+def _level_sizes(anchor_sizes: Sequence[int] | str, anchor_base: int | None, levels: int) -> list[int]:
+    """One base size per pyramid level; ``auto``: ``anchor_base`` doubling per level."""
+    if anchor_sizes == "auto":
+        if not anchor_base:
+            raise ValueError("anchor_sizes=auto needs anchor_base: the training command fits it to the training boxes")
+        return [int(anchor_base) * 2**k for k in range(levels)]
+    sizes = [int(size) for size in anchor_sizes]
+    if len(sizes) != levels:
+        raise ValueError(f"anchor_sizes has {len(sizes)} entries but the pyramid has {levels} levels: one per level")
+    return sizes
+
+
+def build_retinanet(
+    backbone: Backbone,
+    *,
+    num_classes: int,
+    fpn_channels: int = 256,
+    fpn_norm: str = "auto",
+    fpn_levels: Sequence[str] | None = None,
+    min_size: int | Sequence[int] = 800,
+    max_size: int = 1333,
+    image_mean: Sequence[float] = IMAGENET_MEAN,
+    image_std: Sequence[float] = IMAGENET_STD,
+    anchor_sizes: Sequence[int] | str = (32, 64, 128, 256, 512),
+    anchor_base: int | None = None,
+    scales_per_octave: int = 3,
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    fg_iou_thresh: float = 0.5,
+    bg_iou_thresh: float = 0.4,
+    topk_candidates: int = 1000,
+    box_score_thresh: float = 0.05,
+    box_nms_thresh: float = 0.5,
+    box_detections_per_img: int = 300,
+    resize_in_training: bool = True,
+    weights: str = "none",
+    class_names: Sequence[str] | None = None,
+) -> RetinaNet:
+    """RetinaNet over a FPN ``fpn_channels`` wide on ``fpn_levels`` (default c3-c5) with P6/P7: each level
+    has ``scales_per_octave`` anchor sizes (``size x 2^(k/n)``, torchvision's 32, 40, 50 on P3) times
+    ``aspect_ratios``. ``weights``: ``none``, ``coco`` (torchvision's ``RetinaNet_ResNet50_FPN_Weights``,
+    classes remapped by name onto ``class_names``) or a file. The other arguments are Faster R-CNN's
+    (:func:`heads.faster_rcnn.build_faster_rcnn`)."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes={num_classes} must count at least one object category")
+    features = _pyramid(backbone, fpn_channels, fpn_levels, fpn_norm)
+    bases = _level_sizes(anchor_sizes, anchor_base, len(features.output_shape()))
+    sizes = tuple(tuple(int(base * 2 ** (k / scales_per_octave)) for k in range(scales_per_octave)) for base in bases)
+    anchors = FullPrecisionAnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
+    min_sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
+    model = RetinaNet(
+        features,
+        num_classes=num_classes,
+        min_size=min_sizes,
+        max_size=max_size,
+        image_mean=list(image_mean),
+        image_std=list(image_std),
+        anchor_generator=anchors,
+        fg_iou_thresh=fg_iou_thresh,
+        bg_iou_thresh=bg_iou_thresh,
+        topk_candidates=topk_candidates,
+        score_thresh=box_score_thresh,
+        nms_thresh=box_nms_thresh,
+        detections_per_img=box_detections_per_img,
+        _skip_resize=not resize_in_training,
+    )
+    if weights != "none":
+        load_detector_weights(model, weights, class_names, kind="retinanet")
+    return model
+
+
+def build_fcos(
+    backbone: Backbone,
+    *,
+    num_classes: int,
+    fpn_channels: int = 256,
+    fpn_norm: str = "auto",
+    fpn_levels: Sequence[str] | None = None,
+    min_size: int | Sequence[int] = 800,
+    max_size: int = 1333,
+    image_mean: Sequence[float] = IMAGENET_MEAN,
+    image_std: Sequence[float] = IMAGENET_STD,
+    anchor_sizes: Sequence[int] | str = (8, 16, 32, 64, 128),
+    anchor_base: int | None = None,
+    center_sampling_radius: float = 1.5,
+    topk_candidates: int = 1000,
+    box_score_thresh: float = 0.2,
+    box_nms_thresh: float = 0.6,
+    box_detections_per_img: int = 100,
+    resize_in_training: bool = True,
+    weights: str = "none",
+    class_names: Sequence[str] | None = None,
+) -> FCOS:
+    """FCOS over the same pyramid as RetinaNet. Its one "anchor" per location is a square of the level's
+    ``anchor_sizes`` entry (torchvision's: the strides 8-128), which sets the range of box sizes each
+    level learns; ``center_sampling_radius`` (in strides) picks the locations that learn a box.
+    ``weights``: ``none``, ``coco`` (torchvision's ``FCOS_ResNet50_FPN_Weights``) or a file."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes={num_classes} must count at least one object category")
+    features = _pyramid(backbone, fpn_channels, fpn_levels, fpn_norm)
+    sizes = _level_sizes(anchor_sizes, anchor_base, len(features.output_shape()))
+    anchors = FullPrecisionAnchorGenerator(tuple((size,) for size in sizes), ((1.0,),) * len(sizes))
+    min_sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
+    model = FCOS(
+        features,
+        num_classes=num_classes,
+        min_size=min_sizes,
+        max_size=max_size,
+        image_mean=list(image_mean),
+        image_std=list(image_std),
+        anchor_generator=anchors,
+        center_sampling_radius=center_sampling_radius,
+        topk_candidates=topk_candidates,
+        score_thresh=box_score_thresh,
+        nms_thresh=box_nms_thresh,
+        detections_per_img=box_detections_per_img,
+        _skip_resize=not resize_in_training,
+    )
+    if weights != "none":
+        load_detector_weights(model, weights, class_names, kind="fcos")
+    return model
