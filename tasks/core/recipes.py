@@ -1,8 +1,10 @@
-"""Says which recipe (``conf/recipe/<task>_<dataset>.yaml``) a run applied and what it set."""
+"""Says which recipe (``conf/recipe/<task>_<dataset>.yaml``, then ``conf/model_recipe/<model>_<dataset>.yaml``)
+a run applied and what it set."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -10,11 +12,14 @@ from tasks import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 RECIPE_DIR = PROJECT_ROOT / "conf" / "recipe"
+MODEL_RECIPE_DIR = PROJECT_ROOT / "conf" / "model_recipe"
 
 
 def accept_recipe_null(argv: list[str]) -> list[str]:
-    """``recipe=null`` (or ``none``) on the command line means Hydra's ``~recipe``: no recipe."""
-    return ["~recipe" if arg in ("recipe=null", "recipe=none") else arg for arg in argv]
+    """``recipe=null`` (or ``none``) on the command line means Hydra's ``~recipe``: no recipe (and the same
+    for ``model_recipe``)."""
+    nulls = {f"{group}={value}": f"~{group}" for group in ("recipe", "model_recipe") for value in ("null", "none")}
+    return [nulls.get(arg, arg) for arg in argv]
 
 
 def _leaves(node: object, prefix: str = "") -> dict[str, object]:
@@ -24,20 +29,20 @@ def _leaves(node: object, prefix: str = "") -> dict[str, object]:
     return {prefix.rstrip("."): node}
 
 
-def _recipe_values(recipe: str) -> dict[str, object]:
+def _recipe_values(recipe: str, folder: Path = RECIPE_DIR) -> dict[str, object]:
     """What ``recipe`` sets, as written, those of the recipes it builds on (its ``defaults``) first."""
-    content = OmegaConf.to_container(OmegaConf.load(RECIPE_DIR / f"{recipe}.yaml"), resolve=False)
+    content = OmegaConf.to_container(OmegaConf.load(folder / f"{recipe}.yaml"), resolve=False)
     bases = [name for name in content.pop("defaults", []) if isinstance(name, str) and name != "_self_"]
     values: dict[str, object] = {}
     for base in bases:
-        values.update(_recipe_values(base))
+        values.update(_recipe_values(base, folder))
     values.update(_leaves(content))
     return values
 
 
-def recipe_settings(cfg: DictConfig, recipe: str) -> dict[str, object]:
+def recipe_settings(cfg: DictConfig, recipe: str, folder: Path = RECIPE_DIR) -> dict[str, object]:
     """Every key ``recipe`` sets, with the value the run uses (a command-line override wins)."""
-    return {key: OmegaConf.select(cfg, key, throw_on_missing=False) for key in _recipe_values(recipe)}
+    return {key: OmegaConf.select(cfg, key, throw_on_missing=False) for key in _recipe_values(recipe, folder)}
 
 
 def command_line_keys(overrides: list[str]) -> set[str]:
@@ -89,11 +94,18 @@ def log_recipe(cfg: DictConfig, overrides: list[str] | None = None) -> None:
     recipe = HydraConfig.get().runtime.choices.get("recipe")
     if not recipe or not (RECIPE_DIR / f"{recipe}.yaml").is_file():  # an optional group that found no file
         log.info("no recipe applied: the task, backbone and dataset configs as they are")
-        return
+    else:
+        _log_one("recipe", recipe, RECIPE_DIR, cfg, overrides)
+    model_recipe = HydraConfig.get().runtime.choices.get("model_recipe")
+    if model_recipe and (MODEL_RECIPE_DIR / f"{model_recipe}.yaml").is_file():
+        _log_one("model_recipe", model_recipe, MODEL_RECIPE_DIR, cfg, overrides)
+
+
+def _log_one(group: str, recipe: str, folder: Path, cfg: DictConfig, overrides: list[str] | None) -> None:
     given = command_line_keys(overrides or [])
-    written = _recipe_values(recipe)
-    used = recipe_settings(cfg, recipe)
+    written = _recipe_values(recipe, folder)
+    used = recipe_settings(cfg, recipe, folder)
     kept = ", ".join(f"{key}={value}" for key, value in used.items() if key not in given)
     replaced = ", ".join(f"{key}={value} (recipe: {written[key]})" for key, value in used.items() if key in given)
-    line = f"recipe {recipe} applied (recipe=null leaves it out); it sets {kept or 'nothing else'}"
+    line = f"{group} {recipe} applied ({group}=null leaves it out); it sets {kept or 'nothing else'}"
     log.info("%s%s", line, f"; the command line overrides {replaced}" if replaced else "")

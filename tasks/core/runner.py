@@ -19,12 +19,12 @@ import torch
 from hydra.utils import get_method, instantiate
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from tasks.common.checkpoints import check_checkpoint_fits, checkpoint_path, read_checkpoint
 from tasks.common.errors import UserError
 from tasks.common.metadata import inference_metadata
-from tasks.core.recipes import apply_command_line_limits, command_line_overrides, log_recipe
+from tasks.core.recipes import apply_command_line_limits, command_line_keys, command_line_overrides, log_recipe
 from tasks.data.object_sizes import fit_anchor_base, input_sizes
 from tasks.training.checkpointing import AtomicCheckpointIO
 from tasks.training.loggers import build_loggers, close_loggers, flat_config, log_image
@@ -47,6 +47,29 @@ def resolve_num_classes(configured: int | None, datamodule: L.LightningDataModul
             f"({datamodule.class_names}). Set task.model.num_classes={found} or null (taken from the dataset)."
         )
     return found
+
+
+def drop_foreign_model_options(cfg: DictConfig, overrides: list[str]) -> None:
+    """Leave out the ``task.model`` options the model's builder does not take, with a warning: a recipe
+    is written per task and dataset (``detection_shapes`` tunes Faster R-CNN's RPN), and another model
+    of the task (``model=retinanet``) keeps the options it shares. Given on the command line, such an
+    option is a mistake and stops the run."""
+    accepted = inspect.signature(get_method(cfg.task.model._target_)).parameters
+    foreign = [key for key in cfg.task.model if key not in accepted and key != "_target_"]
+    if not foreign:
+        return
+    typed = sorted(command_line_keys(overrides) & {f"task.model.{key}" for key in foreign})
+    if typed:
+        raise UserError(f"{', '.join(typed)}: not options of {cfg.task.model._target_} (its options: {list(accepted)})")
+    log.warning(
+        "task.model options %s are not options of %s (set by a recipe written for another model of this task): left "
+        "out",
+        foreign,
+        cfg.task.model._target_,
+    )
+    with open_dict(cfg):
+        for key in foreign:
+            del cfg.task.model[key]
 
 
 def model_arguments(model_cfg: DictConfig, datamodule: L.LightningDataModule) -> dict:
@@ -129,6 +152,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise UserError("evaluation needs a checkpoint: pass ckpt_path=PATH/TO/best.ckpt")
     checkpoint = checkpoint_path(cfg.ckpt_path)
     content = read_checkpoint(checkpoint)
+    drop_foreign_model_options(cfg, command_line_overrides())
     configure_torch(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
@@ -205,6 +229,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     overrides = command_line_overrides()
     log_recipe(cfg, overrides)  # the recipe's values first; then which limit the command line lifts
     apply_command_line_limits(cfg, overrides)
+    drop_foreign_model_options(cfg, overrides)
     configure_torch(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)

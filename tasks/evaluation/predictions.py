@@ -16,10 +16,18 @@ def rescale_to_original(detections: list[dict[str, Tensor]], images: list[Tensor
             det["masks"] = F.interpolate(det["masks"], size=(orig_h, orig_w), mode="bilinear", align_corners=False)
 
 
+def _cap_holder(model: object) -> object:
+    """Where torchvision keeps ``detections_per_img``: the RoI heads (two-stage) or the model (one-stage)."""
+    return getattr(model, "roi_heads", model)
+
+
 def detection_cap(model: object) -> int | None:
-    """The most detections the detector keeps an image (torchvision's ``roi_heads.detections_per_img``)."""
-    heads = getattr(model, "roi_heads", None)
-    return getattr(heads, "detections_per_img", None)
+    """The most detections the detector keeps an image (torchvision's ``detections_per_img``)."""
+    return getattr(_cap_holder(model), "detections_per_img", None)
+
+
+def set_detection_cap(model: object, cap: int) -> None:
+    _cap_holder(model).detections_per_img = int(cap)
 
 
 def count_capped(detections: list[dict[str, Tensor]], cap: int | None) -> int:

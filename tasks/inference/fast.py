@@ -74,6 +74,10 @@ def compile_trunk(model: nn.Module) -> nn.Module:
         model.backbone = torch.compile(model.backbone)
         model.rpn.head.conv = torch.compile(model.rpn.head.conv)
         return model
+    if hasattr(model, "anchor_generator"):  # one-stage: the trunk and the dense head, post-processing eager
+        model.backbone = torch.compile(model.backbone)
+        model.head = torch.compile(model.head)
+        return model
     return torch.compile(model)
 
 

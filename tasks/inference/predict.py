@@ -21,7 +21,7 @@ from tasks.common.errors import UserError
 from tasks.common.metadata import load_trained_model
 from tasks.data.formats.palette import save_palette_png
 from tasks.evaluation import drawing
-from tasks.evaluation.predictions import capped_message, count_capped, detection_cap
+from tasks.evaluation.predictions import capped_message, count_capped, detection_cap, set_detection_cap
 from tasks.evaluation.slicing import Slicing, predict_images_sliced, slicing_settings
 from tasks.inference import outputs
 from tasks.inference.engines import ENGINES, OnnxRuntimeEngine, TorchEngine
@@ -39,7 +39,7 @@ def build_engine(cfg: DictConfig) -> tuple[object, dict]:
             raise UserError("engine=torch needs a checkpoint: pass ckpt_path=PATH/TO/best.ckpt")
         model, metadata = load_trained_model(cfg.ckpt_path, cfg.task.name)
         if cfg.get("box_detections_per_img") and detection_cap(model) is not None:
-            model.roi_heads.detections_per_img = int(cfg.box_detections_per_img)
+            set_detection_cap(model, cfg.box_detections_per_img)
         return TorchEngine(model, metadata["task"], cfg.device, compile=bool(cfg.compile)), metadata
     if cfg.engine == "onnxruntime":
         if not cfg.onnx_path:

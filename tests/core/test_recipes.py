@@ -12,8 +12,9 @@ import pytest
 from omegaconf import OmegaConf
 from torch import nn
 
+from tasks.common.errors import UserError
 from tasks.core.resolvers import workers_per_device
-from tasks.core.runner import build_datamodule, build_module, build_trainer, train
+from tasks.core.runner import build_datamodule, build_module, build_trainer, drop_foreign_model_options, train
 from tests.support import CONF_DIR, TINY_DETECTION, compose_config, run_script
 
 
@@ -189,3 +190,49 @@ def test_loader_workers_fit_the_machine(dataset: str, devices: int, tmp_path: Pa
     cpus = len(os.sched_getaffinity(0))
     expected = 0 if dataset.startswith("shapes") and devices == 1 else workers_per_device(devices)
     assert cfg.dataset.num_workers == expected and expected * devices <= max(cpus, devices)
+
+
+@pytest.mark.parametrize(("recipe", "builder"), [("retinanet_coco", "build_retinanet"), ("fcos_coco", "build_fcos")])
+def test_one_stage_reference_recipes_choose_their_model(
+    recipe: str, builder: str, shapes_root: Path, tmp_path: Path
+) -> None:
+    """torchvision's references for RetinaNet and FCOS: Faster R-CNN's COCO schedule at lr 0.01."""
+    base = ["task=detection", "dataset=coco", f"dataset.root={shapes_root}", f"recipe={recipe}"]
+    cfg = compose_config(base, tmp_path)
+    assert cfg.task.model._target_ == f"heads.one_stage.{builder}"
+    module = cfg.task.module
+    assert (module.optimizer.name, module.optimizer.lr, module.lr_reference_batch) == ("sgd", 0.01, 16)
+    assert (cfg.trainer.max_epochs, cfg.dataset.group_aspect_ratio, cfg.backbone.norm) == (26, True, "frozen_bn")
+    scratch = compose_config([*base, "backbone.weights=none"], tmp_path)
+    built = build_module(scratch, build_datamodule(scratch))
+    assert type(built.model).__name__ == {"build_retinanet": "RetinaNet", "build_fcos": "FCOS"}[builder]
+
+
+def test_a_recipe_for_another_model_of_the_task_keeps_what_the_model_takes(
+    shapes_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """detection_shapes tunes Faster R-CNN's RPN and box head; model=retinanet keeps its sizes, anchors and
+    schedule and leaves the rest out with a warning; typed on the command line, such an option stops."""
+    overrides = ["model=retinanet", f"dataset.root={shapes_root}"]
+    cfg = compose_config(overrides, tmp_path)
+    assert cfg.task.model.rpn_batch_size_per_image == 128  # from the recipe
+    drop_foreign_model_options(cfg, overrides)
+    assert "rpn_batch_size_per_image" not in cfg.task.model and "representation_size" not in cfg.task.model
+    assert (cfg.task.model.min_size, list(cfg.task.model.anchor_sizes)) == (128, [16, 32, 64, 128, 256])
+    assert "'representation_size'" in caplog.text and "build_retinanet" in caplog.text
+    typed = [*overrides, "+task.model.rpn_nms_thresh=0.6"]
+    with pytest.raises(UserError, match=r"task.model.rpn_nms_thresh: not options of heads.one_stage"):
+        drop_foreign_model_options(compose_config(typed, tmp_path), typed)
+
+
+def test_the_model_recipe_follows_the_task_recipe_and_null_leaves_it_out(tmp_path: Path) -> None:
+    from tasks.core.recipes import MODEL_RECIPE_DIR, accept_recipe_null, recipe_settings
+
+    tuned = compose_config(["model=retinanet"], tmp_path)
+    assert (tuned.trainer.max_epochs, tuned.task.model.head_norm) == (10, "gn")  # model_recipe/retinanet_shapes
+    assert tuned.task.model.min_size == 128  # recipe/detection_shapes, which it builds on
+    plain = compose_config(["model=retinanet", *accept_recipe_null(["model_recipe=null"])], tmp_path)
+    assert (plain.trainer.max_epochs, plain.task.model.head_norm) == (4, "none")
+    assert compose_config([], tmp_path).trainer.max_epochs == 4  # Faster R-CNN has no model recipe on shapes
+    settings = recipe_settings(tuned, "retinanet_shapes", MODEL_RECIPE_DIR)
+    assert settings == {"task.model.head_norm": "gn", "trainer.max_epochs": 10}

@@ -102,8 +102,9 @@ def test_voc_layout_folder_trains(shapes_voc_root: Path, tmp_path: Path) -> None
 
 
 @pytest.mark.distributed
-def test_two_process_ddp_training_with_grouped_batches(shapes_root: Path, tmp_path: Path) -> None:
-    ddp = [*CPU_DDP, "dataset.group_aspect_ratio=true"]
+@pytest.mark.parametrize("model", ["faster_rcnn", "retinanet", "fcos"])
+def test_two_process_ddp_training_with_grouped_batches(model: str, shapes_root: Path, tmp_path: Path) -> None:
+    ddp = [*CPU_DDP, "dataset.group_aspect_ratio=true", f"model={model}"]
     run_dir = tmp_path / "run"
     result = run_script("train.py", [*_tiny(shapes_root, "trainer.max_steps=2", *ddp), f"hydra.run.dir={run_dir}"])
     assert result.returncode == 0, result.stderr[-3000:]

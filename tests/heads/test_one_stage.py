@@ -142,3 +142,14 @@ def test_every_backbone_trains_two_steps_with_every_one_stage_model(model: str, 
 def test_the_one_stage_configs_are_found() -> None:
     assert ONE_STAGE_CONFIGS == ["fcos", "retinanet"]
     assert Path(CONF_DIR / "model" / "retinanet.yaml").is_file()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize(("head_norm", "groupnorms"), [("gn", 8), ("none", 0)])
+def test_head_norm_puts_groupnorm_after_each_head_conv(name: str, head_norm: str, groupnorms: int) -> None:
+    """Four convs in each of the classification and box heads: eight GroupNorms, or none."""
+    model = MODELS[name][0](ResNetBackbone("resnet18"), num_classes=3, fpn_channels=64, head_norm=head_norm)
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in model.head.modules()) == groupnorms
+    model.train()
+    boxes = {"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([1])}
+    assert all(torch.isfinite(v) for v in model([torch.rand(3, 64, 64)], [boxes]).values())
