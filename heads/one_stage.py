@@ -9,8 +9,8 @@ key those of torchvision's ``retinanet_resnet50_fpn`` and ``fcos_resnet50_fpn`` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from functools import partial
+import math
+from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 from torchvision.models.detection import fcos, retinanet
@@ -24,11 +24,17 @@ ONE_STAGE_LEVELS = ("c3", "c4", "c5")  # P3-P5, and P6/P7 on top: strides 8 to 1
 HEAD_NORMS = ("none", "gn")
 
 
-def _head_norm(norm: str) -> partial | None:
-    """GroupNorm (32 groups) after each conv of the dense head, or none (RetinaNet's original head)."""
+def head_group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with 32 groups (torchvision's head at 256 channels), fewer where a group would hold one
+    channel: on P7's 1x1 map of a single image such a group has one value and no variance."""
+    return nn.GroupNorm(math.gcd(32, max(channels // 2, 1)), channels)
+
+
+def _head_norm(norm: str) -> Callable[[int], nn.Module] | None:
+    """GroupNorm after each conv of the dense head, or none (RetinaNet's original head)."""
     if norm not in HEAD_NORMS:
         raise ValueError(f"head_norm={norm!r} must be one of {HEAD_NORMS}")
-    return partial(nn.GroupNorm, 32) if norm == "gn" else None
+    return head_group_norm if norm == "gn" else None
 
 
 class _LossesAndDetections:
@@ -191,12 +197,12 @@ def build_fcos(
     features = _pyramid(backbone, fpn_channels, fpn_levels, fpn_norm)
     sizes = _level_sizes(anchor_sizes, anchor_base, len(features.output_shape()))
     anchors = FullPrecisionAnchorGenerator(tuple((size,) for size in sizes), ((1.0,),) * len(sizes))
-    head = fcos.FCOSHead(features.out_channels, 1, num_classes + 1)  # torchvision's: GroupNorm
-    if _head_norm(head_norm) is None:  # the same convs without normalisation
-        head.classification_head = fcos.FCOSClassificationHead(
-            features.out_channels, 1, num_classes + 1, norm_layer=nn.Identity
-        )
-        head.regression_head = fcos.FCOSRegressionHead(features.out_channels, 1, norm_layer=nn.Identity)
+    head = fcos.FCOSHead(features.out_channels, 1, num_classes + 1)  # torchvision's: GroupNorm, 32 groups
+    norm_layer = _head_norm(head_norm) or nn.Identity
+    if head_norm != "gn" or head_group_norm(features.out_channels).num_groups != 32:  # FCOSHead takes no norm
+        width = features.out_channels
+        head.classification_head = fcos.FCOSClassificationHead(width, 1, num_classes + 1, norm_layer=norm_layer)
+        head.regression_head = fcos.FCOSRegressionHead(width, 1, norm_layer=norm_layer)
     min_sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
     model = FCOS(
         features,

@@ -51,6 +51,16 @@ TINY_DETECTION = [
     "task.model.box_batch_size_per_image=16",
 ]
 
+# the options of TINY_DETECTION only the two-stage detectors take (a one-stage model refuses them typed)
+TWO_STAGE_ONLY = ("task.model.rpn_", "task.model.box_batch_size_per_image", "task.model.representation_size")
+
+
+def tiny_detection_for(model: str) -> list[str]:
+    """TINY_DETECTION with ``model=NAME``, without the RPN and box-head options where it has none."""
+    if model in ("faster_rcnn", "mask_rcnn"):
+        return [f"model={model}", *TINY_DETECTION]
+    return [f"model={model}", *(o for o in TINY_DETECTION if not o.startswith(TWO_STAGE_ONLY))]
+
 
 # Lightning DDP with two CPU processes (gloo): the config leaves SyncBatchNorm out by itself;
 # float32 so that two processes can be compared with one.

@@ -25,6 +25,7 @@ from tests.support import (
     pycocotools_stats,
     run_script,
     shapes_overrides,
+    tiny_detection_for,
 )
 
 
@@ -104,9 +105,10 @@ def test_voc_layout_folder_trains(shapes_voc_root: Path, tmp_path: Path) -> None
 @pytest.mark.distributed
 @pytest.mark.parametrize("model", ["faster_rcnn", "retinanet", "fcos"])
 def test_two_process_ddp_training_with_grouped_batches(model: str, shapes_root: Path, tmp_path: Path) -> None:
-    ddp = [*CPU_DDP, "dataset.group_aspect_ratio=true", f"model={model}"]
+    ddp = [*CPU_DDP, "dataset.group_aspect_ratio=true", "trainer.max_steps=2", f"hydra.run.dir={tmp_path / 'run'}"]
     run_dir = tmp_path / "run"
-    result = run_script("train.py", [*_tiny(shapes_root, "trainer.max_steps=2", *ddp), f"hydra.run.dir={run_dir}"])
+    args = ["backbone=resnet18", *tiny_detection_for(model), *shapes_overrides(shapes_root), *ddp]
+    result = run_script("train.py", args)
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 2
