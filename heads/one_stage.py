@@ -99,6 +99,30 @@ def _level_sizes(anchor_sizes: Sequence[int] | str, anchor_base: int | None, lev
     return sizes
 
 
+def _transform_options(
+    min_size: int | Sequence[int],
+    max_size: int,
+    image_mean: Sequence[float],
+    image_std: Sequence[float],
+    resize_in_training: bool,
+) -> dict:
+    """The arguments torchvision's detectors pass on to their ``GeneralizedRCNNTransform``."""
+    min_sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
+    return dict(
+        min_size=min_sizes,
+        max_size=max_size,
+        image_mean=list(image_mean),
+        image_std=list(image_std),
+        _skip_resize=not resize_in_training,
+    )
+
+
+def _with_weights(model: _LossesAndDetections, weights: str, class_names: Sequence[str] | None, kind: str):
+    if weights != "none":
+        load_detector_weights(model, weights, class_names, kind=kind)
+    return model
+
+
 def build_retinanet(
     backbone: Backbone,
     *,
@@ -141,15 +165,11 @@ def build_retinanet(
     head = retinanet.RetinaNetHead(
         features.out_channels, anchors.num_anchors_per_location()[0], num_classes + 1, norm_layer=_head_norm(head_norm)
     )
-    min_sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
+    transform = _transform_options(min_size, max_size, image_mean, image_std, resize_in_training)
     model = RetinaNet(
         features,
         head=head,
         num_classes=num_classes,
-        min_size=min_sizes,
-        max_size=max_size,
-        image_mean=list(image_mean),
-        image_std=list(image_std),
         anchor_generator=anchors,
         fg_iou_thresh=fg_iou_thresh,
         bg_iou_thresh=bg_iou_thresh,
@@ -157,11 +177,9 @@ def build_retinanet(
         score_thresh=box_score_thresh,
         nms_thresh=box_nms_thresh,
         detections_per_img=box_detections_per_img,
-        _skip_resize=not resize_in_training,
+        **transform,
     )
-    if weights != "none":
-        load_detector_weights(model, weights, class_names, kind="retinanet")
-    return model
+    return _with_weights(model, weights, class_names, "retinanet")
 
 
 def build_fcos(
@@ -203,23 +221,17 @@ def build_fcos(
         width = features.out_channels
         head.classification_head = fcos.FCOSClassificationHead(width, 1, num_classes + 1, norm_layer=norm_layer)
         head.regression_head = fcos.FCOSRegressionHead(width, 1, norm_layer=norm_layer)
-    min_sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
+    transform = _transform_options(min_size, max_size, image_mean, image_std, resize_in_training)
     model = FCOS(
         features,
         head=head,
         num_classes=num_classes,
-        min_size=min_sizes,
-        max_size=max_size,
-        image_mean=list(image_mean),
-        image_std=list(image_std),
         anchor_generator=anchors,
         center_sampling_radius=center_sampling_radius,
         topk_candidates=topk_candidates,
         score_thresh=box_score_thresh,
         nms_thresh=box_nms_thresh,
         detections_per_img=box_detections_per_img,
-        _skip_resize=not resize_in_training,
+        **transform,
     )
-    if weights != "none":
-        load_detector_weights(model, weights, class_names, kind="fcos")
-    return model
+    return _with_weights(model, weights, class_names, "fcos")
