@@ -55,6 +55,8 @@ def drop_foreign_model_options(cfg: DictConfig, overrides: list[str]) -> None:
     of the task (``model=retinanet``) keeps the options it shares. Given on the command line, such an
     option is a mistake and stops the run."""
     accepted = inspect.signature(get_method(cfg.task.model._target_)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        return  # the builder passes options on (Mask R-CNN to Faster R-CNN's): it is the judge of them
     foreign = [key for key in cfg.task.model if key not in accepted and key != "_target_"]
     if not foreign:
         return

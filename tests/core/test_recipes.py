@@ -236,3 +236,12 @@ def test_the_model_recipe_follows_the_task_recipe_and_null_leaves_it_out(tmp_pat
     assert compose_config([], tmp_path).trainer.max_epochs == 4  # Faster R-CNN has no model recipe on shapes
     settings = recipe_settings(tuned, "retinanet_shapes", MODEL_RECIPE_DIR)
     assert settings == {"task.model.head_norm": "gn", "trainer.max_epochs": 10}
+
+
+def test_a_builder_that_passes_options_on_keeps_them_all(shapes_root: Path, tmp_path: Path) -> None:
+    """Mask R-CNN's builder hands Faster R-CNN's options on (**options): none of them is foreign."""
+    overrides = ["task=instance_segmentation", f"dataset.root={shapes_root}"]
+    cfg = compose_config(overrides, tmp_path)
+    before = dict(cfg.task.model)
+    drop_foreign_model_options(cfg, overrides)
+    assert dict(cfg.task.model) == before and cfg.task.model.min_size == 128
