@@ -6,7 +6,6 @@ import logging
 from collections.abc import Sequence
 
 from torch import Tensor, nn
-from torchvision.models import WeightsEnum
 from torchvision.models.detection import (
     FasterRCNN_ResNet50_FPN_Weights,
     FCOS_ResNet50_FPN_Weights,
@@ -86,18 +85,16 @@ def load_detector_weights(
     class_names: Sequence[str] | None = None,
     *,
     kind: str = "faster_rcnn",
-    coco: WeightsEnum | None = None,
 ) -> None:
-    """Load ``weights`` (``"coco"``: torchvision's COCO weights of ``kind`` through its weights API, or
-    ``coco``; or a file path).
+    """Load ``weights`` (``"coco"``: torchvision's COCO weights of ``kind`` through its weights API; or a
+    file path).
 
     A predictor trained on torchvision's 91 COCO indices is remapped by class name onto
     ``class_names`` (this model's labels 1..K; VOC's names of COCO classes count, see
     ``VOC_TO_COCO_NAMES``); classes it does not know keep their
     initialisation. Every other tensor must match in shape, else the error names them.
     """
-    default, keys = KINDS[kind]
-    coco = coco or default
+    coco, keys = KINDS[kind]
     if weights == "coco":
         state = torchvision_state_dict(coco, instead="set task.model.weights=none to start from backbone weights only")
         source = str(coco)

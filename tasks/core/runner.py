@@ -130,8 +130,9 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     loggers = build_loggers(cfg.get("logger"))
     plugins = [AtomicCheckpointIO()]  # every checkpoint file is replaced atomically
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
-    for logger in trainer.loggers:  # the composed config, as every logger records hyper-parameters
-        logger.log_hyperparams(flat_config(cfg))
+    hyperparameters = flat_config(cfg) if trainer.loggers else {}  # the composed config, for every logger
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hyperparameters)
     return trainer
 
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from tasks.common.errors import UserError
-from tasks.evaluation.drawing import draw_item, grid
+from tasks.evaluation.drawing import draw_item, grid, spread
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +25,8 @@ def show_dataset(cfg: DictConfig) -> Path:
     dataset = datamodule.train_set if cfg.split == "train" else datamodule.val_set
     if not cfg.augmented:
         dataset = datamodule.unaugmented(cfg.split)
-    count = min(int(cfg.count), len(dataset))
-    positions = np.linspace(0, len(dataset) - 1, count).round().astype(int) if count else []
+    positions = spread(len(dataset), int(cfg.count))
+    count = len(positions)
     size = int(cfg.cell_size) - 4
     pictures = [draw_item(*dataset[int(i)], datamodule.class_names, size) for i in positions]
     path = Path(cfg.paths.output_dir) / f"dataset_{cfg.split}.png"

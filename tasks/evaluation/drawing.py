@@ -118,6 +118,13 @@ def caption(picture: np.ndarray, text: str) -> np.ndarray:
     return draw_bounding_boxes(canvas, frame, labels=[text], colors="white", width=1).permute(1, 2, 0).numpy()
 
 
+def spread(length: int, count: int) -> list[int]:
+    """``count`` positions of ``length`` items, evenly spaced from the first to the last (the same every
+    time, so that pictures of one split can be compared)."""
+    count = min(count, length)
+    return np.linspace(0, length - 1, count).round().astype(int).tolist() if count else []
+
+
 def grid(pictures: list[np.ndarray], cell: int | tuple[int, int], columns: int) -> Image.Image:
     """Pictures scaled down to fit cells of ``cell`` pixels (square, or width x height), in rows of ``columns``."""
     width, height = (cell, cell) if isinstance(cell, int) else cell

@@ -25,11 +25,16 @@ ERROR_KINDS = ("duplicate", "localisation", "confusion", "background")
 
 @dataclass
 class ImageBoxes:
-    """One image's boxes (xyxy) and class indices (0..K-1); ``scores`` for detections, highest first."""
+    """One image's ground truth and detections (highest score first): boxes (xyxy) and class indices
+    (0..K-1) of each, and their IoU (detections x ground truth), computed once for every count."""
 
-    boxes: torch.Tensor
-    labels: torch.Tensor
-    scores: torch.Tensor | None = None
+    truth_boxes: torch.Tensor
+    truth_labels: torch.Tensor
+    found_boxes: torch.Tensor
+    found_labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        self.iou = box_iou(self.found_boxes, self.truth_boxes)
 
 
 def _xyxy(rows: Sequence[dict]) -> torch.Tensor:
@@ -53,11 +58,11 @@ def image_boxes(
     category_ids: Sequence[int],
     score_threshold: float,
     iou_threshold: float,
-) -> list[tuple[ImageBoxes, ImageBoxes]]:
+) -> list[ImageBoxes]:
     """Per image: its ground truth without crowd regions, and its detections over ``score_threshold``
     (highest score first) without those inside a crowd region."""
     index_of = {int(cid): k for k, cid in enumerate(category_ids)}
-    pairs = []
+    images = []
     for image_id, rows in sorted(rows_by_image.items()):
         annotations = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[image_id]))
         annotations = [a for a in annotations if a["category_id"] in index_of]
@@ -67,35 +72,31 @@ def image_boxes(
         boxes = _xyxy(kept)
         outside = ~_in_crowd(boxes, crowd, iou_threshold)
         kept = [row for row, keep in zip(kept, outside.tolist(), strict=True) if keep]
-        pairs.append(
-            (
-                ImageBoxes(_xyxy(truth), torch.tensor([index_of[a["category_id"]] for a in truth], dtype=torch.long)),
-                ImageBoxes(
-                    boxes[outside],
-                    torch.tensor([index_of[r["category_id"]] for r in kept], dtype=torch.long),
-                    torch.tensor([r["score"] for r in kept], dtype=torch.float64),
-                ),
+        images.append(
+            ImageBoxes(
+                _xyxy(truth),
+                torch.tensor([index_of[a["category_id"]] for a in truth], dtype=torch.long),
+                boxes[outside],
+                torch.tensor([index_of[r["category_id"]] for r in kept], dtype=torch.long),
             )
         )
-    return pairs
+    return images
 
 
-def greedy_match(truth: ImageBoxes, found: ImageBoxes, iou_threshold: float, same_class: bool) -> list[int]:
+def greedy_match(image: ImageBoxes, iou_threshold: float, same_class: bool) -> list[int]:
     """For each detection (highest score first): the index of the ground-truth box it takes, or -1.
 
     A detection takes the free ground-truth box it overlaps most with IoU >= ``iou_threshold`` (of its
     own class where ``same_class``, COCOeval's rule; of any class otherwise, so class mix-ups show)."""
-    iou = box_iou(found.boxes, truth.boxes) if len(found.boxes) and len(truth.boxes) else None
-    taken = torch.zeros(len(truth.boxes), dtype=torch.bool)
+    if not len(image.truth_boxes):
+        return [-1] * len(image.found_boxes)
+    taken = torch.zeros(len(image.truth_boxes), dtype=torch.bool)
     matches = []
-    for d in range(len(found.boxes)):
-        if iou is None:
-            matches.append(-1)
-            continue
-        candidates = iou[d].clone()
+    for d in range(len(image.found_boxes)):
+        candidates = image.iou[d].clone()
         candidates[taken] = -1
         if same_class:
-            candidates[truth.labels != found.labels[d]] = -1
+            candidates[image.truth_labels != image.found_labels[d]] = -1
         best = int(candidates.argmax())
         if candidates[best] >= iou_threshold:
             taken[best] = True
@@ -105,48 +106,44 @@ def greedy_match(truth: ImageBoxes, found: ImageBoxes, iou_threshold: float, sam
     return matches
 
 
-def confusion_matrix(pairs: list[tuple[ImageBoxes, ImageBoxes]], num_classes: int, iou_threshold: float) -> np.ndarray:
+def confusion_matrix(images: list[ImageBoxes], num_classes: int, iou_threshold: float) -> np.ndarray:
     """``matrix[true, predicted]`` over K classes plus background (index K): a matched pair counts in
     its two classes, a missed object in (its class, background), a detection on nothing in
     (background, its class)."""
     matrix = np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
-    for truth, found in pairs:
-        matches = greedy_match(truth, found, iou_threshold, same_class=False)
+    for image in images:
+        matches = greedy_match(image, iou_threshold, same_class=False)
         matched = set()
         for d, g in enumerate(matches):
-            predicted = int(found.labels[d])
+            predicted = int(image.found_labels[d])
             if g < 0:
                 matrix[num_classes, predicted] += 1
             else:
-                matrix[int(truth.labels[g]), predicted] += 1
+                matrix[int(image.truth_labels[g]), predicted] += 1
                 matched.add(g)
-        for g in range(len(truth.boxes)):
+        for g in range(len(image.truth_boxes)):
             if g not in matched:
-                matrix[int(truth.labels[g]), num_classes] += 1
+                matrix[int(image.truth_labels[g]), num_classes] += 1
     return matrix
 
 
-def false_positive_kinds(pairs: list[tuple[ImageBoxes, ImageBoxes]], iou_threshold: float) -> dict[str, int]:
+def false_positive_kinds(images: list[ImageBoxes], iou_threshold: float) -> dict[str, int]:
     """Counts of detections that are right (``true_positive``), of the four kinds of false positive, and
     of objects no detection of their class found (``missed``). A false positive (no free box of its
     class at ``iou_threshold``, COCOeval's rule) is, in this order: a ``duplicate`` (IoU >= the
     threshold with a box of its class already found), a ``localisation`` error (IoU >= 0.1 with a box
     of its class), a ``confusion`` (IoU >= 0.1 with a box of another class), else ``background``."""
     counts = dict.fromkeys(("true_positive", *ERROR_KINDS, "missed"), 0)
-    for truth, found in pairs:
-        matches = greedy_match(truth, found, iou_threshold, same_class=True)
+    for image in images:
+        matches = greedy_match(image, iou_threshold, same_class=True)
         counts["true_positive"] += sum(g >= 0 for g in matches)
-        counts["missed"] += len(truth.boxes) - sum(g >= 0 for g in matches)
-        iou = box_iou(found.boxes, truth.boxes) if len(found.boxes) and len(truth.boxes) else None
+        counts["missed"] += len(image.truth_boxes) - sum(g >= 0 for g in matches)
         for d, g in enumerate(matches):
             if g >= 0:
                 continue
-            if iou is None:
-                counts["background"] += 1
-                continue
-            own = truth.labels == found.labels[d]
-            own_best = float(iou[d][own].max()) if own.any() else 0.0
-            other_best = float(iou[d][~own].max()) if (~own).any() else 0.0
+            own = image.truth_labels == image.found_labels[d]
+            own_best = float(image.iou[d][own].max()) if own.any() else 0.0
+            other_best = float(image.iou[d][~own].max()) if (~own).any() else 0.0
             if own_best >= iou_threshold:
                 counts["duplicate"] += 1
             elif own_best >= NEAR_IOU:
@@ -169,12 +166,12 @@ def error_analysis(
 ) -> tuple[dict[str, float], dict]:
     """The scalars (``fp_<kind>``: each kind's share of the false positives; ``false_positives``,
     ``missed``) and the confusion matrix content (``plots/confusion_matrix.json``)."""
-    pairs = image_boxes(coco_gt, rows_by_image, category_ids, score_threshold, iou_threshold)
-    counts = false_positive_kinds(pairs, iou_threshold)
+    images = image_boxes(coco_gt, rows_by_image, category_ids, score_threshold, iou_threshold)
+    counts = false_positive_kinds(images, iou_threshold)
     total = sum(counts[kind] for kind in ERROR_KINDS)
     scalars = {f"fp_{kind}": counts[kind] / total if total else 0.0 for kind in ERROR_KINDS}
     scalars.update(false_positives=float(total), missed=float(counts["missed"]))
-    matrix = confusion_matrix(pairs, len(category_ids), iou_threshold)
+    matrix = confusion_matrix(images, len(category_ids), iou_threshold)
     content = {
         "classes": [*class_names, "background"],
         "rows": "true class",

@@ -35,8 +35,8 @@ def to_image(figure: plt.Figure) -> Image.Image:
 def per_class_picture(per_class: Mapping[str, Mapping[str, float]]) -> Image.Image | None:
     """Horizontal bars of AP (detection), IoU (segmentation) or accuracy per class, and mask AP beside
     box AP for instance segmentation; classes sorted by the first metric, worst at the top."""
-    columns = [next(m for m in group if any(m in row for row in per_class.values())) for group in BAR_METRICS if any(
-        m in row for m in group for row in per_class.values())]  # fmt: skip
+    present = {metric for row in per_class.values() for metric in row}
+    columns = [next(m for m in group if m in present) for group in BAR_METRICS if present.intersection(group)]
     if not columns:
         return None
     # barh draws the first name at the bottom: best first puts the worst class at the top

@@ -14,7 +14,17 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
-from tasks.evaluation.drawing import as_uint8, caption, draw_detections, draw_item, draw_semantic, fit_item, grid
+from tasks.evaluation.drawing import (
+    as_uint8,
+    caption,
+    draw_detections,
+    draw_item,
+    draw_semantic,
+    fit_item,
+    grid,
+    semantic_mask,
+    spread,
+)
 from tasks.training.loggers import log_image
 
 log = logging.getLogger(__name__)
@@ -77,13 +87,13 @@ class RunPictures(Callback):
     # -- validation pictures --------------------------------------------------------------------
     def _draw_predictions(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dataset = trainer.datamodule.val_set
-        count = min(self.count, len(dataset))
-        positions = np.linspace(0, len(dataset) - 1, count).round().astype(int) if count else []
+        positions = spread(len(dataset), self.count)
+        count = len(positions)
         class_names = list(trainer.datamodule.class_names)
         was_training = pl_module.training
         pl_module.eval()
         with torch.no_grad():
-            pairs = [self._pair(pl_module, *dataset[int(i)], class_names) for i in positions]
+            pairs = [self._pair(pl_module, *dataset[i], class_names) for i in positions]
         pl_module.train(was_training)
         columns = 2 if count > 3 else max(count, 1)
         sheet = grid(pairs, cell=(2 * self.size + GAP + 4, self.size + 4), columns=columns)
@@ -121,8 +131,7 @@ def predicted_picture(
         return draw_detections(picture.permute(1, 2, 0).numpy(), found, class_names, mask_threshold=0.5)
     picture = as_uint8(fit_item(torch.from_numpy(as_uint8(image)).permute(2, 0, 1), {}, size)[0])
     if "mask" in target:
-        logits = module(device_image[None])["out"][0].float().cpu()
-        logits = torch.nn.functional.interpolate(logits[None], size=picture.shape[:2], mode="bilinear")[0]
-        return draw_semantic(picture, logits.argmax(0).to(torch.uint8).numpy(), len(class_names))
+        logits = module(device_image[None])["out"][0].cpu()
+        return draw_semantic(picture, semantic_mask(logits, picture), len(class_names))
     predicted = int(module(device_image[None])[0].argmax())
     return caption(picture, f"{class_names[predicted]} (true: {class_names[int(target['label'])]})")
