@@ -104,7 +104,7 @@ class FasterRCNN(GeneralizedRCNN):
         original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
         batch, targets = self.transform(images, targets)
         features = self.backbone(batch.tensors)
-        with _training_mode(self.rpn, self.roi_heads):
+        with training_mode(self.rpn, self.roi_heads):
             proposals, rpn_losses = self.rpn(batch, features, targets)
             _, box_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
         proposals, _ = self.rpn(batch, features)
@@ -114,7 +114,7 @@ class FasterRCNN(GeneralizedRCNN):
 
 
 @contextmanager
-def _training_mode(*modules: nn.Module) -> Iterator[None]:
+def training_mode(*modules: nn.Module) -> Iterator[None]:
     previous = [m.training for m in modules]
     for module in modules:
         module.train()

@@ -43,3 +43,9 @@ def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def shapes_voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny shapes data in VOCdevkit layout (VOC2007 + VOC2012 trainval, VOC2007 test)."""
     return ensure_shapes(tmp_path_factory.mktemp("data") / "VOCdevkit", TINY_SHAPES, layout="voc")
+
+
+@pytest.fixture(scope="session")
+def shapes_panoptic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny shapes over stuff landscapes in COCO panoptic layout."""
+    return ensure_shapes(tmp_path_factory.mktemp("data") / "shapes_panoptic", TINY_SHAPES, layout="coco_panoptic")

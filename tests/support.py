@@ -62,6 +62,19 @@ def tiny_detection_for(model: str) -> list[str]:
     return [f"model={model}", *(o for o in TINY_DETECTION if not o.startswith(TWO_STAGE_ONLY))]
 
 
+# Panoptic FPN made tiny: TINY_DETECTION's Mask R-CNN with narrow mask and semantic heads, and every
+# instance and stuff region merged (an untrained model's scores are low, its regions small)
+TINY_PANOPTIC = [
+    "task=panoptic_segmentation",
+    *TINY_DETECTION,
+    "task.model.mask_layers=[16]",
+    "task.model.mask_predictor_channels=16",
+    "task.model.semantic_channels=16",
+    "task.model.score_threshold=0.05",
+    "task.model.stuff_area_threshold=8",
+]
+
+
 # Lightning DDP with two CPU processes (gloo): the config leaves SyncBatchNorm out by itself;
 # float32 so that two processes can be compared with one.
 CPU_DDP = [

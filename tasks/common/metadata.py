@@ -36,6 +36,7 @@ def inference_metadata(cfg: DictConfig, datamodule: Any, model_arguments: dict) 
         "class_names": list(datamodule.class_names),
         "category_ids": list(getattr(datamodule, "category_ids", [])) or None,
         "preprocessing": datamodule.inference_preprocessing(),
+        **getattr(datamodule, "prediction_metadata", dict)(),
     }
 
 

@@ -28,7 +28,8 @@ def show_dataset(cfg: DictConfig) -> Path:
     positions = spread(len(dataset), int(cfg.count))
     count = len(positions)
     size = int(cfg.cell_size) - 4
-    pictures = [draw_item(*dataset[int(i)], datamodule.class_names, size) for i in positions]
+    stuff_names = getattr(datamodule, "stuff_names", ())  # panoptic data names its stuff apart
+    pictures = [draw_item(*dataset[int(i)], datamodule.class_names, size, stuff_names) for i in positions]
     path = Path(cfg.paths.output_dir) / f"dataset_{cfg.split}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     grid(pictures, int(cfg.cell_size), int(cfg.columns)).save(path)

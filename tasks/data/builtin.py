@@ -4,14 +4,17 @@ folders for classification."""
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 from tasks.data.classification import ImageFolderDataModule
 from tasks.data.doctor import Finding
 from tasks.data.formats.coco import CocoDataModule
+from tasks.data.formats.coco_panoptic import PanopticCategories
+from tasks.data.formats.coco_panoptic_module import CocoPanopticDataModule
 from tasks.data.images import MAX_PIXELS
 from tasks.data.segmentation import VocSegDataModule
-from tasks.data.shapes import SHAPE_CLASSES, ensure_shapes, split_spec
+from tasks.data.shapes import SHAPE_CLASSES, STUFF_CLASSES, ensure_shapes, split_spec
 
 
 class ShapesDataModule(CocoDataModule):
@@ -77,4 +80,28 @@ class ShapesClsDataModule(ImageFolderDataModule):
 
     def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:
         ensure_shapes(self.root, self.spec, layout="imagefolder")
+        return super().inspect(read_images=read_images, max_pixels=max_pixels)
+
+
+class ShapesPanopticDataModule(CocoPanopticDataModule):
+    """The built-in shapes over stuff landscapes (sky, ground, water), generated on first use in COCO
+    panoptic layout. Options named like ``ShapesSpec`` fields set the generation, as for detection's shapes."""
+
+    def __init__(self, root: str | Path, **options) -> None:
+        self.spec, options = split_spec(options)
+        super().__init__(root, **options)
+
+    @cached_property
+    def categories(self) -> PanopticCategories:
+        """Known before the data is generated (as the files will declare them)."""
+        things = len(SHAPE_CLASSES)
+        stuff_ids = tuple(range(things + 1, things + len(STUFF_CLASSES) + 1))
+        return PanopticCategories(tuple(range(1, things + 1)), SHAPE_CLASSES, stuff_ids, STUFF_CLASSES)
+
+    def prepare_data(self) -> None:
+        ensure_shapes(self.root, self.spec, layout="coco_panoptic")
+        super().prepare_data()
+
+    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:
+        ensure_shapes(self.root, self.spec, layout="coco_panoptic")
         return super().inspect(read_images=read_images, max_pixels=max_pixels)

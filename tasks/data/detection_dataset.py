@@ -95,10 +95,14 @@ class DetectionDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         return self.item(*self.read(index))
 
-    def item(self, record: ImageRecord, image: np.ndarray, boxes, labels, masks) -> tuple[torch.Tensor, dict]:
-        """The augmented item of an image read by ``read`` (or a part of one: a tile)."""
+    def item(
+        self, record: ImageRecord, image: np.ndarray, boxes, labels, masks, *, semantic: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, dict]:
+        """The augmented item of an image read by ``read`` (or a part of one: a tile). ``semantic``: a
+        class per pixel (panoptic data), moved with the image as ``sem_seg`` (``semantic_target`` of
+        the format turns it into training classes)."""
         if self.transforms is not None:
-            image, boxes, labels, masks = self._augment(image, boxes, labels, masks)
+            image, boxes, labels, masks, semantic = self._augment(image, boxes, labels, masks, semantic)
         target = {
             "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(np.asarray(labels, dtype=np.int64)),
@@ -108,9 +112,16 @@ class DetectionDataset(Dataset):
         }
         if masks is not None:
             target["masks"] = torch.from_numpy(np.ascontiguousarray(masks))
+        if semantic is not None:
+            target["sem_seg"] = torch.from_numpy(self.semantic_target(np.asarray(semantic)))
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), target
 
-    def _augment(self, image: np.ndarray, boxes, labels, masks: np.ndarray | None) -> tuple:
+    @staticmethod
+    def semantic_target(semantic: np.ndarray) -> np.ndarray:
+        """The per-pixel training classes of a stored semantic map (formats that carry one say how)."""
+        return semantic.astype(np.int64)
+
+    def _augment(self, image: np.ndarray, boxes, labels, masks: np.ndarray | None, semantic=None) -> tuple:
         """The pipeline on image, boxes and masks together. A box the augmentation drops takes its mask
         with it (``box_ids`` says which boxes survived), and a box whose mask left the image goes too.
         With masks, boxes are then the masks' own extents: a crop that cuts an object leaves its box
@@ -118,16 +129,19 @@ class DetectionDataset(Dataset):
         data = {"image": image, "bboxes": boxes, "labels": labels, "box_ids": np.arange(len(boxes))}
         if masks is not None and len(masks):
             data["masks"] = masks
+        if semantic is not None:
+            data["mask"] = semantic  # padding fills with 0, which formats keep for void
         out = self.transforms(**data)
         image, boxes, labels, kept = out["image"], out["bboxes"], out["labels"], np.asarray(out["box_ids"], np.int64)
+        semantic = None if semantic is None else np.asarray(out["mask"])
         if masks is None:
-            return image, boxes, labels, None
+            return image, boxes, labels, None, semantic
         if not len(masks):
-            return image, boxes, labels, np.zeros((0, *image.shape[:2]), np.uint8)
+            return image, boxes, labels, np.zeros((0, *image.shape[:2]), np.uint8), semantic
         masks = np.asarray(out["masks"])[kept]
         visible = masks.any(axis=(1, 2))
         masks, labels = masks[visible], np.asarray(labels)[visible]
-        return image, mask_extents(masks), labels, masks
+        return image, mask_extents(masks), labels, masks, semantic
 
 
 def mask_extents(masks: np.ndarray) -> np.ndarray:

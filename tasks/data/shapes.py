@@ -19,9 +19,11 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from tasks.data.formats.coco_panoptic import id_to_rgb
 from tasks.data.formats.palette import voc_palette
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
+STUFF_CLASSES = ("sky", "ground", "water")  # the panoptic layout's background regions
 SPEC_FILE = "shapes_spec.json"
 
 
@@ -94,13 +96,39 @@ def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> np.
     return 255 - mean
 
 
+def _stuff_background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A landscape of stuff regions (``STUFF_CLASSES``): sky above a tilted horizon (a smooth gradient),
+    ground below it (blotchy texture), and in half the images a band of water (horizontal waves) along
+    the bottom. Returns the image and the map of each pixel's stuff index."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    horizon = rng.uniform(0.25, 0.6) * size + rng.uniform(-0.3, 0.3) * (xs - size / 2)
+    stuff = np.where(ys < horizon, 0, 1)
+    if rng.random() < 0.5:
+        shore = horizon + rng.uniform(0.2, 0.4) * size + rng.uniform(-0.2, 0.2) * (xs - size / 2)
+        stuff[ys >= shore] = 2
+    top, bottom = rng.uniform([120, 150, 200], [200, 220, 255]), rng.uniform([60, 100, 170], [140, 180, 240])
+    t = (ys / size)[..., None]
+    sky = top * (1 - t) + bottom * t + rng.normal(0, 2, (size, size, 3))
+    blotches = cv2.GaussianBlur(rng.normal(0, 40, (size, size)), (0, 0), 2.0)[..., None]
+    ground = rng.uniform([70, 60, 20], [150, 130, 80]) + blotches + rng.normal(0, 6, (size, size, 3))
+    waves = 30 * np.sin(2 * np.pi * ys / rng.uniform(5, 9) + 0.5 * np.sin(xs / rng.uniform(6, 12)))[..., None]
+    water = rng.uniform([20, 50, 90], [60, 110, 160]) + waves + rng.normal(0, 3, (size, size, 3))
+    image = np.choose(stuff[..., None], [sky, ground, water])
+    return image, stuff
+
+
 def render_image(
-    rng: np.random.Generator, spec: ShapesSpec, only_class: int | None = None
-) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    rng: np.random.Generator, spec: ShapesSpec, only_class: int | None = None, *, stuff: bool = False
+) -> tuple[np.ndarray, np.ndarray, list[int]] | tuple[np.ndarray, np.ndarray, list[int], np.ndarray]:
     """One image: (HxWx3 uint8, owner map with the index of the visible instance or -1, class per instance).
-    ``only_class``: every shape of the image is of that class (classification)."""
+    ``only_class``: every shape of the image is of that class (classification). ``stuff``: the
+    background is a landscape of stuff regions, whose map (stuff index per pixel) comes fourth."""
     size = spec.image_size
-    image = _background(rng, size)
+    regions = None
+    if stuff:
+        image, regions = _stuff_background(rng, size)
+    else:
+        image = _background(rng, size)
     owner = np.full((size, size), -1, np.int32)
     classes: list[int] = []
     full_areas: list[int] = []
@@ -122,7 +150,8 @@ def render_image(
                 image[mask] = _contrasting_colour(rng, image)
                 break
     image += rng.normal(0, 3, image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8), owner, classes
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    return (image, owner, classes) if regions is None else (image, owner, classes, regions)
 
 
 def _annotations(owner: np.ndarray, classes: list[int], image_id: int, first_id: int) -> list[dict]:
@@ -176,6 +205,60 @@ def _write_coco(folder: Path, spec: ShapesSpec) -> None:
         info = {"description": "synthetic shapes", "version": "1.0"}
         full = {"info": info, "licenses": [], **content, "categories": categories}
         (folder / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(full))
+
+
+STUFF_SEGMENT_BASE = 100  # stuff segment ids: 100 + stuff index; things: 1 + instance index
+
+
+def _panoptic_segments(owner: np.ndarray, classes: list[int], regions: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+    """The segment-id map (a one-pixel void seam where stuff regions meet, as annotators leave them) and
+    its ``segments_info``. Things are categories 1..4, stuff 5..7."""
+    ids = np.where(owner >= 0, owner + 1, STUFF_SEGMENT_BASE + regions)
+    seam = np.zeros(regions.shape, bool)
+    seam[1:] |= regions[1:] != regions[:-1]
+    seam[:, 1:] |= regions[:, 1:] != regions[:, :-1]
+    ids[seam & (owner < 0)] = 0
+    infos = []
+    for segment_id in np.unique(ids[ids > 0]).tolist():
+        pixels = ids == segment_id
+        ys, xs = np.nonzero(pixels)
+        if segment_id < STUFF_SEGMENT_BASE:
+            category_id = classes[segment_id - 1] + 1
+        else:
+            category_id = len(SHAPE_CLASSES) + segment_id - STUFF_SEGMENT_BASE + 1
+        box = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+        infos.append(
+            {"id": segment_id, "category_id": category_id, "area": int(pixels.sum()), "bbox": box, "iscrowd": 0}
+        )
+    return ids, infos
+
+
+def _write_coco_panoptic(folder: Path, spec: ShapesSpec) -> None:
+    """COCO panoptic layout: ``{train,val}2017/`` images over stuff landscapes, and
+    ``annotations/panoptic_{train,val}2017.json`` with their PNG folders ``annotations/panoptic_{split}2017/``."""
+    categories = [
+        *({"id": i + 1, "name": n, "supercategory": "shape", "isthing": 1} for i, n in enumerate(SHAPE_CLASSES)),
+        *(
+            {"id": len(SHAPE_CLASSES) + i + 1, "name": n, "supercategory": "landscape", "isthing": 0}
+            for i, n in enumerate(STUFF_CLASSES)
+        ),
+    ]
+    splits = {split: {"images": [], "annotations": []} for split in ("train", "val")}
+    for image_id, split in _image_ids(spec):
+        image, owner, classes, regions = render_image(np.random.default_rng([spec.seed, image_id]), spec, stuff=True)
+        file_name, png_name = f"{image_id:012d}.png", f"{image_id:012d}.png"
+        for sub in (f"{split}2017", f"annotations/panoptic_{split}2017"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{split}2017" / file_name)
+        ids, infos = _panoptic_segments(owner, classes, regions)
+        Image.fromarray(id_to_rgb(ids)).save(folder / f"annotations/panoptic_{split}2017" / png_name)
+        size = spec.image_size
+        splits[split]["images"].append({"id": image_id, "file_name": file_name, "width": size, "height": size})
+        splits[split]["annotations"].append({"image_id": image_id, "file_name": png_name, "segments_info": infos})
+    for split, content in splits.items():
+        info = {"description": "synthetic shapes over stuff", "version": "1.0"}
+        full = {"info": info, "licenses": [], **content, "categories": categories}
+        (folder / "annotations" / f"panoptic_{split}2017.json").write_text(json.dumps(full))
 
 
 def _voc_xml(file_name: str, size: int, owner: np.ndarray, classes: list[int], *, mark_difficult: bool = True) -> str:
@@ -287,6 +370,7 @@ LAYOUTS = {
     "voc_folder": _write_voc_folder,
     "yolo": _write_yolo,
     "yolo_seg": lambda folder, spec: _write_yolo(folder, spec, polygons=True),
+    "coco_panoptic": _write_coco_panoptic,
 }
 
 

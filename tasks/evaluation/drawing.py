@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
+from torchvision.ops import masks_to_boxes
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from tasks.data.formats.palette import voc_palette
@@ -65,6 +66,54 @@ def draw_semantic(image: np.ndarray, mask: np.ndarray, num_classes: int) -> np.n
     return picture.permute(1, 2, 0).numpy()
 
 
+def panoptic_from_target(target: dict, num_things: int) -> tuple[Tensor, Tensor]:
+    """A panoptic item's ground truth as a segment map and its labels: the stuff of ``sem_seg`` (class
+    ``s``: label ``num_things + s``; things and void left out), then each thing's mask."""
+    semantic = target["sem_seg"]
+    panoptic = torch.zeros(semantic.shape, dtype=torch.int32)
+    labels = []
+    for stuff in torch.unique(semantic).tolist():
+        if 1 <= stuff < 255:
+            labels.append(num_things + stuff)
+            panoptic[semantic == stuff] = len(labels)
+    for mask, label in zip(target["masks"], target["labels"].tolist(), strict=True):
+        labels.append(label)
+        panoptic[mask.bool()] = len(labels)
+    return panoptic, torch.tensor(labels, dtype=torch.int64)
+
+
+def draw_panoptic(
+    image: np.ndarray,
+    panoptic: Tensor,
+    labels: Tensor,
+    class_names: Sequence[str],
+    num_things: int,
+    scores: Tensor | None = None,
+) -> np.ndarray:
+    """Every segment of ``panoptic`` (id ``k``: ``labels[k - 1]``, things 1..``num_things`` then stuff;
+    ``class_names`` names them all) blended in its class colour; things also boxed and named (with their
+    ``scores``, predictions)."""
+    picture = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    colours = class_colours(len(class_names) + 1)
+    present = [k for k in torch.unique(panoptic).tolist() if k > 0]
+    if not present:
+        return image
+    masks = torch.stack([panoptic == k for k in present])
+    segment_labels = [int(labels[k - 1]) for k in present]
+    picture = draw_segmentation_masks(picture, masks, alpha=MASK_ALPHA, colors=[colours[c] for c in segment_labels])
+    things = [i for i, label in enumerate(segment_labels) if label <= num_things]
+    if things:
+        captions = [
+            class_names[segment_labels[i] - 1] + ("" if scores is None else f" {float(scores[present[i] - 1]):.2f}")
+            for i in things
+        ]
+        boxes = masks_to_boxes(masks[things]) + torch.tensor([0.0, 0.0, 1.0, 1.0])
+        width = max(1, round(min(image.shape[:2]) / 250))
+        thing_colours = [colours[segment_labels[i]] for i in things]
+        picture = draw_bounding_boxes(picture, boxes, labels=captions, colors=thing_colours, width=width)
+    return picture.permute(1, 2, 0).numpy()
+
+
 def as_uint8(image: torch.Tensor) -> np.ndarray:
     """HxWx3 uint8 from a dataset's CHW image (uint8, or float in 0..1 or 0..255)."""
     if image.dtype != torch.uint8:
@@ -83,7 +132,7 @@ def fit_item(image: torch.Tensor, target: dict, size: int) -> tuple[torch.Tensor
     target = dict(target)
     if "boxes" in target:
         target["boxes"] = target["boxes"] * torch.tensor([width / width_in, height / height_in] * 2)
-    for key, batch in (("masks", True), ("mask", False)):
+    for key, batch in (("masks", True), ("mask", False), ("sem_seg", False)):
         if key in target and target[key].numel():
             masks = target[key].float() if batch else target[key][None].float()
             masks = F.interpolate(masks[None], size=(height, width), mode="nearest")[0]
@@ -91,13 +140,24 @@ def fit_item(image: torch.Tensor, target: dict, size: int) -> tuple[torch.Tensor
     return image.round().clamp(0, 255).to(torch.uint8), target
 
 
-def draw_item(image: torch.Tensor, target: dict, class_names: list[str], size: int | None = None) -> np.ndarray:
-    """One item with its ground truth: boxes (and masks) with class names, a class map, or a caption;
-    ``size``: scaled to that longer side first."""
+def draw_item(
+    image: torch.Tensor,
+    target: dict,
+    class_names: list[str],
+    size: int | None = None,
+    stuff_names: Sequence[str] = (),
+) -> np.ndarray:
+    """One item with its ground truth: boxes (and masks) with class names, a class map, a panoptic map
+    (items with ``sem_seg``; ``stuff_names`` name the stuff), or a caption; ``size``: scaled to that
+    longer side first."""
     image = torch.from_numpy(as_uint8(image)).permute(2, 0, 1)
     if size:
         image, target = fit_item(image, target, size)
     picture = image.permute(1, 2, 0).numpy()
+    if "sem_seg" in target:
+        panoptic, labels = panoptic_from_target(target, len(class_names))
+        drawn = draw_panoptic(picture, panoptic, labels, [*class_names, *stuff_names], len(class_names))
+        return caption(drawn, f"{len(target['labels'])} objects")
     if "boxes" in target:
         labels = target["labels"]
         found = {"boxes": target["boxes"], "labels": labels}

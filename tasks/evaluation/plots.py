@@ -17,11 +17,14 @@ from PIL import Image  # noqa: E402
 from tasks.evaluation.evaluation import Evaluation  # noqa: E402
 
 # per-class columns drawn as bars, the first present of each pair
-BAR_METRICS = (("ap", "iou", "accuracy"), ("mask_ap",))
-BAR_LABELS = {"ap": "AP (IoU 0.50:0.95)", "mask_ap": "mask AP", "iou": "IoU", "accuracy": "accuracy"}
+BAR_METRICS = (("ap", "iou", "accuracy", "pq"), ("mask_ap",))
+BAR_LABELS = {"ap": "AP (IoU 0.50:0.95)", "mask_ap": "mask AP", "iou": "IoU", "accuracy": "accuracy", "pq": "PQ"}
 MOST_LEGEND_ENTRIES = 20
 # metrics drawn as curves, where the run logs them (val/<name>)
-CURVE_METRICS = ("map", "map_50", "mask_map", "mask_map_50", "miou", "pixel_acc", "top1", "top5", "accuracy")
+CURVE_METRICS = (
+    "map", "map_50", "mask_map", "mask_map_50", "miou", "pixel_acc", "top1", "top5", "accuracy", "pq", "pq_things",
+    "pq_stuff",
+)  # fmt: skip
 
 
 def to_image(figure: plt.Figure) -> Image.Image:
@@ -33,7 +36,7 @@ def to_image(figure: plt.Figure) -> Image.Image:
 
 
 def per_class_picture(per_class: Mapping[str, Mapping[str, float]]) -> Image.Image | None:
-    """Horizontal bars of AP (detection), IoU (segmentation) or accuracy per class, and mask AP beside
+    """Horizontal bars of AP (detection), IoU (segmentation), PQ (panoptic) or accuracy per class, and mask AP beside
     box AP for instance segmentation; classes sorted by the first metric, worst at the top."""
     present = {metric for row in per_class.values() for metric in row}
     columns = [next(m for m in group if m in present) for group in BAR_METRICS if present.intersection(group)]

@@ -20,7 +20,7 @@ from tasks.common.errors import UserError
 from tasks.data.collate import collate_segmentation
 from tasks.evaluation.predictions import detection_cap
 from tasks.inference.fast import compile_trunk, optimise_for_cpu
-from tasks.inference.graphs import check_inference_task, is_semantic
+from tasks.inference.graphs import PREDICT_TASKS, check_inference_task, is_semantic
 
 ENGINES = ("torch", "onnxruntime")
 
@@ -40,7 +40,7 @@ class TorchEngine:
     also compiles the convolutional trunk (worth it for many images of few sizes)."""
 
     def __init__(self, model: nn.Module, task: str, device: str = "auto", compile: bool = False) -> None:
-        check_inference_task(task)
+        check_inference_task(task, PREDICT_TASKS)
         self.device = torch.device(
             "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
         )

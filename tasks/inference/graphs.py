@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from tasks.common.errors import UserError
 
 SEGMENTATION_TASKS = ("segmentation",)
-INFERENCE_TASKS = ("detection", "instance_segmentation", *SEGMENTATION_TASKS)
+INFERENCE_TASKS = ("detection", "instance_segmentation", *SEGMENTATION_TASKS)  # exported and predicted
+PREDICT_TASKS = (*INFERENCE_TASKS, "panoptic_segmentation")  # predicted by the PyTorch engine only
 
 
 def is_semantic(task: str) -> bool:
@@ -52,11 +53,13 @@ def _has_masks(detector: nn.Module) -> bool:
     return getattr(getattr(detector, "roi_heads", None), "mask_predictor", None) is not None
 
 
-def check_inference_task(task: str) -> None:
-    if task not in INFERENCE_TASKS:
+def check_inference_task(task: str, tasks: tuple[str, ...] = INFERENCE_TASKS) -> None:
+    """Stop unless ``tasks`` (export's by default; predict's PyTorch engine: ``PREDICT_TASKS``) hold ``task``."""
+    if task not in tasks:
         raise UserError(
-            f"predict and export take {', '.join(INFERENCE_TASKS)} models, not {task}: score a {task} checkpoint "
-            "with tasks/evaluate.py, or start another task's backbone from it (backbone.init=CKPT)"
+            f"this takes {', '.join(tasks)} models, not {task}: score a {task} checkpoint with tasks/evaluate.py"
+            + (", predict with engine=torch" if task in PREDICT_TASKS else "")
+            + ", or start another task's backbone from it (backbone.init=CKPT)"
         )
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
+from tasks.data.formats.coco_panoptic import id_to_rgb
 from tasks.evaluation.coco_eval import to_coco_results, to_segmentation_results
 from tasks.evaluation.predictions import rescale_to_original
 
@@ -57,6 +58,44 @@ def semantic_row(mask: np.ndarray, file_name: str, mask_file: str, class_names: 
     counts = np.bincount(mask.ravel(), minlength=len(class_names))
     fractions = {class_names[k]: round(float(c) / mask.size, 6) for k, c in enumerate(counts) if c}
     return {"file_name": file_name, "mask_file": mask_file, "class_fractions": fractions}
+
+
+def panoptic_row(
+    panoptic: np.ndarray,
+    labels: Sequence[int],
+    scores: Sequence[float],
+    file_name: str,
+    panoptic_file: str,
+    class_names: Sequence[str],
+    category_ids: Sequence[int],
+    num_things: int,
+) -> dict:
+    """Per image, COCO's panoptic results format: the PNG written (``panoptic_file``) and its
+    ``segments_info``, each segment with its category id and name, ``isthing``, score, area and box."""
+    segments = []
+    for segment_id, (label, score) in enumerate(zip(labels, scores, strict=True), start=1):
+        ys, xs = np.nonzero(panoptic == segment_id)
+        if not len(xs):
+            continue
+        box = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+        segments.append(
+            {
+                "id": segment_id,
+                "category_id": int(category_ids[label - 1]),
+                "category_name": class_names[label - 1],
+                "isthing": int(label <= num_things),
+                "score": round(float(score), 5),
+                "area": len(xs),
+                "bbox": box,
+            }
+        )
+    return {"file_name": file_name, "panoptic_file": panoptic_file, "segments_info": segments}
+
+
+def save_panoptic_png(panoptic: np.ndarray, path: Path) -> None:
+    """Segment ids as COCO's RGB encoding (id = R + 256 G + 256^2 B)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(id_to_rgb(panoptic)).save(path)
 
 
 def save_picture(picture: np.ndarray, path: Path) -> None:

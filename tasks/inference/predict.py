@@ -21,7 +21,13 @@ from tasks.common.errors import UserError
 from tasks.common.metadata import load_trained_model
 from tasks.data.formats.palette import save_palette_png
 from tasks.evaluation import drawing
-from tasks.evaluation.predictions import capped_message, count_capped, detection_cap, set_detection_cap
+from tasks.evaluation.predictions import (
+    capped_message,
+    count_capped,
+    detection_cap,
+    rescale_to_original,
+    set_detection_cap,
+)
 from tasks.evaluation.slicing import Slicing, predict_images_sliced, slicing_settings
 from tasks.inference import outputs
 from tasks.inference.engines import ENGINES, OnnxRuntimeEngine, TorchEngine
@@ -102,10 +108,38 @@ class PredictionWriter:
             save_palette_png(mask, self.output_dir / mask_file)
             outputs.save_picture(drawing.draw_semantic(image, mask, len(names)), overlay)
             return [outputs.semantic_row(mask, relative.as_posix(), mask_file.as_posix(), names)]
+        if "panoptic" in found:
+            return [self._panoptic(relative, image, model_input, found, overlay)]
         detections = outputs.kept_detections(found, model_input, image, self.score_threshold)
         outputs.save_picture(drawing.draw_detections(image, detections, names, self.mask_threshold), overlay)
         category_ids = self.metadata.get("category_ids")
         return outputs.detection_rows(detections, relative.as_posix(), names, category_ids, self.mask_threshold)
+
+    def _panoptic(self, relative: Path, image, model_input, found: dict, overlay: Path) -> dict:
+        """The segment map as a COCO panoptic PNG, its overlay, and its ``segments_info`` row (the merge
+        chose the segments: ``score_threshold`` does not apply)."""
+        found = dict(found)
+        rescale_to_original([found], [model_input], [{"orig_size": image.shape[:2]}])
+        panoptic = found["panoptic"].numpy()
+        things = self.metadata["class_names"]
+        names = [*things, *self.metadata.get("stuff_names", [])]
+        category_ids = [*(self.metadata.get("category_ids") or range(1, len(things) + 1))]
+        category_ids += self.metadata.get("stuff_category_ids") or range(len(things) + 1, len(names) + 1)
+        png = self._unique(Path("panoptic") / relative.with_suffix(".png"), relative)
+        outputs.save_panoptic_png(panoptic, self.output_dir / png)
+        labels, scores = found["segment_labels"], found["segment_scores"]
+        picture = drawing.draw_panoptic(image, found["panoptic"], labels, names, len(things), scores)
+        outputs.save_picture(picture, overlay)
+        return outputs.panoptic_row(
+            panoptic,
+            labels.tolist(),
+            scores.tolist(),
+            relative.as_posix(),
+            png.as_posix(),
+            names,
+            category_ids,
+            len(things),
+        )
 
     def _unique(self, name: Path, relative: Path) -> Path:
         """``name``, or for another image that maps onto it (a.gif and a.png both give a.png; x.JPG and

@@ -19,6 +19,7 @@ from tasks.evaluation.drawing import (
     caption,
     draw_detections,
     draw_item,
+    draw_panoptic,
     draw_semantic,
     fit_item,
     grid,
@@ -45,6 +46,7 @@ class RunPictures(Callback):
         self.output_dir = Path(output_dir)
         self.count, self.score_threshold, self.size, self.curves = count, score_threshold, size, curves
         self.history: dict[str, list[list[float]]] = {}  # logged name -> [step, value] pairs
+        self.stuff_names: list[str] = []  # panoptic data: its stuff classes, named in the pictures
 
     # -- curves ------------------------------------------------------------------------------
     def _record(self, trainer: L.Trainer, names: list[str]) -> None:
@@ -90,6 +92,7 @@ class RunPictures(Callback):
         positions = spread(len(dataset), self.count)
         count = len(positions)
         class_names = list(trainer.datamodule.class_names)
+        self.stuff_names = list(getattr(trainer.datamodule, "stuff_names", []))
         was_training = pl_module.training
         pl_module.eval()
         with torch.no_grad():
@@ -104,8 +107,10 @@ class RunPictures(Callback):
 
     def _pair(self, module: L.LightningModule, image: torch.Tensor, target: dict, class_names: list[str]) -> np.ndarray:
         """The item's ground truth and the model's prediction, side by side, each ``size`` pixels long."""
-        truth = draw_item(image, target, class_names, self.size)
-        predicted = predicted_picture(module, image, target, class_names, self.score_threshold, self.size)
+        truth = draw_item(image, target, class_names, self.size, self.stuff_names)
+        predicted = predicted_picture(
+            module, image, target, class_names, self.score_threshold, self.size, self.stuff_names
+        )
         height = max(truth.shape[0], predicted.shape[0])
         sheet = Image.new("RGB", (truth.shape[1] + GAP + predicted.shape[1], height), (32, 32, 32))
         sheet.paste(Image.fromarray(truth), (0, 0))
@@ -114,11 +119,25 @@ class RunPictures(Callback):
 
 
 def predicted_picture(
-    module: L.LightningModule, image: torch.Tensor, target: dict, class_names: list[str], threshold: float, size: int
+    module: L.LightningModule,
+    image: torch.Tensor,
+    target: dict,
+    class_names: list[str],
+    threshold: float,
+    size: int,
+    stuff_names: list[str] | None = None,
 ) -> np.ndarray:
     """The model's output for one validation item drawn on it: detections (boxes, masks), a class map,
-    or the predicted class as a caption; what it is follows the item's ground truth."""
+    a panoptic map (``stuff_names`` name its stuff) or the predicted class as a caption; what it is
+    follows the item's ground truth."""
     device_image = image.to(module.device)
+    if "sem_seg" in target:  # the merge has applied its own score threshold
+        found = module.detect([device_image])[0]
+        picture = as_uint8(fit_item(torch.from_numpy(as_uint8(image)).permute(2, 0, 1), {}, size)[0])
+        panoptic = fit_item(image, {"sem_seg": found["panoptic"].cpu()}, size)[1]["sem_seg"]
+        names = [*class_names, *(stuff_names or [])]
+        labels, scores = found["segment_labels"].cpu(), found["segment_scores"].cpu()
+        return draw_panoptic(picture, panoptic, labels, names, len(class_names), scores)
     if "boxes" in target:
         found = module.detect([device_image])[0]
         keep = found["scores"] >= threshold

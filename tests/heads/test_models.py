@@ -18,13 +18,14 @@ TASK_MODELS = {
     "instance_segmentation": "mask_rcnn",
     "segmentation": "deeplab",
     "classification": "classifier",
+    "panoptic_segmentation": "panoptic_fpn",
 }
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_builds_and_predicts(model: str, tmp_path: Path) -> None:
     cfg = compose_config([f"model={model}", "backbone=resnet18", "~recipe"], tmp_path)
-    small = {"num_classes": 3, "min_size": 64, "max_size": 64, "output_stride": None}
+    small = {"num_classes": 3, "min_size": 64, "max_size": 64, "output_stride": None, "stuff_names": ["sky", "sea"]}
     network = instantiate(cfg.task.model, **{k: v for k, v in small.items() if k in cfg.task.model}).eval()
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
