@@ -181,15 +181,16 @@ class PanopticFPN(FasterRCNN):
 
     def _merge(self, detection: dict[str, Tensor], logits: Tensor) -> dict[str, Tensor]:
         things = self.num_classes
-        masks = detection["masks"][:, 0] > 0.5 if "masks" in detection else logits.new_zeros((0, *logits.shape[-2:]))
+        empty = logits.new_zeros((0, *logits.shape[-2:]), dtype=torch.bool)
+        masks = detection["masks"][:, 0] > 0.5 if "masks" in detection else empty
         stuff = {s: things + s for s in range(1, self.num_stuff + 1)}
         panoptic, segments = merge_panoptic(
             masks, detection["scores"], detection["labels"], logits.argmax(0), stuff, **self.merge
         )
         return {
             "panoptic": panoptic,
-            "segment_labels": torch.tensor([s.category_id for s in segments], dtype=torch.int64),
-            "segment_scores": torch.tensor([s.score for s in segments], dtype=torch.float32),
+            "segment_labels": torch.tensor([s.category_id for s in segments], dtype=torch.int64, device=logits.device),
+            "segment_scores": torch.tensor([s.score for s in segments], dtype=torch.float32, device=logits.device),
         }
 
 

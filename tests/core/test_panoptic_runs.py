@@ -90,6 +90,25 @@ def test_train_evaluate_and_predict_agree_on_pq(shapes_panoptic_root: Path, tmp_
     recomputed = _pq_of_predictions(shapes_panoptic_root, rows, folder)
     for name in SCORES:
         assert recomputed[name] == pytest.approx(evaluated[name], abs=5e-3), name
+    export = run_script(
+        "export.py",
+        ["task=panoptic_segmentation", f"ckpt_path={metrics['checkpoint']}", f"hydra.run.dir={tmp_path / 'x'}"],
+    )
+    assert export.returncode != 0 and "predict with engine=torch" in export.stderr
+
+
+@pytest.mark.slow
+def test_the_doctor_checks_panoptic_data(shapes_panoptic_root: Path, tmp_path: Path) -> None:
+    args = ["task=panoptic_segmentation", *shapes_overrides(shapes_panoptic_root), f"hydra.run.dir={tmp_path}"]
+    report = run_script("check_dataset.py", args)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "3 stuff classes: ['sky', 'ground', 'water']" in report.stdout and "ready to train" in report.stdout
+    (shapes_panoptic_root / "annotations/panoptic_val2017" / "000000000017.png").rename(tmp_path / "moved.png")
+    try:
+        broken = run_script("check_dataset.py", args)
+    finally:
+        (tmp_path / "moved.png").rename(shapes_panoptic_root / "annotations/panoptic_val2017" / "000000000017.png")
+    assert broken.returncode == 1 and "000000000017.png is missing" in broken.stdout
 
 
 @pytest.mark.distributed

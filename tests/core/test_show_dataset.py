@@ -31,7 +31,7 @@ def test_grid_of_the_split_as_delivered_or_as_on_disk(
     augmented: bool, shapes_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen = []
-    monkeypatch.setattr("tasks.core.show.draw_item", lambda image, target, names, size: seen.append(image) or
+    monkeypatch.setattr("tasks.core.show.draw_item", lambda image, target, names, size, *_: seen.append(image) or
                         np.zeros((size, size, 3), np.uint8))  # fmt: skip
     overrides = [*shapes_overrides(shapes_root), "count=5", "columns=3", "cell_size=100", f"augmented={augmented}",
                  "dataset.augment=lsj"]  # fmt: skip
@@ -42,3 +42,28 @@ def test_grid_of_the_split_as_delivered_or_as_on_disk(
     on_disk = [torch.from_numpy(read_rgb(files[i])).permute(2, 0, 1) for i in positions]
     same = [torch.equal(a, b) for a, b in zip(seen, on_disk, strict=True)]
     assert same == [not augmented] * 5  # large-scale jitter changes every training picture
+
+
+def test_panoptic_ground_truth_draws_stuff_in_its_colour_and_boxes_things(
+    shapes_panoptic_root: Path, tmp_path: Path
+) -> None:
+    image = torch.full((3, 24, 24), 100, dtype=torch.uint8)
+    semantic = torch.full((24, 24), 2)  # stuff class 2 of 2: label 3 + 2 = 5
+    semantic[16:19, 8:15] = 255  # void: left clear
+    masks = torch.zeros(1, 24, 24, dtype=torch.uint8)
+    masks[0, 12:16, 1:5] = 1
+    semantic[masks[0].bool()] = 0
+    target = {
+        "boxes": torch.tensor([[1.0, 12, 5, 16]]),
+        "labels": torch.tensor([2]),
+        "masks": masks,
+        "sem_seg": semantic,
+    }
+    picture = draw_item(image, target, ["a", "b", "c"], stuff_names=["sky", "sea"])
+    stuff = np.array([100] * 3) * 0.5 + np.array(class_colours(6)[5]) * 0.5
+    assert (np.abs(picture[20, 10].astype(int) - stuff) <= 1).all()  # a stuff pixel, blended
+    assert (picture[17, 10] == 100).all()  # void
+    assert (picture[14, 1] == class_colours(6)[2]).all()  # the thing's box edge, in its class colour
+    overrides = ["task=panoptic_segmentation", *shapes_overrides(shapes_panoptic_root), "count=3", "cell_size=100"]
+    path = show_dataset(compose_config([*overrides, "columns=3"], tmp_path, "show_dataset"))
+    assert Image.open(path).size == (300, 100)
