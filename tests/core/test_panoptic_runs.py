@@ -20,7 +20,9 @@ def _args(root: Path, tmp_path: Path) -> list[str]:
     return [
         *TINY_PANOPTIC,
         *shapes_overrides(root),
-        "trainer.max_epochs=2",
+        "trainer.max_epochs=3",  # 12 steps at AdamW 3e-3 without warm-up find some stuff
+        "task.module.scheduler.warmup_steps=1",
+        "task.module.optimizer.lr=0.003",
         "trainer.enable_progress_bar=false",
         f"paths.log_dir={tmp_path / 'outputs'}",
     ]
@@ -66,7 +68,7 @@ def _pq_of_predictions(root: Path, rows: list[dict], folder: Path) -> dict:
 def test_train_evaluate_and_predict_agree_on_pq(shapes_panoptic_root: Path, tmp_path: Path) -> None:
     metrics = _train(_args(shapes_panoptic_root, tmp_path), tmp_path)
     assert set(SCORES) <= set(metrics) and metrics["images"] == 8
-    assert metrics["pq_stuff"] > 0  # two epochs find some stuff
+    assert metrics["pq_stuff"] > 0
     evaluated = _evaluate(shapes_panoptic_root, metrics["checkpoint"], tmp_path / "eval")
     for name in SCORES:
         assert evaluated[name] == pytest.approx(metrics[name], abs=1e-9), name
@@ -94,7 +96,8 @@ def test_train_evaluate_and_predict_agree_on_pq(shapes_panoptic_root: Path, tmp_
         "export.py",
         ["task=panoptic_segmentation", f"ckpt_path={metrics['checkpoint']}", f"hydra.run.dir={tmp_path / 'x'}"],
     )
-    assert export.returncode != 0 and "predict with engine=torch" in export.stderr
+    assert export.returncode != 0
+    assert "not panoptic_segmentation" in export.stdout and "predict with engine=torch" in export.stdout
 
 
 @pytest.mark.slow
@@ -113,8 +116,8 @@ def test_the_doctor_checks_panoptic_data(shapes_panoptic_root: Path, tmp_path: P
 
 @pytest.mark.distributed
 def test_two_ddp_processes_score_pq_as_one(shapes_panoptic_root: Path, tmp_path: Path) -> None:
-    metrics = _train([*_args(shapes_panoptic_root, tmp_path), *CPU_DDP, "trainer.max_epochs=1"], tmp_path)
+    metrics = _train([*_args(shapes_panoptic_root, tmp_path), *CPU_DDP], tmp_path)
     alone = _evaluate(shapes_panoptic_root, metrics["checkpoint"], tmp_path / "eval")
-    assert metrics["images"] == alone["images"] == 8
+    assert metrics["images"] == alone["images"] == 8 and alone["sq"] > 0  # some segments matched
     for name in SCORES:
         assert metrics[name] == pytest.approx(alone[name], abs=1e-9), name
