@@ -13,12 +13,16 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 from backbones.base import Backbone, FeatureSpec, group_norm
 
 FPN_NORMS: dict[str, Callable[[int], nn.Module] | None] = {"none": None, "bn": nn.BatchNorm2d, "gn": group_norm}
-EXTRA_BLOCKS: dict[str, Callable[[int], ExtraFPNBlock | None]] = {
-    "maxpool": lambda channels: LastLevelMaxPool(),
-    "p6p7": lambda channels: LastLevelP6P7(channels, channels),
-    "none": lambda channels: None,
+# levels above the backbone's, built from (the last input's channels, the pyramid's width): P6 by max-pooling
+# P5 (Faster R-CNN); P6 and P7 by strided convs on P5 (RetinaNet, FCOS) or on the last input, C5 (RetinaNet
+# v2; torchvision's block takes P5 where C5 is as wide as the pyramid)
+EXTRA_BLOCKS: dict[str, Callable[[int, int], ExtraFPNBlock | None]] = {
+    "maxpool": lambda last, width: LastLevelMaxPool(),
+    "p6p7": lambda last, width: LastLevelP6P7(width, width),
+    "p6p7_c5": lambda last, width: LastLevelP6P7(last, width),
+    "none": lambda last, width: None,
 }
-EXTRA_LEVELS = {"maxpool": 1, "p6p7": 2, "none": 0}
+EXTRA_LEVELS = {"maxpool": 1, "p6p7": 2, "p6p7_c5": 2, "none": 0}
 
 
 def resolve_head_norm(norm: str, backbone: Backbone) -> str:
@@ -85,7 +89,7 @@ class FeaturePyramid(Backbone):
         self.fpn = FeaturePyramidNetwork(
             [shapes[f].channels for f in self.in_features],
             out_channels,
-            extra_blocks=EXTRA_BLOCKS[extra_blocks](out_channels),
+            extra_blocks=EXTRA_BLOCKS[extra_blocks](shapes[self.in_features[-1]].channels, out_channels),
             norm_layer=FPN_NORMS[self.norm],
         )
         built = levels[finest:]

@@ -10,6 +10,7 @@ from torchvision.models.detection import (
     FasterRCNN_ResNet50_FPN_Weights,
     FCOS_ResNet50_FPN_Weights,
     MaskRCNN_ResNet50_FPN_Weights,
+    RetinaNet_ResNet50_FPN_V2_Weights,
     RetinaNet_ResNet50_FPN_Weights,
 )
 
@@ -33,6 +34,7 @@ KINDS = {
     "faster_rcnn": (COCO_WEIGHTS, _TWO_STAGE_ROWS),
     "mask_rcnn": (COCO_MASK_WEIGHTS, _TWO_STAGE_ROWS),
     "retinanet": (RetinaNet_ResNet50_FPN_Weights.COCO_V1, _ONE_STAGE_ROWS),  # 36.4 box AP
+    "retinanet_v2": (RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1, _ONE_STAGE_ROWS),  # 41.5 box AP
     "fcos": (FCOS_ResNet50_FPN_Weights.COCO_V1, _ONE_STAGE_ROWS),  # 39.2 box AP
 }
 # PASCAL VOC names of COCO categories, so that COCO weights map all 20 VOC classes

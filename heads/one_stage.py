@@ -22,6 +22,8 @@ from heads.faster_rcnn import FullPrecisionAnchorGenerator
 
 ONE_STAGE_LEVELS = ("c3", "c4", "c5")  # P3-P5, and P6/P7 on top: strides 8 to 128
 HEAD_NORMS = ("none", "gn")
+ONE_STAGE_EXTRAS = ("p6p7", "p6p7_c5")
+BOX_LOSSES = ("l1", "smooth_l1", "giou", "diou", "ciou")  # torchvision's RetinaNet regression losses
 
 
 def head_group_norm(channels: int) -> nn.GroupNorm:
@@ -80,11 +82,15 @@ class FCOS(_LossesAndDetections, fcos.FCOS):
         return self.compute_loss(targets, outputs, anchors, locations)
 
 
-def _pyramid(backbone: Backbone, fpn_channels: int, fpn_levels: Sequence[str] | None, fpn_norm: str) -> FeaturePyramid:
+def _pyramid(
+    backbone: Backbone, fpn_channels: int, fpn_levels: Sequence[str] | None, fpn_norm: str, extra: str = "p6p7"
+) -> FeaturePyramid:
     if isinstance(backbone, FeaturePyramid):
         return backbone
+    if extra not in ONE_STAGE_EXTRAS:
+        raise ValueError(f"fpn_extra={extra!r} must be one of {ONE_STAGE_EXTRAS} (P6 and P7 from P5 or from C5)")
     levels = list(fpn_levels or ONE_STAGE_LEVELS)
-    return FeaturePyramid(backbone, out_channels=fpn_channels, in_features=levels, extra_blocks="p6p7", norm=fpn_norm)
+    return FeaturePyramid(backbone, out_channels=fpn_channels, in_features=levels, extra_blocks=extra, norm=fpn_norm)
 
 
 def _level_sizes(anchor_sizes: Sequence[int] | str, anchor_base: int | None, levels: int) -> list[int]:
@@ -141,6 +147,8 @@ def build_retinanet(
     fg_iou_thresh: float = 0.5,
     bg_iou_thresh: float = 0.4,
     head_norm: str = "none",
+    fpn_extra: str = "p6p7",
+    box_loss: str = "l1",
     topk_candidates: int = 1000,
     box_score_thresh: float = 0.05,
     box_nms_thresh: float = 0.5,
@@ -153,18 +161,24 @@ def build_retinanet(
     has ``scales_per_octave`` anchor sizes (``size x 2^(k/n)``, torchvision's 32, 40, 50 on P3) times
     ``aspect_ratios``. ``head_norm``: ``gn`` puts GroupNorm in the classification and box heads (as
     torchvision's v2 head, which trains from scratch much faster); ``none`` is the original head.
-    ``weights``: ``none``, ``coco`` (torchvision's ``RetinaNet_ResNet50_FPN_Weights``, classes remapped
-    by name onto ``class_names``) or a file. The other arguments are Faster R-CNN's
-    (:func:`heads.faster_rcnn.build_faster_rcnn`)."""
+    ``fpn_extra``: P6/P7 from P5 (``p6p7``) or from C5 (``p6p7_c5``, v2); ``box_loss``: ``l1`` (the
+    original), ``giou`` (v2), ``smooth_l1``, ``diou`` or ``ciou``. With ``head_norm=gn``, ``fpn_extra=p6p7_c5``
+    and ``box_loss=giou`` the model is torchvision's ``retinanet_resnet50_fpn_v2``.
+    ``weights``: ``none``, ``coco`` (torchvision's ``RetinaNet_ResNet50_FPN_Weights``, or with ``p6p7_c5``
+    its ``RetinaNet_ResNet50_FPN_V2_Weights``; classes remapped by name onto ``class_names``) or a file.
+    The other arguments are Faster R-CNN's (:func:`heads.faster_rcnn.build_faster_rcnn`)."""
     if num_classes < 1:
         raise ValueError(f"num_classes={num_classes} must count at least one object category")
-    features = _pyramid(backbone, fpn_channels, fpn_levels, fpn_norm)
+    if box_loss not in BOX_LOSSES:
+        raise ValueError(f"box_loss={box_loss!r} must be one of {BOX_LOSSES}")
+    features = _pyramid(backbone, fpn_channels, fpn_levels, fpn_norm, fpn_extra)
     bases = _level_sizes(anchor_sizes, anchor_base, len(features.output_shape()))
     sizes = tuple(tuple(int(base * 2 ** (k / scales_per_octave)) for k in range(scales_per_octave)) for base in bases)
     anchors = FullPrecisionAnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
     head = retinanet.RetinaNetHead(
         features.out_channels, anchors.num_anchors_per_location()[0], num_classes + 1, norm_layer=_head_norm(head_norm)
     )
+    head.regression_head._loss_type = box_loss  # how torchvision's own v2 builder chooses it
     transform = _transform_options(min_size, max_size, image_mean, image_std, resize_in_training)
     model = RetinaNet(
         features,
@@ -179,7 +193,7 @@ def build_retinanet(
         detections_per_img=box_detections_per_img,
         **transform,
     )
-    return _with_weights(model, weights, class_names, "retinanet")
+    return _with_weights(model, weights, class_names, "retinanet_v2" if fpn_extra == "p6p7_c5" else "retinanet")
 
 
 def build_fcos(

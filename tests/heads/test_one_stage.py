@@ -4,6 +4,7 @@ block; every backbone yaml trains with every one-stage model yaml."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchvision.models.detection import (
     FCOS_ResNet50_FPN_Weights,
+    RetinaNet_ResNet50_FPN_V2_Weights,
     RetinaNet_ResNet50_FPN_Weights,
     fcos_resnet50_fpn,
     retinanet_resnet50_fpn,
+    retinanet_resnet50_fpn_v2,
 )
 
 from backbones import ResNetBackbone
@@ -22,8 +25,14 @@ from heads.one_stage import build_fcos, build_retinanet
 from tests.support import BACKBONE_CONFIGS, CONF_DIR, backbone_from_yaml
 
 SIZE = dict(min_size=160, max_size=160, box_score_thresh=0.0)
+V2 = dict(head_norm="gn", fpn_extra="p6p7_c5", box_loss="giou")  # conf/model/retinanet_v2.yaml
 MODELS = {
     "retinanet": (build_retinanet, retinanet_resnet50_fpn, RetinaNet_ResNet50_FPN_Weights.COCO_V1),
+    "retinanet_v2": (
+        partial(build_retinanet, **V2),
+        retinanet_resnet50_fpn_v2,
+        RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1,
+    ),
     "fcos": (build_fcos, fcos_resnet50_fpn, FCOS_ResNet50_FPN_Weights.COCO_V1),
 }
 ONE_STAGE_CONFIGS = sorted(
@@ -98,7 +107,7 @@ def test_coco_weights_pick_each_class_row_in_every_anchor_block(name: str, monke
     model = MODELS[name][0](ResNetBackbone("resnet50", norm="bn"), num_classes=3, weights="coco", class_names=names)
     assert asked == [MODELS[name][2]]
     ours, rows = model.state_dict(), [0, 18, 1, 3]
-    anchors = 9 if name == "retinanet" else 1
+    anchors = 9 if name.startswith("retinanet") else 1
     for suffix in ("weight", "bias"):
         key = f"head.classification_head.cls_logits.{suffix}"
         picked = source[key].reshape(anchors, 91, *source[key].shape[1:])[:, rows]
