@@ -21,8 +21,10 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 @exit_on_user_error
 def main(cfg: DictConfig) -> Path:
-    from tasks.inference.export import export  # here: showing the config (--cfg job) imports no model code
+    from tasks.common.threads import configure_threads  # here: showing the config (--cfg job) imports no torch
+    from tasks.inference.export import export
 
+    configure_threads(cfg)
     return export(cfg)
 
 

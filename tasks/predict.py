@@ -23,8 +23,10 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 @exit_on_user_error
 def main(cfg: DictConfig) -> list[dict]:
-    from tasks.inference.predict import predict  # here: showing the config (--cfg job) imports no model code
+    from tasks.common.threads import configure_threads  # here: showing the config (--cfg job) imports no torch
+    from tasks.inference.predict import predict
 
+    configure_threads(cfg)
     return predict(cfg)
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 from omegaconf import DictConfig, OmegaConf
 
 from tasks import PROJECT_ROOT
+from tasks.common.threads import processes_per_node, usable_cpus
 from tasks.core import launch
 
 
@@ -35,18 +34,7 @@ def on_cpu(accelerator: object, when_cpu: object, otherwise: object) -> object:
 def workers_per_device(devices: object) -> int:
     """Data-loading workers for each training process: this machine's CPUs shared among the
     devices, one left to each training process itself."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if isinstance(devices, int) and devices > 0:
-        count = devices
-    elif isinstance(devices, str) and devices.isdigit():
-        count = int(devices)
-    elif hasattr(devices, "__len__") and not isinstance(devices, str):  # a list of device indices
-        count = len(devices)
-    else:  # -1 / "auto": every visible GPU
-        import torch
-
-        count = max(1, torch.cuda.device_count())
-    return max(1, min(16, cpus // count - 1))
+    return max(1, min(16, usable_cpus() // processes_per_node(devices) - 1))
 
 
 def register_resolvers() -> None:

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, open_dict
 from tasks.common.checkpoints import check_checkpoint_fits, checkpoint_path, read_checkpoint
 from tasks.common.errors import UserError
 from tasks.common.metadata import inference_metadata
+from tasks.common.threads import configure_threads
 from tasks.core.recipes import apply_command_line_limits, command_line_keys, command_line_overrides, log_recipe
 from tasks.data.object_sizes import fit_anchor_base, input_sizes
 from tasks.training.checkpointing import AtomicCheckpointIO
@@ -137,9 +138,10 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
 
 
 def configure_torch(cfg: DictConfig) -> None:
-    """Process-wide settings: seeds (also of loader workers) and matrix-product precision."""
+    """Process-wide settings: seeds (also of loader workers), matrix-product precision and threads."""
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("runtime", {}).get("float32_matmul_precision", "highest"))
+    configure_threads(cfg)
 
 
 def best_checkpoint(trainer: L.Trainer) -> str | None:
