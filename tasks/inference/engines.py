@@ -22,7 +22,7 @@ from tasks.evaluation.predictions import detection_cap
 from tasks.inference.fast import compile_trunk, optimise_for_cpu
 from tasks.inference.graphs import PREDICT_TASKS, check_inference_task, is_semantic
 
-ENGINES = ("torch", "onnxruntime")
+ENGINES = ("torch", "onnxruntime", "openvino")
 
 
 def _padded(images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
@@ -61,7 +61,28 @@ class TorchEngine:
         return [{name: value.cpu() for name, value in found.items()} for found in detections]
 
 
-class OnnxRuntimeEngine:
+class ExportedEngine:
+    """What the engines of exported models share: detectors take one image a call, segmenters a padded batch."""
+
+    semantic: bool
+
+    def _run(self, array: Tensor) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+        if self.semantic:
+            batch, sizes = _padded(images)
+            return _cropped(self._run(batch.float())["logits"], sizes)
+        return [self._run(image.float()) for image in images]
+
+
+def _exported_file(path: str | Path, option: str, fmt: str) -> Path:
+    if not Path(path).is_file():
+        raise UserError(f"{option}={path} does not exist: write one with python tasks/export.py format={fmt}")
+    return Path(path)
+
+
+class OnnxRuntimeEngine(ExportedEngine):
     """An exported ``model.onnx`` (``tasks/export.py format=onnx``) in ONNX Runtime."""
 
     def __init__(self, path: str | Path, task: str, detection_cap: int | None = None) -> None:
@@ -70,8 +91,7 @@ class OnnxRuntimeEngine:
             import onnxruntime
         except ImportError as err:
             raise UserError('engine=onnxruntime needs the deploy extras: pip install -e ".[deploy]"') from err
-        if not Path(path).is_file():
-            raise UserError(f"onnx_path={path} does not exist: write one with python tasks/export.py format=onnx")
+        path = _exported_file(path, "onnx_path", "onnx")
         providers = [
             p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in onnxruntime.get_available_providers()
         ]
@@ -84,8 +104,23 @@ class OnnxRuntimeEngine:
         outputs = self.session.run(None, {self.input_name: array.numpy()})
         return {name: torch.from_numpy(value) for name, value in zip(self.output_names, outputs, strict=True)}
 
-    def __call__(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
-        if self.semantic:
-            batch, sizes = _padded(images)
-            return _cropped(self._run(batch.float())["logits"], sizes)
-        return [self._run(image.float()) for image in images]
+
+class OpenVinoEngine(ExportedEngine):
+    """An exported ``model.xml`` (``tasks/export.py format=openvino``) in OpenVINO on the CPU, at float32
+    (OpenVINO would otherwise compute in bfloat16 on CPUs that have it) with torch's thread count."""
+
+    def __init__(self, path: str | Path, task: str, detection_cap: int | None = None) -> None:
+        self.detection_cap = detection_cap
+        try:
+            import openvino
+        except ImportError as err:
+            raise UserError('engine=openvino needs the deploy extras: pip install -e ".[deploy]"') from err
+        path = _exported_file(path, "openvino_path", "openvino")
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+        self.compiled = openvino.Core().compile_model(str(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.semantic = is_semantic(task)
+
+    def _run(self, array: Tensor) -> dict[str, Tensor]:
+        results = self.request.infer({0: array.numpy()})
+        return {output.get_any_name(): torch.from_numpy(results[output].copy()) for output in self.compiled.outputs}

@@ -1,4 +1,5 @@
-"""``tasks/export.py``: a checkpoint as ``model.onnx`` (dynamic image size) or TorchScript ``model.pt``,
+"""``tasks/export.py``: a checkpoint as ``model.onnx`` (dynamic image size), OpenVINO's ``model.xml`` (from the
+ONNX graph, dynamic image size) or TorchScript ``model.pt``,
 with ``model.json`` beside it (classes, input, normalisation, sizes, preprocessing)."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tasks.inference.graphs import inference_graph, is_semantic
 from tasks.inference.model_card import MODEL_CARD, model_card
 
 log = logging.getLogger(__name__)
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt", "openvino": "model.xml"}
 EXAMPLE_SIDE = 256  # size of the image the graph is traced with; every size runs afterwards
 
 
@@ -56,6 +57,19 @@ def write_onnx(graph: nn.Module, task: str, path: Path, opset: int) -> None:
     )
 
 
+def write_openvino(graph: nn.Module, task: str, path: Path, opset: int) -> None:
+    """The ONNX export converted by OpenVINO's own converter into ``model.xml`` + ``model.bin``, dynamic
+    sizes kept and weights in float32 (the converter would halve them to float16 by default)."""
+    try:
+        import openvino
+    except ImportError as err:
+        raise UserError('format=openvino needs the deploy extras: pip install -e ".[deploy]"') from err
+    onnx = path.with_suffix(".onnx")
+    write_onnx(graph, task, onnx, opset)
+    openvino.save_model(openvino.convert_model(str(onnx)), str(path), compress_to_fp16=False)
+    onnx.unlink()
+
+
 def write_torchscript(graph: nn.Module, task: str, path: Path) -> None:
     torch.jit.trace(graph, (example_input(task),), check_trace=False).save(str(path))
 
@@ -75,6 +89,8 @@ def export(cfg: DictConfig) -> Path:
         warnings.simplefilter("ignore")  # tracer warnings on Python scalars torchvision keeps dynamic itself
         if cfg.format == "onnx":
             write_onnx(graph, metadata["task"], path, int(cfg.opset))
+        elif cfg.format == "openvino":
+            write_openvino(graph, metadata["task"], path, int(cfg.opset))
         else:
             write_torchscript(graph, metadata["task"], path)
     card = model_card(metadata, model, path.name, graph)

@@ -30,7 +30,7 @@ from tasks.evaluation.predictions import (
 )
 from tasks.evaluation.slicing import Slicing, predict_images_sliced, slicing_settings
 from tasks.inference import outputs
-from tasks.inference.engines import ENGINES, OnnxRuntimeEngine, TorchEngine
+from tasks.inference.engines import ENGINES, OnnxRuntimeEngine, OpenVinoEngine, TorchEngine
 from tasks.inference.graphs import is_semantic
 from tasks.inference.inputs import find_images, prepare, resizer
 from tasks.inference.model_card import read_model_card
@@ -47,18 +47,27 @@ def build_engine(cfg: DictConfig) -> tuple[object, dict]:
         if cfg.get("box_detections_per_img") and detection_cap(model) is not None:
             set_detection_cap(model, cfg.box_detections_per_img)
         return TorchEngine(model, metadata["task"], cfg.device, compile=bool(cfg.compile)), metadata
-    if cfg.engine == "onnxruntime":
-        if not cfg.onnx_path:
-            raise UserError("engine=onnxruntime needs an exported model: pass onnx_path=PATH/TO/model.onnx")
-        metadata = read_model_card(cfg.onnx_path, cfg.task.name)
+    if cfg.engine in EXPORTED:
+        option, example, engine = EXPORTED[cfg.engine]
+        path = cfg.get(option)
+        if not path:
+            raise UserError(f"engine={cfg.engine} needs an exported model: pass {option}=PATH/TO/{example}")
+        metadata = read_model_card(path, cfg.task.name)
         cap = metadata["model"].get("box_detections_per_img")
         if cfg.get("box_detections_per_img"):
             raise UserError(
                 f"box_detections_per_img is fixed in an exported model (this one keeps {cap}): "
                 "use engine=torch ckpt_path=... to change it"
             )
-        return OnnxRuntimeEngine(cfg.onnx_path, metadata["task"], cap), metadata
+        return engine(path, metadata["task"], cap), metadata
     raise UserError(f"engine={cfg.engine} is not one of {ENGINES}")
+
+
+# the engines of exported models: their path option, its file, the engine
+EXPORTED = {
+    "onnxruntime": ("onnx_path", "model.onnx", OnnxRuntimeEngine),
+    "openvino": ("openvino_path", "model.xml", OpenVinoEngine),
+}
 
 
 Loaded = tuple[Path, np.ndarray, Tensor]  # a file, its decoded image and the model's input made from it

@@ -218,6 +218,10 @@ def test_inputs_by_file_folder_and_glob(tmp_path: Path) -> None:
         find_images(str(tmp_path / "*.bmp"))
 
 
+# export formats and the engines that run them, with equal outputs to the eager model (the tolerances below)
+EXPORTED_ENGINES = [("onnx", "onnxruntime", "onnx_path"), ("openvino", "openvino", "openvino_path")]
+
+
 def _rows_by_file(rows: list[dict]) -> dict[str, list[dict]]:
     grouped: dict[str, list[dict]] = {}
     for row in rows:
@@ -227,8 +231,9 @@ def _rows_by_file(rows: list[dict]) -> dict[str, list[dict]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", TASKS)
-def test_onnx_export_and_onnxruntime_parity(
-    task: str, checkpoints: dict[str, Path], shapes_root: Path, tmp_path: Path
+@pytest.mark.parametrize(("fmt", "engine", "option"), EXPORTED_ENGINES)
+def test_export_and_exported_engine_parity(
+    task: str, fmt: str, engine: str, option: str, checkpoints: dict[str, Path], shapes_root: Path, tmp_path: Path
 ) -> None:
     images = tmp_path / "in"
     for k, source in enumerate(sorted((shapes_root / "val2017").iterdir())[:3]):
@@ -236,15 +241,16 @@ def test_onnx_export_and_onnxruntime_parity(
         _save(images / f"{k}.png", np.ascontiguousarray(pixels[: 64 - 8 * k]))  # three sizes: one graph
     _save(images / "blank.png", np.zeros((48, 72, 3), np.uint8))
     export_dir = tmp_path / "export"
-    export(_config("export", [f"task={task}", f"ckpt_path={checkpoints[task]}", "format=onnx"], export_dir))
+    exported = export(
+        _config("export", [f"task={task}", f"ckpt_path={checkpoints[task]}", f"format={fmt}"], export_dir)
+    )
     card = json.loads((export_dir / "model.json").read_text())
     _, metadata = load_trained_model(checkpoints[task])
     assert card["class_names"] == metadata["class_names"] and card["normalisation"]["mean"] == list(IMAGENET_MEAN)
     common = [f"task={task}", f"input={images}", "score_threshold=0.0", "batch_size=1"]
     eager = predict(_config("predict", [*common, f"ckpt_path={checkpoints[task]}"], tmp_path / "eager"))
-    onnx = predict(
-        _config("predict", [*common, "engine=onnxruntime", f"onnx_path={export_dir / 'model.onnx'}"], tmp_path / "ort")
-    )
+    assert card["format"] == fmt and card["file"] == exported.name
+    onnx = predict(_config("predict", [*common, f"engine={engine}", f"{option}={exported}"], tmp_path / "ort"))
     if task == "segmentation":
         assert [r["file_name"] for r in eager] == [r["file_name"] for r in onnx]
         for row in eager:
