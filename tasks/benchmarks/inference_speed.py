@@ -12,7 +12,7 @@ torchvision builds it for its COCO weights):
 
 Candidates: channels_last, folded BatchNorm, both (the CPU engine of ``tasks/predict.py``), both
 with the convolutional trunk compiled by inductor (``tasks/predict.py compile=true``), ONNX Runtime,
-and bf16 autocast where the CPU has native bf16. Compilation happens in the untimed first call.
+OpenVINO at float32 (``tasks/export.py format=openvino``), and bf16 autocast where the CPU has native bf16. Compilation happens in the untimed first call.
 Rounds alternate the engines and each figure is the median round, so drift of the machine
 affects them alike. Each engine's outputs are compared with torchvision's and the verdict printed:
 for detection equal means the same count per image and, one to one, each detection paired with one
@@ -47,8 +47,8 @@ from backbones import ResNetBackbone
 from backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from heads.deeplab import build_deeplab
 from heads.faster_rcnn import build_faster_rcnn
-from tasks.inference.engines import OnnxRuntimeEngine
-from tasks.inference.export import write_onnx
+from tasks.inference.engines import OnnxRuntimeEngine, OpenVinoEngine
+from tasks.inference.export import write_onnx, write_openvino
 from tasks.inference.fast import optimise_for_cpu
 from tasks.inference.graphs import inference_graph
 
@@ -159,13 +159,14 @@ def candidate_models(ours: nn.Module) -> dict[str, nn.Module]:
     return {name: optimise_for_cpu(copy.deepcopy(ours), **options) for name, options in variants.items()}
 
 
-def onnx_engine(model: nn.Module, task: str, folder: Path) -> Run:
-    path = folder / f"{task}.onnx"
+def exported_engine(model: nn.Module, task: str, folder: Path, fmt: str) -> Run:
+    """The model exported as ``predict.py`` runs it: ONNX in ONNX Runtime, or OpenVINO's IR in OpenVINO."""
+    path = folder / f"{task}.{'onnx' if fmt == 'onnx' else 'xml'}"
     graph = inference_graph(model, task)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        write_onnx(graph, task, path, opset=17)
-    engine = OnnxRuntimeEngine(path, task)
+        (write_onnx if fmt == "onnx" else write_openvino)(graph, task, path, opset=17)
+    engine = (OnnxRuntimeEngine if fmt == "onnx" else OpenVinoEngine)(path, task)
     if task == "segmentation":
         return lambda images: [found["logits"] for found in engine(images)]
     return lambda images: engine(images)
@@ -291,7 +292,8 @@ def engines_for(task: str, theirs: nn.Module, ours: nn.Module, folder: Path, com
         wrap, reference = (lambda model: eager_segmenter(model, normalise=False)), eager_segmenter(theirs, True)
     engines = {"torchvision eager": reference, "this project eager": wrap(ours)}
     engines |= {name: wrap(model) for name, model in candidate_models(ours).items()}
-    engines["onnxruntime"] = onnx_engine(ours, task, folder)
+    engines["onnxruntime"] = exported_engine(ours, task, folder, "onnx")
+    engines["openvino fp32"] = exported_engine(ours, task, folder, "openvino")
     if compile_:
         engines[COMPILED] = wrap(optimise_for_cpu(copy.deepcopy(ours), compile=True))
     if bf16_available():

@@ -58,7 +58,7 @@ def write_onnx(graph: nn.Module, task: str, path: Path, opset: int) -> None:
 
 
 def write_openvino(graph: nn.Module, task: str, path: Path, opset: int) -> None:
-    """The ONNX export converted by OpenVINO's own converter into ``model.xml`` + ``model.bin``, dynamic
+    """The ONNX export converted by OpenVINO's ONNX front end into ``model.xml`` + ``model.bin``, dynamic
     sizes kept and weights in float32 (the converter would halve them to float16 by default)."""
     try:
         import openvino
@@ -66,7 +66,8 @@ def write_openvino(graph: nn.Module, task: str, path: Path, opset: int) -> None:
         raise UserError('format=openvino needs the deploy extras: pip install -e ".[deploy]"') from err
     onnx = path.with_suffix(".onnx")
     write_onnx(graph, task, onnx, opset)
-    openvino.save_model(openvino.convert_model(str(onnx)), str(path), compress_to_fp16=False)
+    # read by the ONNX front end directly: convert_model() would first try the file as a torch.export archive
+    openvino.save_model(openvino.Core().read_model(str(onnx)), str(path), compress_to_fp16=False)
     onnx.unlink()
 
 
