@@ -12,7 +12,8 @@ torchvision builds it for its COCO weights):
 
 Candidates: channels_last, folded BatchNorm, both (the CPU engine of ``tasks/predict.py``), both
 with the convolutional trunk compiled by inductor (``tasks/predict.py compile=true``), ONNX Runtime,
-OpenVINO at float32 (``tasks/export.py format=openvino``), and bf16 autocast where the CPU has native bf16. Compilation happens in the untimed first call.
+OpenVINO at float32 (``tasks/export.py format=openvino``), and bf16 autocast where the CPU has native
+bf16. Compilation happens in the untimed first call.
 Rounds alternate the engines and each figure is the median round, so drift of the machine
 affects them alike. Each engine's outputs are compared with torchvision's and the verdict printed:
 for detection equal means the same count per image and, one to one, each detection paired with one
