@@ -39,13 +39,15 @@ def intra_op_threads(
     setting: int | str | None,
     *,
     processes: int = 1,
-    loader_workers: int = 0,
     cpus: int | None = None,
     environment: dict[str, str] | None = None,
 ) -> tuple[int, str]:
     """The thread count for ``setting`` and why: a number as given; ``auto`` (or None): ``OMP_NUM_THREADS``
-    when it is set, else the usable CPUs shared among the ``processes`` on this machine, less one for each
-    of a process's ``loader_workers`` (each runs on one thread), at least one."""
+    when it is set, else the usable CPUs shared among the ``processes`` on this machine, at least one.
+
+    Loader workers are not counted: the thread count changes a CPU run's rounding, and a run resumed
+    with another ``dataset.num_workers`` must continue exactly. Where workers compete for the cores,
+    give ``runtime.threads`` (the log line names the workers)."""
     environment = os.environ if environment is None else environment
     if setting not in (None, "auto"):
         count = int(setting)
@@ -56,21 +58,17 @@ def intra_op_threads(
         count = int(environment[THREADS_VARIABLE])
         return count, f"{THREADS_VARIABLE}={count}"
     cpus = usable_cpus() if cpus is None else cpus
-    count = max(1, cpus // max(processes, 1) - loader_workers)
-    why = (
-        f"runtime.threads=auto: {cpus} usable CPUs / {processes} process(es) on this machine"
-        f" - {loader_workers} loader worker(s)"
-    )
-    return count, why
+    count = max(1, cpus // max(processes, 1))
+    return count, f"runtime.threads=auto: {cpus} usable CPUs / {processes} process(es) on this machine"
 
 
 def configure_threads(cfg: DictConfig) -> int:
-    """Set torch's intra-op threads from a run config's ``runtime.threads``, ``trainer.devices`` and
-    ``dataset.num_workers``, and log them."""
+    """Set torch's intra-op threads from a run config's ``runtime.threads`` and ``trainer.devices``, and
+    log them with the loader workers beside them."""
     devices = OmegaConf.select(cfg, "trainer.devices", default=1)
     workers = int(OmegaConf.select(cfg, "dataset.num_workers", default=0) or 0)
     setting = OmegaConf.select(cfg, "runtime.threads", default="auto")
-    count, why = intra_op_threads(setting, processes=processes_per_node(devices), loader_workers=workers)
+    count, why = intra_op_threads(setting, processes=processes_per_node(devices))
     torch.set_num_threads(count)
-    log.info("intra-op threads: %d (%s)", count, why)
+    log.info("intra-op threads: %d (%s; beside %d loader worker(s) a process)", count, why, workers)
     return count

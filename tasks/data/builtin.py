@@ -14,7 +14,7 @@ from tasks.data.formats.coco_panoptic import PanopticCategories
 from tasks.data.formats.coco_panoptic_module import CocoPanopticDataModule
 from tasks.data.images import MAX_PIXELS
 from tasks.data.segmentation import VocSegDataModule
-from tasks.data.shapes import SHAPE_CLASSES, STUFF_CLASSES, ensure_shapes, split_spec
+from tasks.data.shapes import SHAPE_CLASSES, ensure_shapes, panoptic_categories, split_spec
 
 
 class ShapesDataModule(CocoDataModule):
@@ -94,9 +94,7 @@ class ShapesPanopticDataModule(CocoPanopticDataModule):
     @cached_property
     def categories(self) -> PanopticCategories:
         """Known before the data is generated (as the files will declare them)."""
-        things = len(SHAPE_CLASSES)
-        stuff_ids = tuple(range(things + 1, things + len(STUFF_CLASSES) + 1))
-        return PanopticCategories(tuple(range(1, things + 1)), SHAPE_CLASSES, stuff_ids, STUFF_CLASSES)
+        return PanopticCategories.from_json(panoptic_categories(), "the built-in shapes")
 
     def prepare_data(self) -> None:
         ensure_shapes(self.root, self.spec, layout="coco_panoptic")

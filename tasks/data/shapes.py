@@ -233,28 +233,33 @@ def _panoptic_segments(owner: np.ndarray, classes: list[int], regions: np.ndarra
     return ids, infos
 
 
-def _write_coco_panoptic(folder: Path, spec: ShapesSpec) -> None:
-    """COCO panoptic layout: ``{train,val}2017/`` images over stuff landscapes, and
-    ``annotations/panoptic_{train,val}2017.json`` with their PNG folders ``annotations/panoptic_{split}2017/``."""
-    categories = [
+def panoptic_categories() -> list[dict]:
+    """The panoptic layout's categories as its json declares them: things 1..4, stuff 5..7."""
+    return [
         *({"id": i + 1, "name": n, "supercategory": "shape", "isthing": 1} for i, n in enumerate(SHAPE_CLASSES)),
         *(
             {"id": len(SHAPE_CLASSES) + i + 1, "name": n, "supercategory": "landscape", "isthing": 0}
             for i, n in enumerate(STUFF_CLASSES)
         ),
     ]
+
+
+def _write_coco_panoptic(folder: Path, spec: ShapesSpec) -> None:
+    """COCO panoptic layout: ``{train,val}2017/`` images over stuff landscapes, and
+    ``annotations/panoptic_{train,val}2017.json`` with their PNG folders ``annotations/panoptic_{split}2017/``."""
+    categories = panoptic_categories()
     splits = {split: {"images": [], "annotations": []} for split in ("train", "val")}
     for image_id, split in _image_ids(spec):
         image, owner, classes, regions = render_image(np.random.default_rng([spec.seed, image_id]), spec, stuff=True)
-        file_name, png_name = f"{image_id:012d}.png", f"{image_id:012d}.png"
+        file_name = f"{image_id:012d}.png"  # the image and its PNG of segments share the name
         for sub in (f"{split}2017", f"annotations/panoptic_{split}2017"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / f"{split}2017" / file_name)
         ids, infos = _panoptic_segments(owner, classes, regions)
-        Image.fromarray(id_to_rgb(ids)).save(folder / f"annotations/panoptic_{split}2017" / png_name)
+        Image.fromarray(id_to_rgb(ids)).save(folder / f"annotations/panoptic_{split}2017" / file_name)
         size = spec.image_size
         splits[split]["images"].append({"id": image_id, "file_name": file_name, "width": size, "height": size})
-        splits[split]["annotations"].append({"image_id": image_id, "file_name": png_name, "segments_info": infos})
+        splits[split]["annotations"].append({"image_id": image_id, "file_name": file_name, "segments_info": infos})
     for split, content in splits.items():
         info = {"description": "synthetic shapes over stuff", "version": "1.0"}
         full = {"info": info, "licenses": [], **content, "categories": categories}

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tasks.common.errors import UserError
 from tasks.data.formats.coco_panoptic import read_segment_ids
 from tasks.evaluation.panoptic import Segment, image_counts, panoptic_quality, total_counts
-from tests.support import CPU_DDP, TINY_PANOPTIC, run_script, shapes_overrides
+from tasks.inference.export import export
+from tests.support import CPU_DDP, TINY_PANOPTIC, compose_config, run_script, shapes_overrides
 
 SCORES = ("pq", "sq", "rq", "pq_things", "pq_stuff")
 
@@ -92,12 +94,11 @@ def test_train_evaluate_and_predict_agree_on_pq(shapes_panoptic_root: Path, tmp_
     recomputed = _pq_of_predictions(shapes_panoptic_root, rows, folder)
     for name in SCORES:
         assert recomputed[name] == pytest.approx(evaluated[name], abs=5e-3), name
-    export = run_script(
-        "export.py",
-        ["task=panoptic_segmentation", f"ckpt_path={metrics['checkpoint']}", f"hydra.run.dir={tmp_path / 'x'}"],
+    refused = compose_config(
+        ["task=panoptic_segmentation", f"ckpt_path={metrics['checkpoint']}"], tmp_path / "x", "export"
     )
-    assert export.returncode != 0
-    assert "not panoptic_segmentation" in export.stdout and "predict with engine=torch" in export.stdout
+    with pytest.raises(UserError, match="not panoptic_segmentation.*predict with engine=torch"):
+        export(refused)
 
 
 @pytest.mark.slow

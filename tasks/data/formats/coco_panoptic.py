@@ -159,7 +159,7 @@ def panoptic_index(dataset: Mapping, table: SegmentTable, categories: PanopticCa
     counts, boxes, labels, ignored = [], [], [], []
     for image in images:
         i = table.position(image["id"])
-        rows = range(0) if i is None else range(*table.rows(i).indices(len(table.segment_ids)))
+        rows = range(0) if i is None else range(table.rows(i).start, table.rows(i).stop)
         things = [r for r in rows if int(table.category_ids[r]) in label]
         counts.append(len(things))
         for r in things:
