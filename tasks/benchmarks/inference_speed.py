@@ -20,7 +20,10 @@ for detection equal means the same count per image and, one to one, each detecti
 of its label whose box is within 0.01 px and score within 0.001; for segmentation the same class at
 99.9% of pixels. The last line names the fastest detection engine, equal or not (compilation,
 tens of seconds per image size, happens before the timed rounds):
-``speedup_vs_torchvision=X equal=true|false engine=NAME``.
+``speedup_vs_torchvision=X equal=true|false engine=NAME``. Before it, for each model: its GMACs an
+image (torch's FLOP counter over the convolutions and matrix products) and the GMAC/s the fastest engine
+reaches, against the machine's float32 GEMM peak probed at the start of the same run: the distance to
+the limit as one number.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from backbones import ResNetBackbone
 from backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from heads.deeplab import build_deeplab
 from heads.faster_rcnn import build_faster_rcnn
+from tasks.benchmarks.machine import cpu_description, gemm_peak_gmacs, gmacs_of
 from tasks.inference.engines import OnnxRuntimeEngine, OpenVinoEngine
 from tasks.inference.export import write_onnx, write_openvino
 from tasks.inference.fast import optimise_for_cpu
@@ -303,7 +307,13 @@ def engines_for(task: str, theirs: nn.Module, ours: nn.Module, folder: Path, com
 
 
 def run_task(
-    task: str, images: list[Tensor], repeats: int, folder: Path, compile_: bool, detection_size: int = 800
+    task: str,
+    images: list[Tensor],
+    repeats: int,
+    folder: Path,
+    compile_: bool,
+    peak: float,
+    detection_size: int = 800,
 ) -> tuple[str, float, bool]:
     """Print the table of one model; return the fastest equal engine, its speedup and whether it is equal."""
     if task == "detection":
@@ -316,6 +326,12 @@ def run_task(
     title = f"Faster R-CNN R50-FPN at {detection_size} px" if task == "detection" else "DeepLabV3 R50, output stride 8"
     size = "x".join(map(str, images[0].shape[-2:]))
     fastest, speedup = report(f"{title}: {len(images)} images of {size}", seconds, equality, len(images))
+    gmacs = gmacs_of(engines["torchvision eager"], images[:1])
+    achieved = gmacs / (seconds[fastest] / len(images))
+    print(
+        f"{gmacs:.1f} GMACs an image (convolutions and matrix products); {fastest} reaches {achieved:.1f} GMAC/s, "
+        f"{100 * achieved / peak:.0f}% of the float32 GEMM peak"
+    )
     return fastest, speedup, equality[fastest][0]
 
 
@@ -330,16 +346,20 @@ def main() -> None:
     parser.add_argument("--skip-segmentation", action="store_true")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {bf16_available()}")
+    print(f"machine: {cpu_description()}")
+    peak = gemm_peak_gmacs()
+    print(f"float32 GEMM peak (the best 2048x2048 product after 2 s of them, this run): {peak:.1f} GMAC/s")
     with tempfile.TemporaryDirectory() as folder:
         # an empty compilation cache: the first compiled call compiles, as a user's first run does
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(folder) / "inductor")
         if not args.skip_segmentation:
             h = args.segmentation_height
-            run_task("segmentation", images_of(args.images, h, h * 4 // 3), args.repeats, Path(folder), args.compile)
+            segmentation = images_of(args.images, h, h * 4 // 3)
+            run_task("segmentation", segmentation, args.repeats, Path(folder), args.compile, peak)
         h = args.height
         detection = images_of(args.images, h, h * 4 // 3)
         engine, speedup, equal = run_task(
-            "detection", detection, args.repeats, Path(folder), args.compile, args.detection_size
+            "detection", detection, args.repeats, Path(folder), args.compile, peak, args.detection_size
         )
     print(f"speedup_vs_torchvision={speedup:.2f} equal={str(equal).lower()} engine={engine}")
 

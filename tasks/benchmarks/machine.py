@@ -22,3 +22,34 @@ def cpu_description() -> str:
                 flags = set(value.split())
     present = " ".join(flag for flag in FLAGS if flag in flags) or "none of " + "/".join(FLAGS)
     return f"{model}, {len(os.sched_getaffinity(0))} CPUs, {present}"
+
+
+def gemm_peak_gmacs(size: int = 2048, repeats: int = 5, warm_up_seconds: float = 2.0) -> float:
+    """This machine's float32 matrix-product throughput with torch's current threads, in GMAC/s: the best
+    of ``repeats`` products of two ``size`` x ``size`` matrices, after ``warm_up_seconds`` of products
+    (measured: the first seconds of a process ran at under half the speed, clocks and thread pool cold).
+    It is the most a convolution, a matrix product underneath, can reach here."""
+    import time
+
+    import torch
+
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    start = time.perf_counter()
+    while time.perf_counter() - start < warm_up_seconds:
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return size**3 / best / 1e9
+
+
+def gmacs_of(run, *args) -> float:
+    """Billions of multiply-accumulates of the convolutions and matrix products in ``run(*args)``
+    (torch's FLOP counter, halved; RoIAlign, NMS and other element-wise work not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run(*args)
+    return counter.get_total_flops() / 2 / 1e9

@@ -107,3 +107,14 @@ def test_the_headline_is_the_fastest_engine_whether_or_not_it_is_equal() -> None
     assert headline(seconds, nothing_equal) == ("b", 4.0, False)
     with pytest.raises(ValueError, match="no engine"):
         headline({"torchvision eager": 4.0}, {"torchvision eager": (True, "")})
+
+
+def test_gmacs_count_convolutions_and_matrix_products_by_hand() -> None:
+    import torch
+
+    from tasks.benchmarks.machine import gemm_peak_gmacs, gmacs_of
+
+    conv, linear = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Linear(800, 10)
+    macs = 8 * 3 * 9 * 10 * 10 + 800 * 10  # per output: 3x3x3 products; then 800 per output of the linear layer
+    assert gmacs_of(lambda x: linear(conv(x).flatten(1)), torch.rand(1, 3, 10, 10)) * 1e9 == macs
+    assert gemm_peak_gmacs(size=256, repeats=2, warm_up_seconds=0.1) > 0
