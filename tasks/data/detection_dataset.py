@@ -85,12 +85,16 @@ class DetectionDataset(Dataset):
     def read(self, index: int) -> tuple[ImageRecord, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """Item ``index`` as the file holds it: (record, HxWx3 image, boxes, labels, masks or None)."""
         record = self.index.record(index, self.image_root)
-        try:
-            image = read_rgb(record.path, self.max_pixels)
-        except (OSError, ValueError) as err:
-            raise OSError(f"cannot read image {record.path} (image_id {record.image_id}): {err}") from err
+        image = self.read_image(record)
         masks = None if record.segmentations is None else decode_masks(record.segmentations, *image.shape[:2])
         return record, image, record.boxes, record.labels, masks
+
+    def read_image(self, record: ImageRecord) -> np.ndarray:
+        """The record's HxWx3 image, or an error naming its file and image id."""
+        try:
+            return read_rgb(record.path, self.max_pixels)
+        except (OSError, ValueError) as err:
+            raise OSError(f"cannot read image {record.path} (image_id {record.image_id}): {err}") from err
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         return self.item(*self.read(index))

@@ -22,7 +22,7 @@ from PIL import Image
 from tasks.data.detection_dataset import DetectionDataset, mask_extents
 from tasks.data.detection_index import DetectionIndex, ImageRecord
 from tasks.data.doctor import ERROR, INFO, WARNING, Finding, raise_on_errors
-from tasks.data.images import MAX_PIXELS, image_file_problem, read_rgb
+from tasks.data.images import MAX_PIXELS, image_file_problem
 
 SEMANTIC_IGNORE = 255  # void pixels in the semantic target
 
@@ -84,6 +84,11 @@ class PanopticCategories:
     @property
     def is_thing(self) -> dict[int, bool]:
         return {**{c: True for c in self.thing_ids}, **{c: False for c in self.stuff_ids}}
+
+    @cached_property
+    def thing_label(self) -> dict[int, int]:
+        """Thing category id -> detector label 1..K."""
+        return {c: k + 1 for k, c in enumerate(self.thing_ids)}
 
     @cached_property
     def semantic_class(self) -> dict[int, int]:
@@ -154,12 +159,12 @@ class PanopticGroundTruth:
 
 def panoptic_index(dataset: Mapping, table: SegmentTable, categories: PanopticCategories) -> DetectionIndex:
     """The things of every image as a detection index (boxes from ``segments_info``; crowd ignored)."""
-    label = {c: k + 1 for k, c in enumerate(categories.thing_ids)}
+    label = categories.thing_label
     images = sorted(dataset["images"], key=lambda im: im["id"])
     counts, boxes, labels, ignored = [], [], [], []
     for image in images:
         i = table.position(image["id"])
-        rows = range(0) if i is None else range(table.rows(i).start, table.rows(i).stop)
+        rows = range(0) if i is None else range(int(table.offsets[i]), int(table.offsets[i + 1]))
         things = [r for r in rows if int(table.category_ids[r]) in label]
         counts.append(len(things))
         for r in things:
@@ -185,7 +190,7 @@ def panoptic_targets(
     """From one image's segment-id map: the things' boxes, labels and masks (not crowd) and the
     semantic map (0 void, 1 things, 2.. stuff: shifted down by one, void to ``SEMANTIC_IGNORE``,
     after augmentation, whose padding fills with 0)."""
-    label = {c: k + 1 for k, c in enumerate(categories.thing_ids)}
+    label = categories.thing_label
     semantic = np.zeros(ids.shape, np.uint8)
     masks, labels = [], []
     for segment_id, category_id, crowd in zip(
@@ -249,10 +254,7 @@ class CocoPanoptic(DetectionDataset):
     ) -> tuple[ImageRecord, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(record, image, boxes, labels, masks, stored semantic map) as the files hold them."""
         record = self.index.record(index, self.image_root)
-        try:
-            image = read_rgb(record.path, self.max_pixels)
-        except (OSError, ValueError) as err:
-            raise OSError(f"cannot read image {record.path} (image_id {record.image_id}): {err}") from err
+        image = self.read_image(record)
         i = self.segments.position(record.image_id)
         if i is None:  # an image without annotation: all void
             masks, semantic = np.zeros((0, *image.shape[:2]), np.uint8), np.zeros(image.shape[:2], np.uint8)
