@@ -1,7 +1,9 @@
-"""Export a checkpoint: ``python tasks/export.py task=detection ckpt_path=CKPT format=onnx|torchscript``.
+"""Export a checkpoint: ``python tasks/export.py task=detection ckpt_path=CKPT format=onnx|openvino|torchscript``.
 
-Writes ``model.onnx`` (dynamic image size) or ``model.pt`` (TorchScript), and ``model.json`` with the
-class names, input normalisation and sizes, into the run directory.
+Writes ``model.onnx`` (dynamic image size), ``model.xml`` + ``model.bin`` (OpenVINO) or ``model.pt``
+(TorchScript), and ``model.json`` with the class names, input normalisation and sizes, into the run
+directory. ``format=openvino quantize=int8 calibration_images=300``: int8, calibrated on training
+images, with the validation metrics of the float32 and the int8 model printed and recorded.
 """
 
 import sys
@@ -22,10 +24,10 @@ register_resolvers()
 @exit_on_user_error
 def main(cfg: DictConfig) -> Path:
     from tasks.common.threads import configure_threads  # here: showing the config (--cfg job) imports no torch
-    from tasks.inference.export import export
+    from tasks.core.deploy import export_model
 
     configure_threads(cfg)
-    return export(cfg)
+    return export_model(cfg)
 
 
 if __name__ == "__main__":

@@ -386,3 +386,13 @@ class ParametersAtStop(L.Callback):
 
         now = {name: p.detach().clone() for name, p in module.named_parameters()}
         torch.save({"before": self.before, "at_stop": now}, Path(trainer.default_root_dir) / "parameters_at_stop.pt")
+
+
+EXPORT_TASKS = ("detection", "instance_segmentation", "segmentation")  # the tasks that export and every engine runs
+
+
+def export_training_overrides(task: str, shapes_root: Path, voc_root: Path) -> list[str]:
+    """The tiny training run of ``task`` on the shapes (segmentation: their VOC layout)."""
+    if task == "segmentation":
+        return [*TINY_SEGMENTATION, *shapes_seg_overrides(voc_root)]
+    return [f"task={task}", "backbone=resnet18", *TINY_DETECTION, *shapes_overrides(shapes_root)]

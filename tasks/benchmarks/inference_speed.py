@@ -12,15 +12,21 @@ torchvision builds it for its COCO weights):
 
 Candidates: channels_last, folded BatchNorm, both (the CPU engine of ``tasks/predict.py``), both
 with the convolutional trunk compiled by inductor (``tasks/predict.py compile=true``), ONNX Runtime,
-OpenVINO at float32 (``tasks/export.py format=openvino``), and bf16 autocast where the CPU has native
-bf16. Compilation happens in the untimed first call.
+OpenVINO at float32 (``tasks/export.py format=openvino``), bf16 autocast and OpenVINO at bf16 where the
+CPU has native bf16 (not emulated: the rows are left out elsewhere), and OpenVINO int8 (quantized as
+``tasks/export.py quantize=int8`` does; for speed, calibrated on 8 other generated images). Compilation
+happens in the untimed first call.
 Rounds alternate the engines and each figure is the median round, so drift of the machine
 affects them alike. Each engine's outputs are compared with torchvision's and the verdict printed:
 for detection equal means the same count per image and, one to one, each detection paired with one
 of its label whose box is within 0.01 px and score within 0.001; for segmentation the same class at
-99.9% of pixels. The last line names the fastest detection engine, equal or not (compilation,
-tens of seconds per image size, happens before the timed rounds):
-``speedup_vs_torchvision=X equal=true|false engine=NAME``. Before it, for each model: its GMACs an
+99.9% of pixels. The bf16 and int8 engines compute in fewer bits: for detection their row says how
+many of each image's 20 top detections come back and how far boxes and scores moved. The last two
+lines name the fastest float32 detection engine, equal or not (compilation, tens of seconds per image
+size, happens before the timed rounds), and the int8 engine's speedup with the map_50 it loses on a
+trained model (``--checkpoint``: the built-in main run's, exported as ``tasks/export.py quantize=int8``
+does; n/a without it): ``speedup_vs_torchvision=X equal=true|false engine=NAME`` and
+``int8_speedup_vs_torchvision=Y map50_drop=Z``. Before them, for each model: its GMACs an
 image (torch's FLOP counter over the convolutions and matrix products) and the GMAC/s the fastest engine
 reaches, against the machine's float32 GEMM peak probed at the start of the same run: the distance to
 the limit as one number.
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import statistics
 import tempfile
@@ -45,17 +52,21 @@ from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.segmentation import deeplabv3_resnet50
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops import FrozenBatchNorm2d, box_iou
 
 from backbones import ResNetBackbone
 from backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from heads.deeplab import build_deeplab
 from heads.faster_rcnn import build_faster_rcnn
 from tasks.benchmarks.machine import cpu_description, gemm_peak_gmacs, gmacs_of
+from tasks.benchmarks.runs import timed_run
+from tasks.core.deploy import export_model
 from tasks.inference.engines import OnnxRuntimeEngine, OpenVinoEngine
 from tasks.inference.export import write_onnx, write_openvino
 from tasks.inference.fast import optimise_for_cpu
 from tasks.inference.graphs import inference_graph
+from tasks.inference.model_card import MODEL_CARD
+from tasks.inference.quantize import quantize_int8
 
 BOX_TOLERANCE = 0.01  # px
 # float32 engines differ from torchvision's only by rounding (folded BatchNorm, another memory layout
@@ -90,9 +101,9 @@ def spread_scores(classifier: nn.Linear) -> None:
     classifier.bias[0] = 12.0  # background logit
 
 
-def images_of(count: int, height: int, width: int) -> list[Tensor]:
+def images_of(count: int, height: int, width: int, seed: int = 1) -> list[Tensor]:
     """Textured images with a few flat shapes, in [0, 1]."""
-    generator = torch.Generator().manual_seed(1)
+    generator = torch.Generator().manual_seed(seed)
     images = []
     for _ in range(count):
         image = torch.nn.functional.interpolate(
@@ -151,6 +162,9 @@ def eager_segmenter(model: nn.Module, normalise: bool) -> Run:
     return run
 
 
+OPENVINO_BF16, OPENVINO_INT8 = "openvino bf16", "openvino int8"
+# engines that compute in fewer bits: never the fp32 headline; compared with torchvision's outputs by agreement
+REDUCED_PRECISION = ("bf16 autocast", OPENVINO_BF16, OPENVINO_INT8)
 COMPILED = "folded_bn+channels_last+torch.compile"  # optimise_for_cpu(compile=True): predict compile=true
 EAGER_ENGINE = "folded_bn+channels_last"  # optimise_for_cpu(): predict's CPU engine
 
@@ -164,22 +178,44 @@ def candidate_models(ours: nn.Module) -> dict[str, nn.Module]:
     return {name: optimise_for_cpu(copy.deepcopy(ours), **options) for name, options in variants.items()}
 
 
-def exported_engine(model: nn.Module, task: str, folder: Path, fmt: str) -> Run:
-    """The model exported as ``predict.py`` runs it: ONNX in ONNX Runtime, or OpenVINO's IR in OpenVINO."""
+def exported_engine(model: nn.Module, task: str, folder: Path, fmt: str, precision: str = "fp32") -> Run:
+    """The model exported as ``predict.py`` runs it: ONNX in ONNX Runtime, or OpenVINO's IR in OpenVINO at
+    ``precision`` (fp32, bf16; int8: quantized as ``export.py quantize=int8`` does, calibrated on
+    ``CALIBRATION`` images: a speed figure, its accuracy is measured on a trained model, ``--checkpoint``)."""
     path = folder / f"{task}.{'onnx' if fmt == 'onnx' else 'xml'}"
     graph = inference_graph(model, task)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         (write_onnx if fmt == "onnx" else write_openvino)(graph, task, path, opset=17)
-    engine = (OnnxRuntimeEngine if fmt == "onnx" else OpenVinoEngine)(path, task)
+    if fmt == "onnx":
+        engine = OnnxRuntimeEngine(path, task)
+    elif precision == "int8":
+        import openvino
+
+        semantic = task == "segmentation"
+        calibration = [image[None].numpy() if semantic else image.numpy() for image in CALIBRATION[task]]
+        engine = OpenVinoEngine(quantize_int8(openvino.Core().read_model(str(path)), calibration), task)
+    else:
+        engine = OpenVinoEngine(path, task, precision=precision)
     if task == "segmentation":
         return lambda images: [found["logits"] for found in engine(images)]
     return lambda images: engine(images)
 
 
+# calibration images of the int8 engine, per task: other images than the timed ones, of their size
+CALIBRATION: dict[str, list[Tensor]] = {}
+CALIBRATION_IMAGES = 8
+
+
 def bf16_available() -> bool:
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def int8_units() -> bool:
+    """The int8 dot-product units the int8 target is set for: AVX-512 VNNI, AVX-VNNI or AMX int8."""
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def with_bf16(run: Run) -> Run:
@@ -230,6 +266,41 @@ def detections_equal(expected: list[dict], got: list[dict]) -> tuple[bool, str]:
     return same, f"{counts} detections, boxes within {box:.2g} px, scores within {score:.2g}"
 
 
+def detections_agree(expected: list[dict], got: list[dict], top: int = 20) -> str:
+    """For engines that compute in fewer bits: of each image's ``top`` detections by score, how many come
+    back (a detection of the label at IoU >= 0.5), and how far their boxes and scores moved."""
+    found, shifts, score_moves, total = 0, [], [], 0
+    counts = "+".join(str(len(g["boxes"])) for g in got) + " detections (torchvision: "
+    counts += "+".join(str(len(e["boxes"])) for e in expected) + "); "
+    for e, g in zip(expected, got, strict=True):
+        order = torch.argsort(e["scores"], descending=True)[:top]
+        total += len(order)
+        if not len(order) or not len(g["boxes"]):
+            continue
+        iou = box_iou(e["boxes"][order], g["boxes"])
+        iou[e["labels"][order][:, None] != g["labels"][None, :]] = 0
+        best, match = iou.max(1)
+        kept = best >= 0.5
+        found += int(kept.sum())
+        shifts += (e["boxes"][order][kept] - g["boxes"][match[kept]]).abs().amax(1).tolist()
+        score_moves += (e["scores"][order][kept] - g["scores"][match[kept]]).abs().tolist()
+    if not shifts:
+        return f"{counts}top detections found again: 0 of {total}"
+    return (
+        f"{counts}top detections found again: {found} of {total}, boxes within {max(shifts):.2g} px "
+        f"(median {statistics.median(shifts):.2g}), scores within {max(score_moves):.2g}"
+    )
+
+
+def logits_agree(expected: list[Tensor], got: list[Tensor]) -> str:
+    """For engines that compute in fewer bits: how far the class logits moved against their spread (the
+    argmax of random weights flips at near-ties, so the class agreement alone says little)."""
+    moved = max(float((e - g).abs().max()) for e, g in zip(expected, got, strict=True))
+    spread = statistics.fmean(float(e.std()) for e in expected)
+    agreement = masks_equal(expected, got)[1]
+    return f"logits within {moved:.2g} (their std {spread:.2g}); {agreement}"
+
+
 def masks_equal(expected: list[Tensor], got: list[Tensor]) -> tuple[bool, str]:
     agreement = min(float((e.argmax(0) == g.argmax(0)).float().mean()) for e, g in zip(expected, got, strict=True))
     return agreement >= PIXEL_AGREEMENT, f"same class at {100 * agreement:.3f}% of pixels"
@@ -257,7 +328,11 @@ def compare(engines: dict[str, Run], images: list[Tensor], equal: Callable) -> d
     verdicts = {}
     for name, run in engines.items():
         start = time.perf_counter()
-        verdicts[name] = equal(expected, run(images))
+        got = run(images)
+        verdicts[name] = equal(expected, got)
+        if name in REDUCED_PRECISION:  # say how close
+            close = detections_agree if equal is detections_equal else logits_agree
+            verdicts[name] = (verdicts[name][0], close(expected, got))
         if name == COMPILED:
             print(f"{COMPILED}: first call {time.perf_counter() - start:.1f} s ({len(images)} images, compiling)")
     return verdicts
@@ -281,9 +356,9 @@ def report(
 
 
 def headline(seconds: dict[str, float], equality: dict[str, tuple[bool, str]]) -> tuple[str, float, bool]:
-    """The fastest engine other than the reference, its speedup and whether its outputs are equal
+    """The fastest float32 engine other than the reference, its speedup and whether its outputs are equal
     (false when they differ: the fastest is never chosen among the equal ones only)."""
-    candidates = [name for name in seconds if name != "torchvision eager"]
+    candidates = [name for name in seconds if name != "torchvision eager" and name not in REDUCED_PRECISION]
     if not candidates:
         raise ValueError("no engine besides torchvision's to compare")
     fastest = min(candidates, key=seconds.get)
@@ -301,8 +376,10 @@ def engines_for(task: str, theirs: nn.Module, ours: nn.Module, folder: Path, com
     engines["openvino fp32"] = exported_engine(ours, task, folder, "openvino")
     if compile_:
         engines[COMPILED] = wrap(optimise_for_cpu(copy.deepcopy(ours), compile=True))
-    if bf16_available():
+    if bf16_available():  # else n/a: never emulated
         engines["bf16 autocast"] = with_bf16(wrap(ours))
+        engines[OPENVINO_BF16] = exported_engine(ours, task, folder, "openvino", "bf16")
+    engines[OPENVINO_INT8] = exported_engine(ours, task, folder, "openvino", "int8")
     return engines
 
 
@@ -314,8 +391,11 @@ def run_task(
     compile_: bool,
     peak: float,
     detection_size: int = 800,
-) -> tuple[str, float, bool]:
-    """Print the table of one model; return the fastest equal engine, its speedup and whether it is equal."""
+) -> tuple[str, float, bool, float]:
+    """Print the table of one model; return the fastest float32 engine, its speedup, whether it is equal,
+    and the int8 engine's speedup."""
+    height, width = images[0].shape[-2:]
+    CALIBRATION[task] = images_of(CALIBRATION_IMAGES, height, width, seed=2)
     if task == "detection":
         theirs, ours = detection_models(detection_size, images)
     else:
@@ -332,7 +412,9 @@ def run_task(
         f"{gmacs:.1f} GMACs an image (convolutions and matrix products); {fastest} reaches {achieved:.1f} GMAC/s, "
         f"{100 * achieved / peak:.0f}% of the float32 GEMM peak"
     )
-    return fastest, speedup, equality[fastest][0]
+    int8 = gmacs / (seconds[OPENVINO_INT8] / len(images))
+    print(f"{OPENVINO_INT8}: the same multiply-accumulates at {int8:.1f} GMAC/s in int8 ({int8 / peak:.1f}x that peak)")
+    return fastest, speedup, equality[fastest][0], seconds["torchvision eager"] / seconds[OPENVINO_INT8]
 
 
 def main() -> None:
@@ -344,6 +426,12 @@ def main() -> None:
     parser.add_argument("--segmentation-height", type=int, default=600, help="DeepLab input height (width 4/3)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--skip-segmentation", action="store_true")
+    parser.add_argument(
+        "--checkpoint",
+        help="a detection checkpoint trained on the built-in shapes (python tasks/train.py task=detection): "
+        "exported to int8 as tasks/export.py quantize=int8 does, its map_50 drop is the last line's",
+    )
+    parser.add_argument("--calibration-images", type=int, default=300, help="of --checkpoint's training split")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {bf16_available()}")
     print(f"machine: {cpu_description()}")
@@ -358,10 +446,27 @@ def main() -> None:
             run_task("segmentation", segmentation, args.repeats, Path(folder), args.compile, peak)
         h = args.height
         detection = images_of(args.images, h, h * 4 // 3)
-        engine, speedup, equal = run_task(
+        engine, speedup, equal, int8_speedup = run_task(
             "detection", detection, args.repeats, Path(folder), args.compile, peak, args.detection_size
         )
+        drop = int8_map50_drop(args.checkpoint, args.calibration_images, Path(folder)) if args.checkpoint else None
+    if not int8_units():
+        print("this CPU has no int8 dot-product units (VNNI, AMX): the int8 target does not apply here")
     print(f"speedup_vs_torchvision={speedup:.2f} equal={str(equal).lower()} engine={engine}")
+    print(f"int8_speedup_vs_torchvision={int8_speedup:.2f} map50_drop={'n/a' if drop is None else f'{drop:.4f}'}")
+
+
+def int8_map50_drop(checkpoint: str, calibration_images: int, folder: Path) -> float:
+    """map_50 of the float32 model minus that of its int8 export, both scored on the validation split by
+    ``tasks/export.py ... quantize=int8`` (which prints them and records them in ``model.json``)."""
+    overrides = ["task=detection", f"ckpt_path={checkpoint}", "format=openvino", "quantize=int8"]
+    output = folder / "int8_export"
+    _, seconds = timed_run([*overrides, f"calibration_images={calibration_images}"], output, export_model, "export")
+    validation = json.loads((output / MODEL_CARD).read_text())["quantization"]["validation"]
+    fp32, int8 = validation["fp32"]["map_50"], validation["int8"]["map_50"]
+    print(f"\nint8 export of {checkpoint} ({calibration_images} calibration images, {seconds:.0f} s, both scored):")
+    print(f"validation map_50 fp32 {fp32:.4f}, int8 {int8:.4f}")
+    return fp32 - int8
 
 
 if __name__ == "__main__":

@@ -15,12 +15,13 @@ from tasks.core.runner import train
 
 
 def timed_run(
-    overrides: list[str], output_dir: Path, command: Callable[[DictConfig], dict] = train
-) -> tuple[dict, float]:
-    """``command`` (train, or evaluate) on the composed config with ``overrides``; its metrics and seconds."""
+    overrides: list[str], output_dir: Path, command: Callable[[DictConfig], object] = train, config: str = "config"
+) -> tuple[object, float]:
+    """``command`` (train, evaluate; export with ``config="export"``) on the composed config with
+    ``overrides``; what it returns (metrics) and its seconds."""
     register_resolvers()
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+        cfg = compose(config, overrides=[*overrides, f"paths.output_dir={output_dir}"])
     start = time.perf_counter()
     metrics = command(cfg)
     return metrics, time.perf_counter() - start

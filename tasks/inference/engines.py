@@ -105,22 +105,57 @@ class OnnxRuntimeEngine(ExportedEngine):
         return {name: torch.from_numpy(value) for name, value in zip(self.output_names, outputs, strict=True)}
 
 
-class OpenVinoEngine(ExportedEngine):
-    """An exported ``model.xml`` (``tasks/export.py format=openvino``) in OpenVINO on the CPU, at float32
-    (OpenVINO would otherwise compute in bfloat16 on CPUs that have it) with torch's thread count."""
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # precision= -> OpenVINO's inference precision hint
 
-    def __init__(self, path: str | Path, task: str, detection_cap: int | None = None) -> None:
+
+def openvino_capabilities() -> list[str]:
+    """What OpenVINO's CPU plugin can compute natively on this machine (``BF16``, ``INT8``, ...)."""
+    import openvino
+
+    return list(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+class OpenVinoEngine(ExportedEngine):
+    """An exported ``model.xml`` (``tasks/export.py format=openvino``; or an ``openvino.Model`` in memory)
+    in OpenVINO on the CPU with torch's thread count. ``precision``: fp32 (OpenVINO would otherwise
+    compute in bfloat16 on CPUs that have it) or bf16, refused where the CPU has no native bf16. An int8
+    model (``quantize=int8``) runs its quantized layers in int8 either way."""
+
+    def __init__(
+        self, path: str | Path | object, task: str, detection_cap: int | None = None, precision: str = "fp32"
+    ) -> None:
         self.detection_cap = detection_cap
         try:
             import openvino
         except ImportError as err:
             raise UserError('engine=openvino needs the deploy extras: pip install -e ".[deploy]"') from err
-        path = _exported_file(path, "openvino_path", "openvino")
-        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
-        self.compiled = openvino.Core().compile_model(str(path), "CPU", config)
+        if precision not in OPENVINO_PRECISIONS:
+            raise UserError(f"precision={precision} is not one of {sorted(OPENVINO_PRECISIONS)}")
+        if precision == "bf16" and "BF16" not in openvino_capabilities():
+            raise UserError("precision=bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); use precision=fp32")
+        model = str(_exported_file(path, "openvino_path", "openvino")) if isinstance(path, str | Path) else path
+        config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision]}
+        config["INFERENCE_NUM_THREADS"] = torch.get_num_threads()
+        self.compiled = openvino.Core().compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.semantic = is_semantic(task)
 
     def _run(self, array: Tensor) -> dict[str, Tensor]:
         results = self.request.infer({0: array.numpy()})
         return {output.get_any_name(): torch.from_numpy(results[output].copy()) for output in self.compiled.outputs}
+
+
+class EngineAsModel(nn.Module):
+    """An engine in the place of a task module's model, so that validation scores an exported model
+    exactly as it scores a checkpoint: detectors take a list of images and return detections,
+    segmenters take a batch and return ``{"out": logits}``."""
+
+    def __init__(self, engine: ExportedEngine) -> None:
+        super().__init__()
+        self.engine = engine
+        self.detections_per_img = engine.detection_cap  # read by the validation's capped-images warning
+
+    def forward(self, images: Tensor | list[Tensor]) -> list[dict[str, Tensor]] | dict[str, Tensor]:
+        if self.engine.semantic:
+            return {"out": self.engine._run(images.float().contiguous())["logits"]}
+        return self.engine([image.contiguous() for image in images])

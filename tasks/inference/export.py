@@ -57,32 +57,54 @@ def write_onnx(graph: nn.Module, task: str, path: Path, opset: int) -> None:
     )
 
 
-def write_openvino(graph: nn.Module, task: str, path: Path, opset: int) -> None:
-    """The ONNX export converted by OpenVINO's ONNX front end into ``model.xml`` + ``model.bin``, dynamic
-    sizes kept and weights in float32 (the converter would halve them to float16 by default)."""
+def openvino_model(graph: nn.Module, task: str, folder: Path, opset: int):
+    """The ONNX export read by OpenVINO's ONNX front end: an ``openvino.Model``, dynamic sizes kept (the
+    ONNX file, written into ``folder``, is removed)."""
     try:
         import openvino
     except ImportError as err:
         raise UserError('format=openvino needs the deploy extras: pip install -e ".[deploy]"') from err
-    onnx = path.with_suffix(".onnx")
+    onnx = folder / "openvino-source.onnx"
     write_onnx(graph, task, onnx, opset)
     # read by the ONNX front end directly: convert_model() would first try the file as a torch.export archive
-    openvino.save_model(openvino.Core().read_model(str(onnx)), str(path), compress_to_fp16=False)
+    model = openvino.Core().read_model(str(onnx))
     onnx.unlink()
+    return model
+
+
+def save_openvino(model, path: Path) -> None:
+    """``model.xml`` + ``model.bin`` with the weights as they are (the converter would halve float32
+    ones to float16 by default)."""
+    import openvino
+
+    openvino.save_model(model, str(path), compress_to_fp16=False)
+
+
+def write_openvino(graph: nn.Module, task: str, path: Path, opset: int) -> None:
+    save_openvino(openvino_model(graph, task, path.parent, opset), path)
 
 
 def write_torchscript(graph: nn.Module, task: str, path: Path) -> None:
     torch.jit.trace(graph, (example_input(task),), check_trace=False).save(str(path))
 
 
-def export(cfg: DictConfig) -> Path:
-    """Write the exported model and its ``model.json`` into the run directory; return the model's path."""
+def exported_graph(cfg: DictConfig) -> tuple[nn.Module, nn.Module, dict]:
+    """The checkpoint's model, its fixed-signature graph and its metadata, after checking the options."""
     if cfg.format not in FORMATS:
         raise UserError(f"format={cfg.format} is not one of {sorted(FORMATS)}")
     if not cfg.ckpt_path:
         raise UserError("export needs a checkpoint: pass ckpt_path=PATH/TO/best.ckpt")
     model, metadata = load_trained_model(cfg.ckpt_path, cfg.task.name)
-    graph = inference_graph(model, metadata["task"])
+    return model, inference_graph(model, metadata["task"]), metadata
+
+
+def write_model_card(output_dir: Path, card: dict) -> None:
+    (output_dir / MODEL_CARD).write_text(json.dumps(card, indent=2))
+
+
+def export(cfg: DictConfig) -> Path:
+    """Write the exported model and its ``model.json`` into the run directory; return the model's path."""
+    model, graph, metadata = exported_graph(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / FORMATS[cfg.format]
@@ -94,7 +116,6 @@ def export(cfg: DictConfig) -> Path:
             write_openvino(graph, metadata["task"], path, int(cfg.opset))
         else:
             write_torchscript(graph, metadata["task"], path)
-    card = model_card(metadata, model, path.name, graph)
-    (output_dir / MODEL_CARD).write_text(json.dumps({**card, "format": cfg.format}, indent=2))
+    write_model_card(output_dir, {**model_card(metadata, model, path.name, graph), "format": cfg.format})
     log.info("%s written to %s (with %s)", cfg.format, path, MODEL_CARD)
     return path

@@ -59,7 +59,8 @@ def build_engine(cfg: DictConfig) -> tuple[object, dict]:
                 f"box_detections_per_img is fixed in an exported model (this one keeps {cap}): "
                 "use engine=torch ckpt_path=... to change it"
             )
-        return engine(path, metadata["task"], cap), metadata
+        options = {"precision": cfg.get("openvino_precision", "fp32")} if cfg.engine == "openvino" else {}
+        return engine(path, metadata["task"], cap, **options), metadata
     raise UserError(f"engine={cfg.engine} is not one of {ENGINES}")
 
 

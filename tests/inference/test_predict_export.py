@@ -16,44 +16,11 @@ from pycocotools import mask as mask_utils
 from backbones.base import IMAGENET_MEAN
 from tasks.common.errors import UserError
 from tasks.common.metadata import load_trained_model
-from tasks.core.runner import train
 from tasks.inference.export import export
 from tasks.inference.graphs import inference_graph
 from tasks.inference.inputs import find_images
 from tasks.inference.predict import predict
-from tests.support import (
-    TINY_DETECTION,
-    TINY_SEGMENTATION,
-    compose_config,
-    run_script,
-    shapes_overrides,
-    shapes_seg_overrides,
-)
-
-TASKS = ("detection", "instance_segmentation", "segmentation")
-
-
-def _training_overrides(task: str, shapes_root: Path, voc_root: Path) -> list[str]:
-    if task == "segmentation":
-        return [*TINY_SEGMENTATION, *shapes_seg_overrides(voc_root)]
-    return [f"task={task}", "backbone=resnet18", *TINY_DETECTION, *shapes_overrides(shapes_root)]
-
-
-@pytest.fixture(scope="module")
-def checkpoints(shapes_root: Path, shapes_voc_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A checkpoint of each task after 3 steps, trained on a copy of the data that is deleted afterwards:
-    nothing downstream may need the dataset."""
-    found = {}
-    for task in TASKS:
-        folder = tmp_path_factory.mktemp(task)
-        copies = {name: folder / "data" / name for name in ("shapes", "voc")}
-        shutil.copytree(shapes_root, copies["shapes"])
-        shutil.copytree(shapes_voc_root, copies["voc"])
-        overrides = _training_overrides(task, copies["shapes"], copies["voc"])
-        train(compose_config([*overrides, "trainer.max_steps=3", "trainer.limit_val_batches=1"], folder / "run"))
-        shutil.rmtree(folder / "data")
-        found[task] = folder / "run" / "checkpoints" / "last.ckpt"
-    return found
+from tests.support import EXPORT_TASKS, compose_config, run_script
 
 
 def _save(path: Path, pixels: np.ndarray, **options) -> None:
@@ -158,7 +125,7 @@ def _mixed_sizes(folder: Path, sources: list[Path]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", EXPORT_TASKS)
 def test_predictions_do_not_depend_on_the_batch(
     task: str, checkpoints: dict[str, Path], shapes_root: Path, tmp_path: Path
 ) -> None:
@@ -230,7 +197,7 @@ def _rows_by_file(rows: list[dict]) -> dict[str, list[dict]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", EXPORT_TASKS)
 @pytest.mark.parametrize(("fmt", "engine", "option"), EXPORTED_ENGINES)
 def test_export_and_exported_engine_parity(
     task: str, fmt: str, engine: str, option: str, checkpoints: dict[str, Path], shapes_root: Path, tmp_path: Path
