@@ -15,7 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
 from tasks.common.errors import UserError
@@ -108,6 +108,4 @@ def float32_openvino(graph: torch.nn.Module, task: str, folder: Path, opset: int
 
 def accuracy_metrics(cfg: DictConfig) -> tuple[str, ...]:
     """The metrics the task shows in its progress bar (detection: map and map_50; segmentation: miou)."""
-    from hydra.utils import get_class
-
     return get_class(cfg.task.module._target_).progress_metrics
