@@ -18,6 +18,7 @@ from tasks.data.formats.coco_panoptic import (
     CocoPanoptic,
     id_to_rgb,
     inspect_panoptic,
+    read_panoptic_json,
     read_segment_ids,
     rgb_to_id,
 )
@@ -154,3 +155,13 @@ def test_categories_without_isthing_and_pngs_of_another_size_are_refused(panopti
     ann_file.write_text(json.dumps(dataset))
     with pytest.raises(ValueError, match=r"categories \['ground'\] have no 'isthing' flag"):
         CocoPanoptic(images, ann_file, pngs)
+
+
+def test_a_panoptic_json_that_is_not_one_is_named_with_the_fix(tmp_path: Path) -> None:
+    broken = tmp_path / "panoptic_val2017.json"
+    broken.write_text('{"images": [], "annotations": [')
+    with pytest.raises(ValueError, match=r"panoptic_val2017.json is not valid JSON: .* line 1.*json.tool"):
+        read_panoptic_json(broken)
+    broken.write_text(json.dumps({"images": [], "annotations": []}))
+    with pytest.raises(ValueError, match="is not a COCO panoptic json: no 'categories' list"):
+        read_panoptic_json(broken)

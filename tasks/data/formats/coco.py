@@ -38,21 +38,29 @@ def _drop_segmentation(obj: dict) -> dict:
     return obj
 
 
+def read_coco_json(
+    path: Path, *, required: tuple[str, ...] = ("images",), kind: str = "COCO instances", object_hook=None
+) -> dict:
+    """A COCO-style json as a dict, once it is known to hold the ``required`` top-level lists; a file
+    that is not JSON is named with the place where it breaks."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            dataset = json.load(file, object_hook=object_hook)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}; "
+            "fix the file (python -m json.tool FILE shows where)"
+        ) from err
+    for key in required:
+        if not isinstance(dataset, Mapping) or not isinstance(dataset.get(key), list):
+            raise ValueError(f"{path} is not a {kind} json: no {key!r} list at the top level")
+    return dict(dataset)
+
+
 def read_instances(ann_file: Path, *, keep_segmentation: bool = False) -> dict:
     """The json as a dict; polygons and RLE are dropped while parsing unless kept (they are most
     of a COCO json's memory, and box training does not read them)."""
-    hook = None if keep_segmentation else _drop_segmentation
-    try:
-        with open(ann_file, encoding="utf-8") as file:
-            dataset = json.load(file, object_hook=hook)
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{ann_file} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}; "
-            "fix the file (python -m json.tool FILE shows where)"
-        ) from err
-    if not isinstance(dataset, Mapping) or not isinstance(dataset.get("images"), list):
-        raise ValueError(f"{ann_file} is not a COCO instances json: no 'images' list at the top level")
-    return dict(dataset)
+    return read_coco_json(ann_file, object_hook=None if keep_segmentation else _drop_segmentation)
 
 
 def _ids(rows: list[dict], key: str) -> np.ndarray:

@@ -9,7 +9,6 @@ left out (``SEMANTIC_IGNORE``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -22,6 +21,7 @@ from PIL import Image
 from tasks.data.detection_dataset import DetectionDataset, mask_extents
 from tasks.data.detection_index import DetectionIndex, ImageRecord
 from tasks.data.doctor import ERROR, INFO, WARNING, Finding, raise_on_errors
+from tasks.data.formats.coco import read_coco_json
 from tasks.data.images import MAX_PIXELS, image_file_problem
 
 SEMANTIC_IGNORE = 255  # void pixels in the semantic target
@@ -97,14 +97,7 @@ class PanopticCategories:
 
 
 def read_panoptic_json(path: Path) -> dict:
-    try:
-        dataset = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from err
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(dataset, Mapping) or not isinstance(dataset.get(key), list):
-            raise ValueError(f"{path} is not a COCO panoptic json: no {key!r} list at the top level")
-    return dict(dataset)
+    return read_coco_json(path, required=("images", "annotations", "categories"), kind="COCO panoptic")
 
 
 class SegmentTable:
