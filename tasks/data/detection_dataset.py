@@ -156,6 +156,12 @@ def mask_extents(masks: np.ndarray) -> np.ndarray:
     return (boxes + np.array([0, 0, 1, 1])).astype(np.float32)
 
 
+def mask_box_xywh(mask: np.ndarray) -> list[int]:
+    """COCO's ``[x, y, width, height]`` of one non-empty mask, in whole pixels (pixel edges included)."""
+    x0, y0, x1, y1 = (int(v) for v in mask_extents(mask[None])[0])
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
 def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
     """Keep images as a list: they differ in size and the detector batches them itself."""
     images, targets = zip(*batch, strict=True)

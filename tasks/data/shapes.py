@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from tasks.data.detection_dataset import mask_box_xywh
 from tasks.data.formats.coco_panoptic import id_to_rgb
 from tasks.data.formats.palette import voc_palette
 
@@ -158,14 +159,13 @@ def _annotations(owner: np.ndarray, classes: list[int], image_id: int, first_id:
     rows = []
     for k, cls in enumerate(classes):
         visible = owner == k
-        ys, xs = np.nonzero(visible)
         rle = mask_utils.encode(np.asfortranarray(visible.astype(np.uint8)))
         rows.append(
             {
                 "id": first_id + k,
                 "image_id": image_id,
                 "category_id": cls + 1,
-                "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
+                "bbox": mask_box_xywh(visible),
                 "area": int(visible.sum()),
                 "segmentation": {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")},
                 "iscrowd": 0,
@@ -221,12 +221,11 @@ def _panoptic_segments(owner: np.ndarray, classes: list[int], regions: np.ndarra
     infos = []
     for segment_id in np.unique(ids[ids > 0]).tolist():
         pixels = ids == segment_id
-        ys, xs = np.nonzero(pixels)
         if segment_id < STUFF_SEGMENT_BASE:
             category_id = classes[segment_id - 1] + 1
         else:
             category_id = len(SHAPE_CLASSES) + segment_id - STUFF_SEGMENT_BASE + 1
-        box = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+        box = mask_box_xywh(pixels)
         infos.append(
             {"id": segment_id, "category_id": category_id, "area": int(pixels.sum()), "bbox": box, "iscrowd": 0}
         )

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
+from tasks.data.detection_dataset import mask_box_xywh
 from tasks.data.formats.coco_panoptic import id_to_rgb
 from tasks.evaluation.coco_eval import to_coco_results, to_segmentation_results
 from tasks.evaluation.predictions import rescale_to_original
@@ -74,10 +75,10 @@ def panoptic_row(
     ``segments_info``, each segment with its category id and name, ``isthing``, score, area and box."""
     segments = []
     for segment_id, (label, score) in enumerate(zip(labels, scores, strict=True), start=1):
-        ys, xs = np.nonzero(panoptic == segment_id)
-        if not len(xs):
+        pixels = panoptic == segment_id
+        area = int(pixels.sum())
+        if not area:
             continue
-        box = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
         segments.append(
             {
                 "id": segment_id,
@@ -85,8 +86,8 @@ def panoptic_row(
                 "category_name": class_names[label - 1],
                 "isthing": int(label <= num_things),
                 "score": round(float(score), 5),
-                "area": len(xs),
-                "bbox": box,
+                "area": area,
+                "bbox": mask_box_xywh(pixels),
             }
         )
     return {"file_name": file_name, "panoptic_file": panoptic_file, "segments_info": segments}

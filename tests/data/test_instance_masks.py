@@ -200,3 +200,14 @@ def test_mask_stats_equal_on_both_backends(shapes_root: Path) -> None:
     for name in COCO_STAT_NAMES:
         assert fast.stats[name] == pytest.approx(reference.stats[name], abs=1e-9), name
     assert fast.ap_per_class == pytest.approx(reference.ap_per_class, abs=1e-9)
+
+
+def test_mask_boxes_include_the_edge_pixels() -> None:
+    """COCO's convention, by hand: pixels in rows 2-4 and columns 3-7 span x 3..8 and y 2..5."""
+    from tasks.data.detection_dataset import mask_box_xywh, mask_extents
+
+    mask = np.zeros((10, 12), bool)
+    mask[2:5, 3:8] = True
+    mask[4, 3] = False  # a hole at the corner changes nothing: another pixel holds each edge
+    assert mask_box_xywh(mask) == [3, 2, 5, 3]
+    assert mask_extents(np.stack([mask, np.roll(mask, 1, axis=1)])).tolist() == [[3, 2, 8, 5], [4, 2, 9, 5]]
