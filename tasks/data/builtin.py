@@ -14,10 +14,28 @@ from tasks.data.formats.coco_panoptic import PanopticCategories
 from tasks.data.formats.coco_panoptic_module import CocoPanopticDataModule
 from tasks.data.images import MAX_PIXELS
 from tasks.data.segmentation import VocSegDataModule
-from tasks.data.shapes import SHAPE_CLASSES, ensure_shapes, panoptic_categories, split_spec
+from tasks.data.shapes import SHAPE_CLASSES, ShapesSpec, ensure_shapes, panoptic_categories, split_spec
 
 
-class ShapesDataModule(CocoDataModule):
+class GeneratedShapes:
+    """What every built-in shapes data module adds to its format's: the files generated in ``layout``
+    (``ensure_shapes``: once, kept while the spec is unchanged) before the data is prepared (on one
+    process while the others wait) or inspected by the doctor."""
+
+    layout = "coco"
+    root: Path
+    spec: ShapesSpec
+
+    def prepare_data(self) -> None:
+        ensure_shapes(self.root, self.spec, layout=self.layout)
+        super().prepare_data()
+
+    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:
+        ensure_shapes(self.root, self.spec, layout=self.layout)
+        return super().inspect(read_images=read_images, max_pixels=max_pixels)
+
+
+class ShapesDataModule(GeneratedShapes, CocoDataModule):
     """The COCO data module over the generated shapes folder (generated on first use, by
     ``prepare_data``: on one process while the others wait).
 
@@ -32,20 +50,14 @@ class ShapesDataModule(CocoDataModule):
     def _read_metadata(self) -> tuple[list[int], list[str]]:
         return list(range(1, len(SHAPE_CLASSES) + 1)), list(SHAPE_CLASSES)
 
-    def prepare_data(self) -> None:
-        ensure_shapes(self.root, self.spec)
-        super().prepare_data()
 
-    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS):
-        ensure_shapes(self.root, self.spec)
-        return super().inspect(read_images=read_images, max_pixels=max_pixels)
-
-
-class ShapesSegDataModule(VocSegDataModule):
+class ShapesSegDataModule(GeneratedShapes, VocSegDataModule):
     """The built-in shapes, generated on first use in VOC layout (background + 4 shape classes).
 
     Options named like ``ShapesSpec`` fields set the generation, as for detection's shapes.
     """
+
+    layout = "voc"
 
     def __init__(self, root: str | Path, **options) -> None:
         spec, options = split_spec(options)
@@ -54,18 +66,12 @@ class ShapesSegDataModule(VocSegDataModule):
         super().__init__(root, class_names=("background", *SHAPE_CLASSES), use_sbd=False, **options)
         self.spec = spec
 
-    def prepare_data(self) -> None:
-        ensure_shapes(self.root, self.spec, layout="voc")
-        super().prepare_data()
 
-    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:
-        ensure_shapes(self.root, self.spec, layout="voc")
-        return super().inspect(read_images=read_images, max_pixels=max_pixels)
-
-
-class ShapesClsDataModule(ImageFolderDataModule):
+class ShapesClsDataModule(GeneratedShapes, ImageFolderDataModule):
     """The built-in shapes, one shape an image, generated on first use in class folders. Options
     named like ``ShapesSpec`` fields set the generation, as for detection's shapes."""
+
+    layout = "imagefolder"
 
     def __init__(self, root: str | Path, **options) -> None:
         self.spec, options = split_spec(options)
@@ -74,18 +80,12 @@ class ShapesClsDataModule(ImageFolderDataModule):
     def _read_metadata(self) -> list[str]:
         return sorted(SHAPE_CLASSES)
 
-    def prepare_data(self) -> None:
-        ensure_shapes(self.root, self.spec, layout="imagefolder")
-        super().prepare_data()
 
-    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:
-        ensure_shapes(self.root, self.spec, layout="imagefolder")
-        return super().inspect(read_images=read_images, max_pixels=max_pixels)
-
-
-class ShapesPanopticDataModule(CocoPanopticDataModule):
+class ShapesPanopticDataModule(GeneratedShapes, CocoPanopticDataModule):
     """The built-in shapes over stuff landscapes (sky, ground, water), generated on first use in COCO
     panoptic layout. Options named like ``ShapesSpec`` fields set the generation, as for detection's shapes."""
+
+    layout = "coco_panoptic"
 
     def __init__(self, root: str | Path, **options) -> None:
         self.spec, options = split_spec(options)
@@ -95,11 +95,3 @@ class ShapesPanopticDataModule(CocoPanopticDataModule):
     def categories(self) -> PanopticCategories:
         """Known before the data is generated (as the files will declare them)."""
         return PanopticCategories.from_json(panoptic_categories(), "the built-in shapes")
-
-    def prepare_data(self) -> None:
-        ensure_shapes(self.root, self.spec, layout="coco_panoptic")
-        super().prepare_data()
-
-    def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:
-        ensure_shapes(self.root, self.spec, layout="coco_panoptic")
-        return super().inspect(read_images=read_images, max_pixels=max_pixels)
