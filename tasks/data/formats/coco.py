@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from tasks.data.detection import DetectionDataModule
 from tasks.data.detection_dataset import DetectionDataset, clip_boxes
 from tasks.data.detection_index import DetectionIndex, cached_index, source_key
 from tasks.data.doctor import ERROR, INFO, REPAIRED, Finding, image_file_findings, raise_on_errors
+from tasks.data.formats.coco_json import read_coco_json
 from tasks.data.formats.masks import segmentation_problem
 from tasks.data.images import MAX_PIXELS, image_file_problem
 
@@ -36,25 +35,6 @@ def load_coco(ann_file: Path) -> COCO:
 def _drop_segmentation(obj: dict) -> dict:
     obj.pop("segmentation", None)
     return obj
-
-
-def read_coco_json(
-    path: Path, *, required: tuple[str, ...] = ("images",), kind: str = "COCO instances", object_hook=None
-) -> dict:
-    """A COCO-style json as a dict, once it is known to hold the ``required`` top-level lists; a file
-    that is not JSON is named with the place where it breaks."""
-    try:
-        with open(path, encoding="utf-8") as file:
-            dataset = json.load(file, object_hook=object_hook)
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}; "
-            "fix the file (python -m json.tool FILE shows where)"
-        ) from err
-    for key in required:
-        if not isinstance(dataset, Mapping) or not isinstance(dataset.get(key), list):
-            raise ValueError(f"{path} is not a {kind} json: no {key!r} list at the top level")
-    return dict(dataset)
 
 
 def read_instances(ann_file: Path, *, keep_segmentation: bool = False) -> dict:

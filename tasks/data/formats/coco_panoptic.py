@@ -21,7 +21,7 @@ from PIL import Image
 from tasks.data.detection_dataset import DetectionDataset, mask_extents
 from tasks.data.detection_index import DetectionIndex, ImageRecord
 from tasks.data.doctor import ERROR, INFO, WARNING, Finding, raise_on_errors
-from tasks.data.formats.coco import read_coco_json
+from tasks.data.formats.coco_json import read_coco_json
 from tasks.data.images import MAX_PIXELS, image_file_problem
 
 SEMANTIC_IGNORE = 255  # void pixels in the semantic target
