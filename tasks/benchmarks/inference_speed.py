@@ -66,6 +66,7 @@ from tasks.inference.export import write_onnx, write_openvino
 from tasks.inference.fast import optimise_for_cpu
 from tasks.inference.graphs import inference_graph
 from tasks.inference.model_card import MODEL_CARD
+from tasks.inference.openvino_core import openvino_core
 from tasks.inference.quantize import quantize_int8
 
 BOX_TOLERANCE = 0.01  # px
@@ -190,11 +191,9 @@ def exported_engine(model: nn.Module, task: str, folder: Path, fmt: str, precisi
     if fmt == "onnx":
         engine = OnnxRuntimeEngine(path, task)
     elif precision == "int8":
-        import openvino
-
         semantic = task == "segmentation"
         calibration = [image[None].numpy() if semantic else image.numpy() for image in CALIBRATION[task]]
-        engine = OpenVinoEngine(quantize_int8(openvino.Core().read_model(str(path)), calibration), task)
+        engine = OpenVinoEngine(quantize_int8(openvino_core().read_model(str(path)), calibration), task)
     else:
         engine = OpenVinoEngine(path, task, precision=precision)
     if task == "segmentation":

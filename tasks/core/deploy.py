@@ -24,6 +24,7 @@ from tasks.inference.engines import EngineAsModel, OpenVinoEngine
 from tasks.inference.export import FORMATS, export, exported_graph, openvino_model, save_openvino, write_model_card
 from tasks.inference.graphs import is_semantic
 from tasks.inference.model_card import MODEL_CARD, model_card
+from tasks.inference.openvino_core import openvino_core
 from tasks.inference.quantize import calibration_inputs, quantization_record, quantize_int8
 
 log = logging.getLogger(__name__)
@@ -98,12 +99,11 @@ def float32_openvino(graph: torch.nn.Module, task: str, folder: Path, opset: int
     """The float32 OpenVINO model, written to ``folder`` and read back: the ONNX front end shares constant
     nodes between the graph and the bodies of its If operations (torchvision's batched NMS), which NNCF
     cannot walk; a model read from its file has its own constants in each body."""
-    import openvino
 
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings on Python scalars torchvision keeps dynamic itself
         save_openvino(openvino_model(graph, task, folder, opset), folder / "float32.xml")
-    return openvino.Core().read_model(str(folder / "float32.xml"))
+    return openvino_core().read_model(str(folder / "float32.xml"))
 
 
 def accuracy_metrics(cfg: DictConfig) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ from tasks.data.collate import collate_segmentation
 from tasks.evaluation.predictions import detection_cap
 from tasks.inference.fast import compile_trunk, optimise_for_cpu
 from tasks.inference.graphs import PREDICT_TASKS, check_inference_task, is_semantic
+from tasks.inference.openvino_core import openvino_core
 
 ENGINES = ("torch", "onnxruntime", "openvino")
 
@@ -110,9 +111,8 @@ OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # precision= -> OpenVINO'
 
 def openvino_capabilities() -> list[str]:
     """What OpenVINO's CPU plugin can compute natively on this machine (``BF16``, ``INT8``, ...)."""
-    import openvino
 
-    return list(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    return list(openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
 class OpenVinoEngine(ExportedEngine):
@@ -126,7 +126,7 @@ class OpenVinoEngine(ExportedEngine):
     ) -> None:
         self.detection_cap = detection_cap
         try:
-            import openvino
+            import openvino  # noqa: F401 - installed, or the message below
         except ImportError as err:
             raise UserError('engine=openvino needs the deploy extras: pip install -e ".[deploy]"') from err
         if precision not in OPENVINO_PRECISIONS:
@@ -136,7 +136,7 @@ class OpenVinoEngine(ExportedEngine):
         model = str(_exported_file(path, "openvino_path", "openvino")) if isinstance(path, str | Path) else path
         config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision]}
         config["INFERENCE_NUM_THREADS"] = torch.get_num_threads()
-        self.compiled = openvino.Core().compile_model(model, "CPU", config)
+        self.compiled = openvino_core().compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.semantic = is_semantic(task)
 

@@ -17,6 +17,7 @@ from tasks.common.errors import UserError
 from tasks.common.metadata import load_trained_model
 from tasks.inference.graphs import inference_graph, is_semantic
 from tasks.inference.model_card import MODEL_CARD, model_card
+from tasks.inference.openvino_core import openvino_core
 
 log = logging.getLogger(__name__)
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt", "openvino": "model.xml"}
@@ -61,13 +62,13 @@ def openvino_model(graph: nn.Module, task: str, folder: Path, opset: int):
     """The ONNX export read by OpenVINO's ONNX front end: an ``openvino.Model``, dynamic sizes kept (the
     ONNX file, written into ``folder``, is removed)."""
     try:
-        import openvino
+        import openvino  # noqa: F401 - installed, or the message below
     except ImportError as err:
         raise UserError('format=openvino needs the deploy extras: pip install -e ".[deploy]"') from err
     onnx = folder / "openvino-source.onnx"
     write_onnx(graph, task, onnx, opset)
     # read by the ONNX front end directly: convert_model() would first try the file as a torch.export archive
-    model = openvino.Core().read_model(str(onnx))
+    model = openvino_core().read_model(str(onnx))
     onnx.unlink()
     return model
 

@@ -18,6 +18,7 @@ from tasks.core.runner import build_datamodule, evaluate
 from tasks.inference import engines
 from tasks.inference.engines import OpenVinoEngine
 from tasks.inference.inputs import prepare, resizer
+from tasks.inference.openvino_core import openvino_core
 from tasks.inference.predict import predict
 from tasks.inference.quantize import calibration_inputs, calibration_positions
 from tests.support import (
@@ -98,7 +99,7 @@ def test_int8_export_records_calibration_and_scores_fp32_as_evaluate_does(
     assert record["calibration"]["images"] == 4
     assert record["calibration"]["of"] == len(datamodule.unaugmented("train"))
     # the file holds quantized convolutions: NNCF's quantize/dequantize pairs
-    quantized = openvino.Core().read_model(str(path))
+    quantized = openvino_core().read_model(str(path))
     assert "FakeQuantize" in _op_types(quantized)
     # the fp32 figures are the checkpoint's own, scored by evaluate.py on the same validation batches
     expected = evaluate(
