@@ -42,7 +42,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -58,7 +58,7 @@ from backbones import ResNetBackbone
 from backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from heads.deeplab import build_deeplab
 from heads.faster_rcnn import build_faster_rcnn
-from tasks.benchmarks.machine import cpu_description, gemm_peak_gmacs, gmacs_of
+from tasks.benchmarks.machine import cpu_description, gemm_peak_gmacs, gmacs_of, has_any_flag
 from tasks.benchmarks.runs import timed_run
 from tasks.core.deploy import export_model
 from tasks.inference.engines import OnnxRuntimeEngine, OpenVinoEngine
@@ -179,10 +179,12 @@ def candidate_models(ours: nn.Module) -> dict[str, nn.Module]:
     return {name: optimise_for_cpu(copy.deepcopy(ours), **options) for name, options in variants.items()}
 
 
-def exported_engine(model: nn.Module, task: str, folder: Path, fmt: str, precision: str = "fp32") -> Run:
+def exported_engine(
+    model: nn.Module, task: str, folder: Path, fmt: str, precision: str = "fp32", calibration: Sequence[Tensor] = ()
+) -> Run:
     """The model exported as ``predict.py`` runs it: ONNX in ONNX Runtime, or OpenVINO's IR in OpenVINO at
-    ``precision`` (fp32, bf16; int8: quantized as ``export.py quantize=int8`` does, calibrated on
-    ``CALIBRATION`` images: a speed figure, its accuracy is measured on a trained model, ``--checkpoint``)."""
+    ``precision`` (fp32, bf16; int8: quantized as ``export.py quantize=int8`` does, calibrated on the
+    ``calibration`` images: a speed figure, its accuracy is measured on a trained model, ``--checkpoint``)."""
     path = folder / f"{task}.{'onnx' if fmt == 'onnx' else 'xml'}"
     graph = inference_graph(model, task)
     with warnings.catch_warnings(), torch.no_grad():
@@ -192,7 +194,7 @@ def exported_engine(model: nn.Module, task: str, folder: Path, fmt: str, precisi
         engine = OnnxRuntimeEngine(path, task)
     elif precision == "int8":
         semantic = task == "segmentation"
-        calibration = [image[None].numpy() if semantic else image.numpy() for image in CALIBRATION[task]]
+        calibration = [image[None].numpy() if semantic else image.numpy() for image in calibration]
         engine = OpenVinoEngine(quantize_int8(openvino_core().read_model(str(path)), calibration), task)
     else:
         engine = OpenVinoEngine(path, task, precision=precision)
@@ -201,20 +203,16 @@ def exported_engine(model: nn.Module, task: str, folder: Path, fmt: str, precisi
     return lambda images: engine(images)
 
 
-# calibration images of the int8 engine, per task: other images than the timed ones, of their size
-CALIBRATION: dict[str, list[Tensor]] = {}
-CALIBRATION_IMAGES = 8
+CALIBRATION_IMAGES = 8  # of the int8 engine: other generated images than the timed ones, of their size
 
 
 def bf16_available() -> bool:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return has_any_flag("avx512_bf16", "amx_bf16")
 
 
 def int8_units() -> bool:
     """The int8 dot-product units the int8 target is set for: AVX-512 VNNI, AVX-VNNI or AMX int8."""
-    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
-    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    return has_any_flag("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def with_bf16(run: Run) -> Run:
@@ -364,7 +362,9 @@ def headline(seconds: dict[str, float], equality: dict[str, tuple[bool, str]]) -
     return fastest, seconds["torchvision eager"] / seconds[fastest], equality[fastest][0]
 
 
-def engines_for(task: str, theirs: nn.Module, ours: nn.Module, folder: Path, compile_: bool) -> dict[str, Run]:
+def engines_for(
+    task: str, theirs: nn.Module, ours: nn.Module, folder: Path, compile_: bool, calibration: list[Tensor]
+) -> dict[str, Run]:
     if task == "detection":
         wrap, reference = eager_detector, eager_detector(theirs)
     else:  # torchvision's DeepLab takes normalised images, ours normalises inside
@@ -378,7 +378,7 @@ def engines_for(task: str, theirs: nn.Module, ours: nn.Module, folder: Path, com
     if bf16_available():  # else n/a: never emulated
         engines["bf16 autocast"] = with_bf16(wrap(ours))
         engines[OPENVINO_BF16] = exported_engine(ours, task, folder, "openvino", "bf16")
-    engines[OPENVINO_INT8] = exported_engine(ours, task, folder, "openvino", "int8")
+    engines[OPENVINO_INT8] = exported_engine(ours, task, folder, "openvino", "int8", calibration)
     return engines
 
 
@@ -393,13 +393,12 @@ def run_task(
 ) -> tuple[str, float, bool, float]:
     """Print the table of one model; return the fastest float32 engine, its speedup, whether it is equal,
     and the int8 engine's speedup."""
-    height, width = images[0].shape[-2:]
-    CALIBRATION[task] = images_of(CALIBRATION_IMAGES, height, width, seed=2)
     if task == "detection":
         theirs, ours = detection_models(detection_size, images)
     else:
         theirs, ours = segmentation_models(images)
-    engines = engines_for(task, theirs, ours, folder, compile_)
+    calibration = images_of(CALIBRATION_IMAGES, *images[0].shape[-2:], seed=2)
+    engines = engines_for(task, theirs, ours, folder, compile_, calibration)
     equality = compare(engines, images, detections_equal if task == "detection" else masks_equal)
     seconds = time_engines(engines, images, repeats)
     title = f"Faster R-CNN R50-FPN at {detection_size} px" if task == "detection" else "DeepLabV3 R50, output stride 8"

@@ -9,8 +9,8 @@ from pathlib import Path
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "amx_int8", "amx_bf16")
 
 
-def cpu_description() -> str:
-    """e.g. ``Intel(R) Xeon(R) Processor, 2 CPUs, avx2 avx512f avx512_vnni amx_int8 amx_bf16``."""
+def cpu_model_and_flags() -> tuple[str, set[str]]:
+    """The CPU's model name and instruction-set flags (``/proc/cpuinfo``; no flags where it is absent)."""
     model, flags = platform.processor() or platform.machine(), set()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -20,6 +20,17 @@ def cpu_description() -> str:
                 model = value.strip()
             elif key.strip() == "flags":
                 flags = set(value.split())
+    return model, flags
+
+
+def has_any_flag(*names: str) -> bool:
+    """Whether the CPU has one of the instruction sets ``names`` (e.g. ``amx_bf16``)."""
+    return bool(cpu_model_and_flags()[1] & set(names))
+
+
+def cpu_description() -> str:
+    """e.g. ``Intel(R) Xeon(R) Processor, 2 CPUs, avx2 avx512f avx512_vnni amx_int8 amx_bf16``."""
+    model, flags = cpu_model_and_flags()
     present = " ".join(flag for flag in FLAGS if flag in flags) or "none of " + "/".join(FLAGS)
     return f"{model}, {len(os.sched_getaffinity(0))} CPUs, {present}"
 

@@ -80,15 +80,15 @@ def export_int8(cfg: DictConfig) -> Path:
         int8 = quantize_int8(fp32, inputs)
         save_openvino(int8, path)
         cap = metadata["model"].get("box_detections_per_img")
-        metrics = {}
+        names, metrics = accuracy_metrics(cfg), {}
         for precision, network in (("fp32", fp32), ("int8", int8)):
             scores = score_engine(cfg, OpenVinoEngine(network, task, cap), datamodule)
-            metrics[precision] = {name: scores[name] for name in accuracy_metrics(cfg)}
+            metrics[precision] = {name: scores[name] for name in names}
     source = str(getattr(training, "source", cfg.dataset.get("_target_")))
     record = quantization_record(len(inputs), len(training), source, metrics)
     card = {**model_card(metadata, model, path.name, graph), "format": "openvino", "quantization": record}
     write_model_card(output_dir, card)
-    for name in accuracy_metrics(cfg):
+    for name in names:
         fp, q = metrics["fp32"][name], metrics["int8"][name]
         print(f"validation {name}: fp32 {fp:.4f}  int8 {q:.4f}  (int8 - fp32 {q - fp:+.4f})")
     log.info("int8 OpenVINO model written to %s (with %s)", path, MODEL_CARD)
@@ -99,7 +99,6 @@ def float32_openvino(graph: torch.nn.Module, task: str, folder: Path, opset: int
     """The float32 OpenVINO model, written to ``folder`` and read back: the ONNX front end shares constant
     nodes between the graph and the bodies of its If operations (torchvision's batched NMS), which NNCF
     cannot walk; a model read from its file has its own constants in each body."""
-
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings on Python scalars torchvision keeps dynamic itself
         save_openvino(openvino_model(graph, task, folder, opset), folder / "float32.xml")

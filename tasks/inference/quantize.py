@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from tasks.common.errors import UserError
@@ -23,7 +22,6 @@ from tasks.evaluation.drawing import spread
 from tasks.inference.inputs import resizer
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("fp32", "int8")
 
 
 def calibration_positions(available: int, count: int) -> list[int]:
@@ -62,8 +60,7 @@ def quantize_int8(model: Any, inputs: Sequence[np.ndarray]) -> Any:
     except ImportError as err:
         raise UserError('quantize=int8 needs the deploy extras: pip install -e ".[deploy]"') from err
     ranges = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
-    with torch.no_grad():
-        return nncf.quantize(model, nncf.Dataset(list(inputs)), subset_size=len(inputs), advanced_parameters=ranges)
+    return nncf.quantize(model, nncf.Dataset(list(inputs)), subset_size=len(inputs), advanced_parameters=ranges)
 
 
 def quantization_record(calibrated: int, available: int, source: str, metrics: dict[str, dict[str, float]]) -> dict:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools.coco import COCO
+from torchvision.ops import box_convert, box_iou
 
 from tasks.common.errors import UserError
 from tasks.core.deploy import export_model
@@ -219,14 +220,10 @@ def test_each_task_predicts_through_the_bf16_engine(
         for row in top:
             total += 1
             same = [o for o in others if o["category_id"] == row["category_id"]]
-            if same and max(_iou(row["bbox"], o["bbox"]) for o in same) >= 0.5:
+            if same and float(box_iou(_xyxy([row]), _xyxy(same)).max()) >= 0.5:
                 found += 1
     assert found >= 0.9 * total  # each image's 10 best float32 detections, nearly all found again
 
 
-def _iou(a: list[float], b: list[float]) -> float:
-    """IoU of two COCO [x, y, w, h] boxes."""
-    width = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = width * height
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+def _xyxy(rows: list[dict]) -> torch.Tensor:
+    return box_convert(torch.tensor([row["bbox"] for row in rows], dtype=torch.float64), "xywh", "xyxy")
