@@ -11,7 +11,7 @@ training batches, averaged over DDP processes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import lightning as L
 import numpy as np
@@ -30,20 +30,31 @@ def trainable_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNo
 
 @torch.no_grad()
 def recompute_statistics(model: nn.Module, forward: Callable[[object], object], batches: Iterable) -> int:
-    """Running mean and variance of every trainable BatchNorm of ``model`` as the plain average of
-    its batch statistics over ``batches`` (``forward`` runs one, ``model`` in train mode); returns
-    the number of batches used. Weights are untouched; each layer's momentum is restored."""
+    """Running mean and variance of every trainable BatchNorm of ``model`` that ``forward`` reaches, as
+    the plain average of its batch statistics over ``batches`` (``forward`` runs one, ``model`` in train
+    mode); returns the number of batches used. Layers the forward never runs through (a stage after the
+    features a head reads) keep their statistics; weights are untouched; each layer's momentum is restored."""
     layers = trainable_batchnorms(model)
+    saved = [{name: buffer.clone() for name, buffer in layer.named_buffers()} for layer in layers]
     momenta = [layer.momentum for layer in layers]
+    reached: set[int] = set()
+    hooks = [layer.register_forward_pre_hook(lambda layer, _: reached.add(id(layer))) for layer in layers]
     for layer in layers:
         layer.reset_running_stats()
         layer.momentum = None  # a cumulative average: every batch counts the same
     count = 0
-    for batch in batches:
-        forward(batch)
-        count += 1
-    for layer, momentum in zip(layers, momenta, strict=True):
-        layer.momentum = momentum
+    try:
+        for batch in batches:
+            forward(batch)
+            count += 1
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for layer, momentum, buffers in zip(layers, momenta, saved, strict=True):
+            layer.momentum = momentum
+            if id(layer) not in reached:  # its reset statistics would normalise with mean 0, variance 1
+                for name, buffer in layer.named_buffers():
+                    buffer.copy_(buffers[name])
     return count
 
 
@@ -51,7 +62,7 @@ class PreciseBatchNorm(L.Callback):
     """``enabled``: true, false, or ``auto``: on where BatchNorm trains on fewer than
     ``below_batch_size`` images per process. ``num_batches`` training batches (drawn with ``seed``
     and the step, so that a resumed run draws the same ones) recompute the statistics before each
-    validation during training. Whether on or not, the first validation batch's loss is computed in
+    validation during training. Whether on or not, the first of those batches' loss is computed in
     eval and in train mode; a ratio over ``warn_ratio`` is warned about once."""
 
     def __init__(
@@ -69,14 +80,21 @@ class PreciseBatchNorm(L.Callback):
             return False
         return self.enabled is True or trainer.datamodule.batch_size < self.below_batch_size
 
-    def _batches(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Iterable:
+    def _batches(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Iterator:
+        """``num_batches`` training batches drawn with the seed and the step (a resumed run draws the same
+        ones, each sample augmented from its own seed). A last, smaller batch
+        is left out where the data module leaves it out of training (a batch of one that ASPP's pooled
+        branch cannot normalise)."""
         datamodule = trainer.datamodule
         dataset, size = datamodule.train_set, datamodule.batch_size
         rng = np.random.default_rng(derive_seed(self.seed, trainer.global_step, trainer.global_rank))
         order = rng.permutation(len(dataset))[: self.num_batches * size]
         reader = SeededBatches(dataset)
         for start in range(0, len(order), size):
-            keys = [(int(i), derive_seed(self.seed, trainer.global_step, int(i))) for i in order[start : start + size]]
+            chosen = order[start : start + size]
+            if len(chosen) < size and datamodule.drop_last_batch:
+                return
+            keys = [(int(i), derive_seed(self.seed, trainer.global_step, int(i))) for i in chosen]
             yield trainer.strategy.batch_to_device(datamodule.collate_fn(reader[keys]))
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -102,12 +120,13 @@ class PreciseBatchNorm(L.Callback):
         rank_zero_info(f"BatchNorm statistics recomputed over {count} training batches (precise BN)")
 
     def _compare_modes(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """The first validation batch's loss with running statistics against batch statistics."""
+        """One training batch's loss with running statistics against batch statistics: a training
+        batch, because train mode must be able to normalise it (validation batches may hold one image)."""
         if self._warned or not trainable_batchnorms(pl_module):
             return
-        datamodule = trainer.datamodule
-        items = [datamodule.val_set[i] for i in range(min(datamodule.val_batch_size, len(datamodule.val_set)))]
-        batch = trainer.strategy.batch_to_device(datamodule.collate_fn(items))
+        batch = next(self._batches(trainer, pl_module), None)
+        if batch is None:
+            return
         buffers = {name: value.clone() for name, value in pl_module.named_buffers()}
         with torch.no_grad():
             pl_module.eval()
@@ -122,7 +141,7 @@ class PreciseBatchNorm(L.Callback):
         if ratio > self.warn_ratio:
             self._warned = True
             rank_zero_warn(
-                f"on the first validation batch the loss with BatchNorm's running statistics (eval mode, "
+                f"on a training batch the loss with BatchNorm's running statistics (eval mode, "
                 f"{float(eval_loss):.3f}) is {ratio:.1f} times the loss with the batch's own statistics "
                 f"({float(train_loss):.3f}): the running statistics lag behind the weights. Recompute them "
                 "(callbacks.precise_bn.enabled=true), train larger batches, or use GroupNorm (backbone.norm=gn)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +106,33 @@ def test_backbone_learns_slower_when_asked(shapes_voc_root: Path, tmp_path: Path
     optimizer = module.configure_optimizers()["optimizer"]
     lrs = sorted(group["lr"] for group in optimizer.param_groups)
     assert lrs == pytest.approx([0.001, 0.01])
+
+
+def _voc2012_segmentation(shapes_voc_root: Path, folder: Path) -> Path:
+    """The shapes as VOC2012 ships its segmentation data: train and val image sets in one year."""
+    devkit = folder / "VOCdevkit"
+    shutil.copytree(shapes_voc_root / "VOC2012", devkit / "VOC2012")
+    source, target = shapes_voc_root / "VOC2007", devkit / "VOC2012"
+    val_ids = (source / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    for file_id in val_ids:
+        shutil.copy(source / "JPEGImages" / f"{file_id}.jpg", target / "JPEGImages")
+        shutil.copy(source / "SegmentationClass" / f"{file_id}.png", target / "SegmentationClass")
+    (target / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(val_ids) + "\n")
+    return devkit
+
+
+@pytest.mark.slow
+def test_voc_segmentation_trains_and_validates_with_its_shipped_defaults(shapes_voc_root: Path, tmp_path: Path) -> None:
+    """dataset=voc_seg validates one image at a time, and precise BN is on for its batches of 4: nothing
+    but the model's size and the run's length is overridden."""
+    devkit = _voc2012_segmentation(shapes_voc_root, tmp_path)
+    overrides = [
+        "task=segmentation", "dataset=voc_seg", f"dataset.root={devkit}", "backbone=resnet18", "backbone.weights=none",
+        "dataset.crop_size=64", "dataset.num_workers=0", "trainer.max_steps=2", "trainer.val_check_interval=2",
+        "callbacks.precise_bn.num_batches=2", "trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    cfg = compose_config(overrides, tmp_path / "run")
+    assert cfg.dataset.val_batch_size == 1 and cfg.callbacks.precise_bn.enabled == "auto"
+    train(cfg)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0 <= metrics["miou"] <= 1 and metrics["checkpoint"].endswith("best.ckpt")
