@@ -88,6 +88,12 @@ class TiledDataset(Dataset):
     def __len__(self) -> int:
         return len(self.tiles)
 
+    @property
+    def transforms(self):
+        """The whole-image dataset's pipeline, which augments each tile: the loader seeds it per sample
+        (``SeededBatches``), so a tile's augmentation depends on its seed alone."""
+        return self.dataset.transforms
+
     def item_classes(self) -> list[tuple[int, ...]]:
         return self.tile_classes
 

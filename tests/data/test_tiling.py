@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tasks.data.builtin import ShapesDataModule
+from tasks.data.loader import SeededBatches
 from tasks.data.shapes import ShapesSpec
 from tasks.data.tiling import TiledDataset, boxes_in_window, tile_windows
 from tasks.evaluation.slicing import Slicing, greedy_merge, predict_sliced
@@ -127,3 +128,20 @@ def test_greedy_merge_joins_cut_pieces_of_one_class_but_no_box_swallows_others()
     assert kept_scores.tolist() == pytest.approx([0.95, 0.9, 0.7, 0.6]) and kept_labels.tolist() == [1, 1, 2, 1]
     uncut, _, _ = greedy_merge(boxes, scores, labels, threshold=0.5)  # pieces not cut: IoU 0.33 keeps them apart
     assert len(uncut) == 5
+
+
+def test_a_tile_is_augmented_by_its_sample_seed_alone(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The loader seeds each sample's augmentation: the same key gives the same tile, whatever was read
+    before it (two tiled runs with one seed, and a resumed one, see the same images)."""
+    root = tmp_path_factory.mktemp("jitter") / "shapes"
+    options = {k: getattr(LARGE, k) for k in ("num_train", "num_val", "image_size", "min_object_size",
+                                               "max_object_size", "max_objects")}  # fmt: skip
+    tile = {"size": 128, "overlap": 0.25, "keep_empty": 1.0}
+    datamodule = ShapesDataModule(root, **options, num_workers=0, augment="scale_jitter", batch_size=2, tile=tile)
+    datamodule.setup()
+    reader = SeededBatches(datamodule.train_set)
+    first = reader[[(4, 11)]][0]
+    reader[[(5, 12), (4, 13)]]  # other draws in between
+    again, other = reader[[(4, 11), (4, 12)]]
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1]["boxes"], again[1]["boxes"])
+    assert not torch.equal(first[0], other[0])

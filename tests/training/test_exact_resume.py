@@ -114,3 +114,22 @@ def test_validations_are_moved_between_optimizer_steps() -> None:
     ):
         align_validation_to_accumulation(_trainer(8, 50, per_epoch=None))
     align_validation_to_accumulation(_trainer(8, 48, per_epoch=None))
+
+
+@pytest.mark.slow
+def test_a_tiled_run_resumes_exactly(shapes_root: Path, tmp_path: Path) -> None:
+    """Tiles (4 of 48 px per 64 px image) augmented by scale jitter: two runs with one seed train on the
+    same tiles, and one stopped after step 7 and resumed with loader workers continues exactly."""
+    tiled = ["dataset.tile.size=48", "dataset.tile.keep_empty=1.0", "dataset.augment=scale_jitter",
+             "trainer.max_epochs=-1", "trainer.max_steps=9", "trainer.val_check_interval=4"]  # fmt: skip
+    train(_config(shapes_root, tmp_path / "whole", 0, *tiled))
+    with pytest.raises(Crash):
+        train(_config(shapes_root, tmp_path / "stopped", 2, *tiled, *CRASH))
+    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 6
+    train(_config(shapes_root, tmp_path / "resumed", 2, *tiled, f"ckpt_path={last}"))
+    expected, losses = _losses(tmp_path / "whole"), _losses(tmp_path / "stopped", tmp_path / "resumed")
+    assert sorted(expected) == sorted(losses) == list(range(9))
+    assert losses == expected
+    whole, resumed = (_weights(tmp_path / run / "checkpoints" / "last.ckpt") for run in ("whole", "resumed"))
+    assert all(torch.equal(whole[name], resumed[name]) for name in whole)
