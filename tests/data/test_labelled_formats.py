@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.data.doctor import ERROR, INFO, REPAIRED, DatasetError, split_summary
+from tasks.data.doctor import ERROR, INFO, REPAIRED, WARNING, DatasetError, split_summary
 from tasks.data.formats.coco import CocoDataModule
 from tasks.data.formats.voc_folder import VocFolderDataModule
 from tasks.data.formats.yolo import YoloDataModule
@@ -177,7 +177,7 @@ def test_an_xml_without_its_image_names_both(tmp_path: Path) -> None:
     (root / "b.JPG").unlink()
     _image(root / "a.jpg")  # two images named a
     _image(root / "d.png")
-    (root / "d.xml").write_text(_xml("d.png", (80, 60), []))
+    (root / "d.xml").write_text(_xml("d.png", (80, 60), [("Tree", [1, 1, 10, 10])]))
     findings, _ = VocFolderDataModule(root, class_names=["Tree"], val_fraction=0.34, **OPTIONS).inspect()
     errors = sorted(f.message for f in findings if f.severity == ERROR)
     assert errors == [
@@ -253,6 +253,29 @@ def test_yolo_rows_empty_and_missing_label_files(tmp_path: Path) -> None:
     assert records["t1"].labels.tolist() == [1, 2]
     assert records["t2"].boxes.shape == records["t3"].boxes.shape == (0, 4)
     np.testing.assert_allclose(datamodule.val_set.records[0].boxes, [[0, 0, 100, 50]])
+
+
+def test_yolo_labels_in_a_misnamed_folder_stop_the_run_naming_where_they_were_looked_for(tmp_path: Path) -> None:
+    root = _yolo(tmp_path / "yolo", {"t1": "0 0.5 0.5 0.2 0.4\n", "t2": "1 0.5 0.5 0.2 0.2\n", "v1": "0 0.5 0.5 1 1\n"})
+    (root / "labels").rename(root / "label")  # one letter off: Ultralytics' rule finds no label file
+    searched = r"no training image has an object.*labels were looked for in .*labels/train"
+    with pytest.raises(DatasetError, match=searched):
+        YoloDataModule(root, **OPTIONS).setup()
+
+
+def test_yolo_split_with_most_label_files_missing_warns_with_the_count_and_folder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    labels = {"t1": "0 0.5 0.5 0.2 0.4\n", "t2": None, "t3": None, "t4": None, "v1": "0 0.5 0.5 1 1\n"}
+    root = _yolo(tmp_path / "yolo", labels)
+    datamodule = YoloDataModule(root, **OPTIONS)
+    with caplog.at_level("WARNING"):
+        datamodule.setup()
+    folder = str(root / "labels" / "train")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "no label file" in r.getMessage()]
+    assert len(warned) == 1 and "3 of 4 images" in warned[0] and folder in warned[0]
+    findings = {(f.severity, f.check): f.message for f in datamodule.inspect()[0]}
+    assert folder in findings[WARNING, "missing label file"]
 
 
 def test_yolo_faults_name_the_file_and_line(tmp_path: Path) -> None:

@@ -74,6 +74,10 @@ class LabelledDataModule(DetectionDataModule):
         """Findings about the whole layout once both splits are read (e.g. label files no image reads)."""
         return []
 
+    def _labels_searched(self, images: Sequence[LabelledImage]) -> str:
+        """Where the format looked for the labels of ``images`` (named when none were found)."""
+        return f"annotations were looked for beside the images under {self.root}"
+
     @property
     def image_root(self) -> Path:
         """The folder the images' ``file_name``s are relative to."""
@@ -94,9 +98,18 @@ class LabelledDataModule(DetectionDataModule):
                 log.info("the data has its own validation split: dataset.val_fraction is not used")
             for images, _ in (train, val):
                 rename_classes(images, self.class_map)
-            train = (train[0], train[1] + self._layout_findings(train[0] + val[0]))
+            train = (train[0], train[1] + self._layout_findings(train[0] + val[0]) + self._no_objects(train[0]))
             self._splits = {"train": train, "val": val}
         return self._splits
+
+    def _no_objects(self, images: Sequence[LabelledImage]) -> list[Finding]:
+        """A training split without a single object would train a detector of background only."""
+        if any(image.objects for image in images):
+            return []
+        message = (
+            f"no training image has an object ({len(images)} images under {self.root}): {self._labels_searched(images)}"
+        )
+        return [Finding(ERROR, "no objects", message)]
 
     def _draw_validation(self, images: list[LabelledImage], findings: list[Finding]) -> tuple:
         if not self.val_fraction:

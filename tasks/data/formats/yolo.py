@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from tasks.common.progress import progress
-from tasks.data.doctor import ERROR, INFO, Finding
+from tasks.data.doctor import ERROR, INFO, WARNING, Finding
 from tasks.data.formats.labelled import LabelledImage, LabelledObject
 from tasks.data.formats.labelled_module import LabelledDataModule
 from tasks.data.images import is_hidden, is_image_file, upright_size
@@ -141,12 +141,32 @@ def read_yolo_split(entry: str | list, base: Path, names: Sequence[str]) -> tupl
             findings += problems
         images.append(image)
     if missing:
-        message = (
-            f"{len(missing)} images have no label file (images without objects), e.g. {[str(p) for p in missing[:3]]}"
-        )
-        findings.append(Finding(INFO, "missing label file", message))
-        log.info(message)
+        findings.append(missing_labels_finding(missing, len(listed)))
     return images, findings
+
+
+def label_folders(images: Sequence[Path], shown: int = 3) -> str:
+    """Where Ultralytics' rule looks for the labels of ``images``: their folders, the first few named."""
+    folders = sorted({str(label_path(image).parent) for image in images})
+    more = f" and {len(folders) - shown} more" if len(folders) > shown else ""
+    return f"{folders[:shown]}{more}"
+
+
+def missing_labels_finding(missing: Sequence[Path], listed: int) -> Finding:
+    """Images without a label file are images without objects: a few are normal (info), most of a split
+    point at labels the rule does not find (a warning, also logged, naming the folders searched)."""
+    if 2 * len(missing) <= listed:
+        examples = [str(p) for p in missing[:3]]
+        message = f"{len(missing)} images have no label file (images without objects), e.g. {examples}"
+        log.info(message)
+        return Finding(INFO, "missing label file", message)
+    message = (
+        f"{len(missing)} of {listed} images have no label file and train as background: labels were looked for in "
+        f"{label_folders(missing)} (the last 'images' folder of an image's path becomes 'labels', the suffix .txt). "
+        "Check that the label folder is named 'labels' beside 'images'"
+    )
+    log.warning(message)
+    return Finding(WARNING, "missing label file", message)
 
 
 def stray_label_findings(base: Path, images: Sequence[LabelledImage]) -> list[Finding]:
@@ -185,6 +205,10 @@ class YoloDataModule(LabelledDataModule):
 
     def _layout_findings(self, images: Sequence[LabelledImage]) -> list[Finding]:
         return stray_label_findings(self.image_root, images)
+
+    def _labels_searched(self, images: Sequence[LabelledImage]) -> str:
+        folders = label_folders([image.image_path for image in images])
+        return f"labels were looked for in {folders}, by Ultralytics' rule"
 
     @property
     def image_root(self) -> Path:
