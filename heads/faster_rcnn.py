@@ -19,13 +19,13 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from backbones import Backbone, FeaturePyramid
 from backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from backbones.fpn import FPN_NORMS
 from heads.detector_weights import load_detector_weights
+from heads.ignore_regions import RegionAwareTransform, covered, ignore_regions
 
 BOX_HEADS = ("auto", "mlp", "conv")
 
@@ -66,6 +66,45 @@ class FullPrecisionPredictor(FastRCNNPredictor):
             return self.cls_score(x), self.bbox_pred(x)
 
 
+class RegionProposals(RegionProposalNetwork):
+    """torchvision's RPN whose negative anchors inside an ignore region (``heads.ignore_regions``) are
+    neither sampled nor in the losses."""
+
+    def assign_targets_to_anchors(
+        self, anchors: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        labels, matched_boxes = super().assign_targets_to_anchors(anchors, targets)
+        for image_labels, image_anchors, target in zip(labels, anchors, targets, strict=True):
+            regions = ignore_regions(target)
+            if regions is not None:  # torchvision's labels: 1 object, 0 background, -1 discarded
+                image_labels[(image_labels == 0) & covered(image_anchors, regions)] = -1.0
+        return labels, matched_boxes
+
+
+class BoxHeads(RoIHeads):
+    """torchvision's RoI heads whose background proposals inside an ignore region are not sampled."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._regions: list[Tensor | None] = []  # the batch's ignore regions while its samples are chosen
+
+    def select_training_samples(self, proposals: list[Tensor], targets: list[dict[str, Tensor]] | None):
+        self._regions = [ignore_regions(target) for target in targets or []]  # read by the assignment below
+        try:
+            return super().select_training_samples(proposals, targets)
+        finally:
+            self._regions = []
+
+    def assign_targets_to_proposals(
+        self, proposals: list[Tensor], gt_boxes: list[Tensor], gt_labels: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        matched, labels = super().assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
+        for image_labels, image_proposals, regions in zip(labels, proposals, self._regions, strict=False):
+            if regions is not None:  # the sampler takes labels >= 1 and == 0; -1 is neither
+                image_labels[(image_labels == 0) & covered(image_proposals, regions)] = -1
+        return matched, labels
+
+
 def build_box_head(kind: str, norm: str, width: int, roi_size: int, representation_size: int) -> nn.Module:
     """``mlp``: torchvision's two fully connected layers; ``conv``: four 3x3 convs (normalised as the
     FPN is) and one fully connected layer, detectron2's head for GroupNorm models; ``auto``: conv
@@ -86,7 +125,7 @@ class FasterRCNN(GeneralizedRCNN):
         backbone: Backbone,
         rpn: RegionProposalNetwork,
         roi_heads: RoIHeads,
-        transform: GeneralizedRCNNTransform,
+        transform: RegionAwareTransform,
         *,
         num_classes: int,
     ) -> None:
@@ -203,7 +242,7 @@ def build_faster_rcnn(
         batch_size_per_image=rpn_batch_size_per_image,
         positive_fraction=rpn_positive_fraction,
     )
-    roi_heads = RoIHeads(
+    roi_heads = BoxHeads(
         MultiScaleRoIAlign(features.levels, roi_output_size, sampling_ratio=2, canonical_scale=roi_canonical_scale),
         build_box_head(box_head, features.norm, width, roi_output_size, representation_size),
         FullPrecisionPredictor(representation_size, num_classes + 1),
@@ -217,7 +256,7 @@ def build_faster_rcnn(
         box_detections_per_img,
     )
     min_sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
-    transform = GeneralizedRCNNTransform(
+    transform = RegionAwareTransform(
         min_sizes, max_size, list(image_mean), list(image_std), _skip_resize=not resize_in_training
     )
     model = FasterRCNN(features, rpn, roi_heads, transform, num_classes=num_classes)
@@ -265,7 +304,7 @@ def region_proposal_network(
         )
     anchors = FullPrecisionAnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
     head = FullPrecisionRPNHead(width, anchors.num_anchors_per_location()[0])
-    return RegionProposalNetwork(
+    return RegionProposals(
         anchors,
         head,
         fg_iou_thresh,

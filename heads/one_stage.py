@@ -12,13 +12,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.detection import fcos, retinanet
+from torchvision.models.detection._utils import Matcher
+from torchvision.ops import box_iou, sigmoid_focal_loss
 
 from backbones import Backbone, FeaturePyramid
 from backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from heads.detector_weights import load_detector_weights
 from heads.faster_rcnn import FullPrecisionAnchorGenerator
+from heads.ignore_regions import RegionAwareTransform, covered, ignore_regions, points_inside
 
 ONE_STAGE_LEVELS = ("c3", "c4", "c5")  # P3-P5, and P6/P7 on top: strides 8 to 128
 HEAD_NORMS = ("none", "gn")
@@ -61,14 +65,60 @@ class _LossesAndDetections:
 
 
 class RetinaNet(_LossesAndDetections, retinanet.RetinaNet):
-    """torchvision's RetinaNet; ``num_classes`` excludes the unused output 0."""
+    """torchvision's RetinaNet; ``num_classes`` excludes the unused output 0. Background anchors inside an
+    ignore region (``heads.ignore_regions``) are left out of the classification loss, as anchors
+    between the IoU thresholds are."""
 
     def __init__(self, backbone: FeaturePyramid, *, num_classes: int, **options) -> None:
         super().__init__(backbone, num_classes + 1, **options)
+        self.transform = RegionAwareTransform.like(self.transform)
         self.num_classes = num_classes
 
     def _losses(self, targets, outputs, anchors, locations) -> dict[str, Tensor]:
         return self.compute_loss(targets, outputs, anchors)
+
+    def compute_loss(
+        self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor], anchors: list[Tensor]
+    ) -> dict[str, Tensor]:
+        matched_idxs = []
+        for image_anchors, target in zip(anchors, targets, strict=True):
+            if target["boxes"].numel():
+                matched = self.proposal_matcher(box_iou(target["boxes"], image_anchors))
+            else:
+                matched = torch.full((len(image_anchors),), Matcher.BELOW_LOW_THRESHOLD, device=image_anchors.device)
+            regions = ignore_regions(target)
+            if regions is not None:
+                ignored = (matched == Matcher.BELOW_LOW_THRESHOLD) & covered(image_anchors, regions)
+                matched[ignored] = Matcher.BETWEEN_THRESHOLDS
+            matched_idxs.append(matched)
+        return self.head.compute_loss(targets, head_outputs, anchors, matched_idxs)
+
+
+class RegionAwareFCOSHead(fcos.FCOSHead):
+    """torchvision's FCOS head whose background locations inside an ignore region add nothing to the
+    classification loss: their focal loss, computed as the head computed it, is taken back out."""
+
+    def compute_loss(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        matched_idxs: list[Tensor],
+    ) -> dict[str, Tensor]:
+        losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
+        ignored = [
+            (matched < 0) & points_inside(image_anchors, regions)
+            if (regions := ignore_regions(target)) is not None
+            else torch.zeros_like(matched, dtype=torch.bool)
+            for target, image_anchors, matched in zip(targets, anchors, matched_idxs, strict=True)
+        ]
+        ignored = torch.stack(ignored)
+        if ignored.any():
+            logits = head_outputs["cls_logits"][ignored]
+            taken_back = sigmoid_focal_loss(logits, torch.zeros_like(logits), reduction="sum")
+            foreground = sum(int((matched >= 0).sum()) for matched in matched_idxs)
+            losses["classification"] = losses["classification"] - taken_back / max(1, foreground)
+        return losses
 
 
 class FCOS(_LossesAndDetections, fcos.FCOS):
@@ -76,6 +126,7 @@ class FCOS(_LossesAndDetections, fcos.FCOS):
 
     def __init__(self, backbone: FeaturePyramid, *, num_classes: int, **options) -> None:
         super().__init__(backbone, num_classes + 1, **options)
+        self.transform = RegionAwareTransform.like(self.transform)
         self.num_classes = num_classes
 
     def _losses(self, targets, outputs, anchors, locations) -> dict[str, Tensor]:
@@ -229,7 +280,7 @@ def build_fcos(
     features = _pyramid(backbone, fpn_channels, fpn_levels, fpn_norm)
     sizes = _level_sizes(anchor_sizes, anchor_base, len(features.output_shape()))
     anchors = FullPrecisionAnchorGenerator(tuple((size,) for size in sizes), ((1.0,),) * len(sizes))
-    head = fcos.FCOSHead(features.out_channels, 1, num_classes + 1)  # torchvision's: GroupNorm, 32 groups
+    head = RegionAwareFCOSHead(features.out_channels, 1, num_classes + 1)  # torchvision's: GroupNorm, 32 groups
     norm_layer = _head_norm(head_norm) or nn.Identity
     if head_norm != "gn" or head_group_norm(features.out_channels).num_groups != 32:  # FCOSHead takes no norm
         width = features.out_channels

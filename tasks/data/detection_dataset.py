@@ -13,6 +13,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 from torchvision.ops import masks_to_boxes
 
+from heads.ignore_regions import IGNORE_KEY
 from tasks.data.detection_index import DetectionIndex, ImageRecord, IndexRecords
 from tasks.data.formats.masks import decode_masks
 from tasks.data.images import MAX_PIXELS, read_rgb
@@ -100,13 +101,22 @@ class DetectionDataset(Dataset):
         return self.item(*self.read(index))
 
     def item(
-        self, record: ImageRecord, image: np.ndarray, boxes, labels, masks, *, semantic: np.ndarray | None = None
+        self,
+        record: ImageRecord,
+        image: np.ndarray,
+        boxes,
+        labels,
+        masks,
+        *,
+        semantic: np.ndarray | None = None,
+        ignore: np.ndarray | None = None,
     ) -> tuple[torch.Tensor, dict]:
         """The augmented item of an image read by ``read`` (or a part of one: a tile). ``semantic``: a
         class per pixel (panoptic data), moved with the image as ``sem_seg`` (``semantic_target`` of
-        the format turns it into training classes)."""
+        the format turns it into training classes). ``ignore``: xyxy ignore regions (an object a tile
+        cuts too much to train on), moved with the image as ``ignore_boxes`` (``heads.ignore_regions``)."""
         if self.transforms is not None:
-            image, boxes, labels, masks, semantic = self._augment(image, boxes, labels, masks, semantic)
+            image, boxes, labels, masks, semantic, ignore = self._augment(image, boxes, labels, masks, semantic, ignore)
         target = {
             "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(np.asarray(labels, dtype=np.int64)),
@@ -118,6 +128,8 @@ class DetectionDataset(Dataset):
             target["masks"] = torch.from_numpy(np.ascontiguousarray(masks))
         if semantic is not None:
             target["sem_seg"] = torch.from_numpy(self.semantic_target(np.asarray(semantic)))
+        if ignore is not None:
+            target[IGNORE_KEY] = torch.as_tensor(np.asarray(ignore, dtype=np.float32).reshape(-1, 4))
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), target
 
     @staticmethod
@@ -125,27 +137,39 @@ class DetectionDataset(Dataset):
         """The per-pixel training classes of a stored semantic map (formats that carry one say how)."""
         return semantic.astype(np.int64)
 
-    def _augment(self, image: np.ndarray, boxes, labels, masks: np.ndarray | None, semantic=None) -> tuple:
-        """The pipeline on image, boxes and masks together. A box the augmentation drops takes its mask
-        with it (``box_ids`` says which boxes survived), and a box whose mask left the image goes too.
-        With masks, boxes are then the masks' own extents: a crop that cuts an object leaves its box
-        around the visible part, not around the cut rectangle of the old box."""
-        data = {"image": image, "bboxes": boxes, "labels": labels, "box_ids": np.arange(len(boxes))}
+    def _augment(self, image: np.ndarray, boxes, labels, masks: np.ndarray | None, semantic=None, ignore=None) -> tuple:
+        """The pipeline on image, boxes, masks and ignore regions together. A box the augmentation drops
+        takes its mask with it (``box_ids`` says which boxes survived), and a box whose mask left the image
+        goes too. With masks, boxes are then the masks' own extents: a crop that cuts an object leaves its
+        box around the visible part, not around the cut rectangle of the old box. Ignore regions travel
+        as boxes after the objects' (``box_ids`` from ``len(boxes)`` on)."""
+        count = len(boxes)
+        regions = np.zeros((0, 4), np.float32) if ignore is None else np.asarray(ignore, np.float32).reshape(-1, 4)
+        data = {
+            "image": image,
+            "bboxes": np.concatenate([np.asarray(boxes, np.float32).reshape(-1, 4), regions]),
+            "labels": np.concatenate([np.asarray(labels, np.int64).reshape(-1), np.zeros(len(regions), np.int64)]),
+            "box_ids": np.arange(count + len(regions)),
+        }
         if masks is not None and len(masks):
             data["masks"] = masks
         if semantic is not None:
             data["mask"] = semantic  # padding fills with 0, which formats keep for void
         out = self.transforms(**data)
-        image, boxes, labels, kept = out["image"], out["bboxes"], out["labels"], np.asarray(out["box_ids"], np.int64)
+        image, ids = out["image"], np.asarray(out["box_ids"], np.int64)
+        moved, moved_labels = np.asarray(out["bboxes"], np.float32).reshape(-1, 4), np.asarray(out["labels"], np.int64)
+        objects = ids < count
+        boxes, labels, kept = moved[objects], moved_labels[objects], ids[objects]
+        ignore = None if ignore is None else moved[~objects]
         semantic = None if semantic is None else np.asarray(out["mask"])
         if masks is None:
-            return image, boxes, labels, None, semantic
+            return image, boxes, labels, None, semantic, ignore
         if not len(masks):
-            return image, boxes, labels, np.zeros((0, *image.shape[:2]), np.uint8), semantic
+            return image, boxes, labels, np.zeros((0, *image.shape[:2]), np.uint8), semantic, ignore
         masks = np.asarray(out["masks"])[kept]
         visible = masks.any(axis=(1, 2))
         masks, labels = masks[visible], np.asarray(labels)[visible]
-        return image, mask_extents(masks), labels, masks, semantic
+        return image, mask_extents(masks), labels, masks, semantic, ignore
 
 
 def mask_extents(masks: np.ndarray) -> np.ndarray:

@@ -2,7 +2,9 @@
 ``overlap``, so that small objects keep their pixels instead of being shrunk with the whole image.
 
 A box cut by a tile's border is clipped to it and kept when at least ``min_visible`` of its area
-lies in the tile (DeepForest's and SAHI's rule); the rest of it is in a neighbouring tile. Tiles
+lies in the tile (DeepForest's and SAHI's rule); the rest of it is in a neighbouring tile. A box with
+less inside is an ignore region of the tile (``ignore_boxes``): its pixels are neither an object nor
+background to the detector (``heads.ignore_regions``). Tiles
 without objects teach the background; ``keep_empty`` of them are kept (a seeded choice, fixed for
 the run). Tiles are items of their own: the seeded, resumable epoch order shuffles them.
 """
@@ -106,8 +108,10 @@ class TiledDataset(Dataset):
         record, image, boxes, labels, masks = self.dataset.read(position)
         x0, y0, x1, y1 = window
         boxes, keep = boxes_in_window(boxes, np.asarray(window), self.options.min_visible)
+        cut = ~keep & (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)  # in the tile, too little
         if masks is not None:
             masks = masks[keep, y0:y1, x0:x1]
-        image, out = self.dataset.item(record, image[y0:y1, x0:x1], boxes[keep], np.asarray(labels)[keep], masks)
+        crop, labels = image[y0:y1, x0:x1], np.asarray(labels)[keep]
+        image, out = self.dataset.item(record, crop, boxes[keep], labels, masks, ignore=boxes[cut])
         out["tile"] = tuple(window)  # where in the image (orig_size stays the image's)
         return image, out
