@@ -18,8 +18,9 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
+from tasks.common.checkpoints import read_checkpoint
 from tasks.common.errors import UserError
-from tasks.core.runner import build_datamodule, validation_metrics
+from tasks.core.runner import build_datamodule, restore_data_state, validation_metrics
 from tasks.inference.engines import EngineAsModel, OpenVinoEngine
 from tasks.inference.export import FORMATS, export, exported_graph, openvino_model, save_openvino, write_model_card
 from tasks.inference.graphs import is_semantic
@@ -43,8 +44,10 @@ def export_model(cfg: DictConfig) -> Path:
 
 
 def checked_datamodule(cfg: DictConfig, class_names: list[str]) -> L.LightningDataModule:
-    """The configured dataset, set up, once it is known to hold the checkpoint's classes."""
+    """The configured dataset, set up with the checkpoint's recorded split, once it is known to hold the
+    checkpoint's classes."""
     datamodule = build_datamodule(cfg)
+    restore_data_state(datamodule, read_checkpoint(cfg.ckpt_path))
     if list(datamodule.class_names) != list(class_names):
         raise UserError(
             f"ckpt_path={cfg.ckpt_path} was trained on the classes {class_names}, and the configured dataset has "

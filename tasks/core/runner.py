@@ -40,6 +40,15 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     return instantiate(cfg.dataset, sampling_seed=cfg.seed, **cfg.task.get("dataset_options", {}))
 
 
+def restore_data_state(datamodule: L.LightningDataModule, checkpoint: dict) -> None:
+    """The data module's state in a checkpoint (Lightning saves it under the class's qualified name), before
+    the data is read: a drawn validation split is then the training run's, for evaluation, calibration and
+    resumes alike."""
+    state = checkpoint.get(type(datamodule).__qualname__)
+    if state:
+        datamodule.load_state_dict(state)
+
+
 def resolve_num_classes(configured: int | None, datamodule: L.LightningDataModule) -> int:
     found = datamodule.num_classes
     if configured is not None and configured != found:
@@ -160,6 +169,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     drop_foreign_model_options(cfg, command_line_overrides())
     configure_torch(cfg)
     datamodule = build_datamodule(cfg)
+    restore_data_state(datamodule, content)
     module = build_module(cfg, datamodule)
     check_checkpoint_fits(content, module, checkpoint)
     module.load_state_dict(content["state_dict"])  # model weights only
@@ -237,6 +247,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     drop_foreign_model_options(cfg, overrides)
     configure_torch(cfg)
     datamodule = build_datamodule(cfg)
+    if resume is not None:
+        restore_data_state(datamodule, resume)
     module = build_module(cfg, datamodule)
     if resume is not None:
         check_checkpoint_fits(resume, module, ckpt_path)

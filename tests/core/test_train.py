@@ -335,3 +335,20 @@ def test_yolo_polygons_train_instance_segmentation(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert {"map_50", "mask_map_50"} <= set(metrics)
     assert json.loads((tmp_path / "run" / "segmentations.json").read_text())  # masks predicted and scored
+
+
+@pytest.mark.slow
+def test_evaluation_of_a_drawn_split_scores_the_training_runs_validation_images(tmp_path: Path) -> None:
+    """The split a voc_folder run drew travels in its checkpoint: evaluating it from another directory with
+    another split_seed (which would draw other images) reproduces the run's own final predictions."""
+    root = ensure_shapes(tmp_path / "folder", TINY_SHAPES, "voc_folder")
+    data = ["dataset=voc_folder", f"dataset.root={root}", "dataset.train_dir=train", "dataset.val_fraction=0.25",
+            "dataset.num_workers=0", "dataset.resize_longest=null", "dataset.batch_size=4"]  # fmt: skip
+    overrides = ["backbone=resnet18", *TINY_DETECTION, *data, "trainer.max_steps=3", "task.model.box_score_thresh=0.0"]
+    trained = train(compose_config(overrides, tmp_path / "run"))
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    again = evaluate(compose_config([*overrides, f"ckpt_path={best}", "dataset.split_seed=9"],
+                                    tmp_path / "eval"))  # fmt: skip
+    rows = [json.loads((tmp_path / run / "predictions.json").read_text()) for run in ("run", "eval")]
+    assert len(rows[0]) > 10 and rows[0] == rows[1]
+    assert again["map"] == trained["map"] and not (tmp_path / "eval" / "data_split.json").exists()

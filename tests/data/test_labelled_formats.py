@@ -216,6 +216,44 @@ def test_val_fraction_draws_a_seeded_split_written_and_read_back(tmp_path: Path)
         val_names(split_file=split_file)
 
 
+def test_a_drawn_split_travels_in_the_data_state_and_wins_over_a_new_draw(tmp_path: Path) -> None:
+    """A checkpoint records the drawn split (the data module's state): evaluation or calibration in another
+    run directory, even with another split_seed, reads the same validation images, or stops naming the
+    images that are gone."""
+    root = tmp_path / "data"
+    for k in range(10):
+        _image(root / f"{k:02d}.png")
+        (root / f"{k:02d}.xml").write_text(_xml(f"{k:02d}.png", (80, 60), [("car", [1, 1, 10, 10])]))
+    trained = VocFolderDataModule(root, val_fraction=0.2, **OPTIONS)
+    trained.setup()
+    state = trained.state_dict()
+    val = sorted(Path(r.path).name for r in trained.val_set.records)
+    later = VocFolderDataModule(root, val_fraction=0.3, split_seed=7, split_file=tmp_path / "other.json", **OPTIONS)
+    later.load_state_dict(state)
+    later.setup()
+    assert sorted(Path(r.path).name for r in later.val_set.records) == val
+    (root / f"{val[0][:2]}.xml").unlink()
+    (root / val[0]).unlink()
+    gone = VocFolderDataModule(root, val_fraction=0.2, **OPTIONS)
+    gone.load_state_dict(state)
+    with pytest.raises(ValueError, match=rf"the checkpoint's split names 1 images that are gone.*{val[0]}"):
+        gone.setup()
+
+
+def test_a_resumed_run_whose_split_differs_from_its_checkpoint_stops(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for k in range(10):
+        _image(root / f"{k:02d}.png")
+        (root / f"{k:02d}.xml").write_text(_xml(f"{k:02d}.png", (80, 60), [("car", [1, 1, 10, 10])]))
+    trained = VocFolderDataModule(root, val_fraction=0.2, **OPTIONS)
+    trained.setup()
+    state = trained.state_dict()
+    other = VocFolderDataModule(root, val_fraction=0.2, split_seed=3, **OPTIONS)
+    other.setup()  # as Lightning does before restoring a checkpoint's states
+    with pytest.raises(ValueError, match=r"validation split.*differs from the checkpoint's"):
+        other.load_state_dict(state)
+
+
 def test_no_validation_split_asks_for_val_fraction(tmp_path: Path) -> None:
     root = _labelimg_folder(tmp_path / "photos")
     with pytest.raises(ValueError, match="pass dataset.val_fraction=0.2"):

@@ -208,20 +208,27 @@ def read_split(path: Path, file_names: Sequence[str]) -> set[str]:
     to training, with a warning)."""
     try:
         content = json.loads(path.read_text())
-        val, train = set(content["val"]), set(content["train"])
+        content = {"val": set(content["val"]), "train": set(content["train"])}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(
             f"dataset.split_file={path} is not a split file written by an earlier run ({err}); "
             "pass dataset.split_file=null to draw a new split with dataset.val_fraction"
         ) from err
+    return split_names(content, file_names, f"dataset.split_file={path}")
+
+
+def split_names(content: dict, file_names: Sequence[str], where: str) -> set[str]:
+    """The validation images of a recorded split (``{"train": [...], "val": [...]}``, a split file's or a
+    checkpoint's); every image it names must still exist, and images added since are trained on."""
+    val, train = set(content["val"]), set(content["train"])
     present = set(file_names)
     missing = sorted((val | train) - present)
     if missing:
         raise ValueError(
-            f"dataset.split_file={path} names {len(missing)} images that are gone, e.g. {missing[:3]}; "
-            "restore them, or pass dataset.split_file=null to draw a new split"
+            f"{where} names {len(missing)} images that are gone, e.g. {missing[:3]}; restore them, or pass "
+            "dataset.split_file=null and train again to draw a new split"
         )
     new = present - val - train
     if new:
-        log.warning("%d images are not in the split file %s: they are trained on", len(new), path)
+        log.warning("%d images are not in the split of %s: they are trained on", len(new), where)
     return val

@@ -22,6 +22,7 @@ from tasks.data.formats.labelled import (
     polygon_findings,
     read_split,
     rename_classes,
+    split_names,
     unknown_class_findings,
     write_split,
 )
@@ -63,6 +64,8 @@ class LabelledDataModule(DetectionDataModule):
         self.split_file = Path(split_file).expanduser() if split_file else None
         self.use_difficult = use_difficult
         self._splits: dict[str, tuple[list[LabelledImage], list[Finding]]] | None = None
+        self._drawn: dict | None = None  # a validation split drawn (or read back): checkpoints record it
+        self._recorded: dict | None = None  # the split a checkpoint recorded, which wins over a new draw
 
     # -- what a format provides ----------------------------------------------------------------
     def _read(self, split: str) -> tuple[list[LabelledImage], list[Finding]] | None:  # pragma: no cover
@@ -118,7 +121,10 @@ class LabelledDataModule(DetectionDataModule):
                 "a fifth of the images (a seeded split, written to the run directory)"
             )
         names = [image.file_name for image in images]
-        if self.split_file is not None and self.split_file.is_file():
+        if self._recorded is not None:  # evaluation, calibration or a resume: the training run's split
+            val_names = split_names(self._recorded, names, "the checkpoint's split")
+            log.info("validation images as the checkpoint recorded them: %d of %d", len(val_names), len(names))
+        elif self.split_file is not None and self.split_file.is_file():
             val_names = read_split(self.split_file, names)
             log.info("validation images read from %s: %d of %d", self.split_file, len(val_names), len(names))
         else:
@@ -131,9 +137,37 @@ class LabelledDataModule(DetectionDataModule):
                 "validation: %d of %d images drawn with dataset.val_fraction=%s, split_seed=%d (written to %s)",
                 len(val_names), len(names), self.val_fraction, self.split_seed, self.split_file,
             )  # fmt: skip
+        self._drawn = {"train": sorted(set(names) - val_names), "val": sorted(val_names)}
         train = [image for image in images if image.file_name not in val_names]
         val = [image for image in images if image.file_name in val_names]
         return (train, findings), (val, [])
+
+    # -- the split in checkpoints --------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The training position, and a drawn validation split: a later evaluation, calibration or resume
+        of this checkpoint validates on the same images whatever its split file or seed."""
+        state = super().state_dict()
+        if self._drawn is not None:
+            state["split"] = self._drawn
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Before the data is read: the checkpoint's split is used. After (Lightning restores a resumed
+        run's states once the data is set up): it must be the split in use."""
+        super().load_state_dict(state)
+        recorded = state.get("split")
+        if recorded is None:
+            return
+        if self._splits is None:
+            self._recorded = recorded
+            return
+        if self._drawn is not None and set(self._drawn["val"]) != set(recorded["val"]):
+            moved = sorted(set(self._drawn["val"]) ^ set(recorded["val"]))
+            raise ValueError(
+                f"this run's validation split of {self.root} differs from the checkpoint's ({len(moved)} images moved "
+                f"between training and validation, e.g. {moved[:3]}): resume with the checkpoint's "
+                "dataset.split_file, split_seed and val_fraction"
+            )
 
     def _read_metadata(self) -> tuple[list[int], list[str]]:
         names = self.given_class_names
