@@ -13,6 +13,7 @@ from PIL import Image
 
 from tasks.data.detection_transforms import detection_transforms
 from tasks.data.doctor import ERROR, WARNING, DatasetError
+from tasks.data.formats import coco_panoptic as panoptic_format
 from tasks.data.formats.coco_panoptic import (
     SEMANTIC_IGNORE,
     CocoPanoptic,
@@ -22,6 +23,7 @@ from tasks.data.formats.coco_panoptic import (
     read_segment_ids,
     rgb_to_id,
 )
+from tasks.data.formats.coco_panoptic_module import CocoPanopticDataModule
 from tasks.data.shapes import SHAPE_CLASSES, STUFF_CLASSES, STUFF_SEGMENT_BASE, ensure_shapes, render_image
 from tests.support import TINY_SHAPES
 
@@ -149,8 +151,10 @@ def test_categories_without_isthing_and_pngs_of_another_size_are_refused(panopti
     errors = [f.message for f in inspect_panoptic(dataset, images, pngs, str(ann_file)) if f.severity == ERROR]
     where = f"{ann_file}: image_id {dataset['annotations'][0]['image_id']} ({png.name})"
     assert errors == [f"{where}: {png} is 61x64 but its image is 64x64"]
-    with pytest.raises(ValueError, match="covers its image pixel for pixel"):
-        CocoPanoptic(images, ann_file, pngs)[0]
+    with pytest.raises(DatasetError, match="is 61x64 but its image is 64x64"):  # the start-up check decodes it
+        CocoPanoptic(images, ann_file, pngs)
+    with pytest.raises(ValueError, match="covers its image pixel for pixel"):  # and reading it, where unchecked
+        CocoPanoptic(images, ann_file, pngs, check_files=False)[0]
     del dataset["categories"][5]["isthing"]
     ann_file.write_text(json.dumps(dataset))
     with pytest.raises(ValueError, match=r"categories \['ground'\] have no 'isthing' flag"):
@@ -165,3 +169,35 @@ def test_a_panoptic_json_that_is_not_one_is_named_with_the_fix(tmp_path: Path) -
     broken.write_text(json.dumps({"images": [], "annotations": []}))
     with pytest.raises(ValueError, match="is not a COCO panoptic json: no 'categories' list"):
         read_panoptic_json(broken)
+
+
+def test_start_up_decodes_the_pngs_and_stops_on_pixels_segments_info_does_not_list(
+    panoptic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Those pixels would silently become void: the start-up check decodes the PNGs (a sample of
+    ``STARTUP_PNG_SAMPLE`` on large data; check_dataset.py decodes them all)."""
+    images, ann_file, pngs, dataset = _copy(panoptic_root, tmp_path)
+    last = dataset["annotations"][-1]
+    ids = read_segment_ids(pngs / last["file_name"])
+    ids[0, 0] = 4242
+    Image.fromarray(id_to_rgb(ids)).save(pngs / last["file_name"])
+    with pytest.raises(DatasetError, match=r"(?s)unlisted segment.*\[4242\]"):
+        CocoPanoptic(images, ann_file, pngs)
+    decoded = []
+    monkeypatch.setattr(panoptic_format, "STARTUP_PNG_SAMPLE", 3)
+    monkeypatch.setattr(panoptic_format, "read_segment_ids", lambda png: decoded.append(png) or read_segment_ids(png))
+    CocoPanoptic(images, ann_file, pngs)  # the sample (first, middle, ... of the sorted list) misses it
+    assert len(decoded) == 3 and pngs / last["file_name"] not in decoded
+
+
+def test_train_and_val_must_declare_the_same_stuff(panoptic_root: Path, tmp_path: Path) -> None:
+    shutil.copytree(panoptic_root, tmp_path / "copy")
+    _, train_json, _ = _split(tmp_path / "copy", "train")
+    dataset = json.loads(train_json.read_text())
+    next(c for c in dataset["categories"] if c["name"] == "water")["name"] = "sea"
+    train_json.write_text(json.dumps(dataset))
+    datamodule = CocoPanopticDataModule(tmp_path / "copy", num_workers=0, batch_size=2)
+    with pytest.raises(ValueError, match=r"stuff.*\['sky', 'ground', 'sea'\].*\['sky', 'ground', 'water'\]"):
+        datamodule.setup()
+    findings = {f.check: f.message for f in datamodule.inspect()[0] if f.severity == ERROR}
+    assert "'sea'" in findings["categories"] and "'water'" in findings["categories"]

@@ -69,6 +69,25 @@ class CocoPanopticDataModule(DetectionDataModule):
         images, annotations, pngs = self._split_paths(split)
         return CocoPanoptic(images, annotations, pngs, transforms, check_files=not prepared)
 
+    def _setup(self) -> None:
+        super()._setup()
+        problem = self._category_mismatch(self.train_set.categories, self.val_set.categories)
+        if problem:
+            raise ValueError(problem)
+
+    def _category_mismatch(self, train: PanopticCategories, val: PanopticCategories) -> str | None:
+        """Train and val must name the same things and stuff with the same ids: the semantic head's classes
+        and the evaluation's categories are the stuff's order."""
+        if train == val:
+            return None
+        paths = {split: self._split_paths(split)[1] for split in self.splits}
+        return (
+            f"train and val declare different categories: {paths['train']} has things {list(train.thing_names)} "
+            f"(ids {list(train.thing_ids)}) and stuff {list(train.stuff_names)} (ids {list(train.stuff_ids)}), "
+            f"{paths['val']} things {list(val.thing_names)} (ids {list(val.thing_ids)}) and stuff "
+            f"{list(val.stuff_names)} (ids {list(val.stuff_ids)}); give both jsons the same categories"
+        )
+
     @cached_property
     def categories(self) -> PanopticCategories:
         _, annotations, _ = self._split_paths("val")
@@ -95,8 +114,9 @@ class CocoPanopticDataModule(DetectionDataModule):
         return {"ground_truth": self.val_set.ground_truth, "categories": self.categories}
 
     def inspect(self, *, read_images: bool = True, max_pixels: int = MAX_PIXELS) -> tuple[list[Finding], list[str]]:
-        """Every doctor finding of both splits (``inspect_panoptic``), and the thing classes."""
-        findings, class_names = [], []
+        """Every doctor finding of both splits (``inspect_panoptic``), the two splits' categories compared,
+        and the thing classes."""
+        findings, class_names, categories = [], [], {}
         for split in self.splits:
             try:
                 images, annotations, pngs = self._split_paths(split)
@@ -106,10 +126,13 @@ class CocoPanopticDataModule(DetectionDataModule):
                 continue
             files = "decode" if read_images else "exist"
             findings += inspect_panoptic(dataset, images, pngs, str(annotations), files=files, max_pixels=max_pixels)
-            if not class_names:
-                with contextlib.suppress(ValueError):  # reported among the findings
-                    categories = PanopticCategories.from_json(dataset["categories"], str(annotations))
-                    class_names = list(categories.thing_names)  # what the detector's num_classes counts
-                    stuff = f"{len(categories.stuff_names)} stuff classes: {list(categories.stuff_names)}"
-                    findings.append(Finding(INFO, "stuff", stuff))
+            with contextlib.suppress(ValueError):  # reported among the findings
+                categories[split] = PanopticCategories.from_json(dataset["categories"], str(annotations))
+        if len(categories) == 2 and (problem := self._category_mismatch(categories["train"], categories["val"])):
+            findings.append(Finding(ERROR, "categories", problem))
+        if categories:
+            first = next(iter(categories.values()))
+            class_names = list(first.thing_names)  # what the detector's num_classes counts
+            stuff = f"{len(first.stuff_names)} stuff classes: {list(first.stuff_names)}"
+            findings.append(Finding(INFO, "stuff", stuff))
         return findings, class_names
