@@ -63,16 +63,44 @@ def repeat_factors(classes_per_image: Sequence[Sequence[int]], threshold: float)
 
 
 def repeated_order(factors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Each image ``floor(r)`` times, and once more for a seeded draw of images weighted by the
-    fractional parts, so that every epoch has the same length ``round(sum(r))`` (Lightning counts an
-    epoch's batches once)."""
+    """Each image ``floor(r)`` times, and once more for a seeded draw of ``round(sum(r)) - sum(floor(r))``
+    images in which each is drawn with probability its fractional part (``systematic_sample``): every
+    epoch has the same length ``round(sum(r))`` (Lightning counts an epoch's batches once), and each image
+    appears ``r`` times on average, as detectron2's per-image draw gives."""
     whole = np.floor(factors).astype(np.int64)
     extra = int(round(factors.sum())) - int(whole.sum())
-    fractions = factors - whole
-    chosen = np.zeros(0, np.int64)
-    if extra > 0:
-        chosen = rng.choice(len(factors), size=extra, replace=False, p=fractions / fractions.sum())
+    chosen = systematic_sample(factors - whole, extra, rng)
     return np.concatenate([np.repeat(np.arange(len(factors)), whole), chosen])
+
+
+def inclusion_probabilities(weights: np.ndarray, count: int) -> np.ndarray:
+    """``weights`` scaled to sum to ``count``, none above 1 (the excess of a capped one goes to the others)."""
+    weights = np.asarray(weights, np.float64)
+    probabilities = np.zeros_like(weights)
+    capped = np.zeros(len(weights), bool)
+    while count - capped.sum() > 0 and weights[~capped].sum() > 0:
+        free = ~capped
+        probabilities[free] = weights[free] * (count - capped.sum()) / weights[free].sum()
+        over = free & (probabilities >= 1)
+        if not over.any():
+            break
+        probabilities[over], capped = 1.0, capped | over
+    return probabilities
+
+
+def systematic_sample(weights: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` distinct positions, position ``i`` drawn with probability ``weights[i]`` scaled to sum to
+    ``count`` (``inclusion_probabilities``): systematic sampling (Madow, 1949) over a random order. Points
+    ``u, u + 1, ...`` fall on the positions' stacked probabilities; none is longer than 1, so none is hit
+    twice. (``rng.choice(replace=False, p=...)`` draws one at a time and does not keep these probabilities.)"""
+    if count <= 0:
+        return np.zeros(0, np.int64)
+    probabilities = inclusion_probabilities(weights, count)
+    order = rng.permutation(len(probabilities))
+    edges = np.cumsum(probabilities[order])
+    edges *= count / edges[-1]  # exactly count: the last point lands inside
+    points = rng.random() + np.arange(count)
+    return order[np.searchsorted(edges, points, side="right")]
 
 
 def derive_seed(*parts: int) -> int:

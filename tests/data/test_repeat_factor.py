@@ -12,7 +12,13 @@ import pytest
 from tasks.common.errors import UserError
 from tasks.data.builtin import ShapesDataModule
 from tasks.data.loader import check_resumable, repeat_key
-from tasks.data.sampling import EpochBatchSampler, repeat_factors
+from tasks.data.sampling import (
+    EpochBatchSampler,
+    inclusion_probabilities,
+    repeat_factors,
+    repeated_order,
+    systematic_sample,
+)
 from tests.support import TINY_SHAPES
 
 # 10 images: class 1 in all of them, class 2 in two, class 3 in one, image 9 without objects
@@ -48,6 +54,31 @@ def test_every_epoch_has_the_same_length_and_repeats_rare_images() -> None:
     expected = np.floor(factors) + (12 - np.floor(factors).sum()) * fractions / fractions.sum()
     for index in range(10):
         assert totals[index] / 200 == pytest.approx(expected[index], abs=0.08)
+
+
+def test_each_image_is_drawn_its_repeat_factor_times_on_average() -> None:
+    """100 images at r = 1.9 and 900 at r = 1.1: 1180 samples an epoch, each image r times on average."""
+    factors = np.array([1.9] * 100 + [1.1] * 900)
+    totals = np.zeros(1000)
+    epochs = 2000
+    for epoch in range(epochs):
+        order = repeated_order(factors, np.random.default_rng([0, epoch]))  # as the sampler draws an epoch
+        assert len(order) == 1180
+        totals += np.bincount(order, minlength=1000)
+    means = totals / epochs
+    assert means[:100].mean() == pytest.approx(1.9, rel=0.01) and means[100:].mean() == pytest.approx(1.1, rel=0.01)
+    assert means.min() >= 1 and means.max() <= 2
+
+
+def test_a_systematic_sample_keeps_each_inclusion_probability_and_never_repeats() -> None:
+    weights = np.array([0.95, 0.6, 0.05, 0.0, 0.2])  # 2 of them: 0.95 scales past 1 and is capped
+    np.testing.assert_allclose(inclusion_probabilities(weights, 2), [1.0, 0.6 / 0.85, 0.05 / 0.85, 0.0, 0.2 / 0.85])
+    rng, counts = np.random.default_rng(0), np.zeros(5)
+    for _ in range(20000):
+        chosen = systematic_sample(weights, 2, rng)
+        assert len(set(chosen.tolist())) == 2
+        counts[chosen] += 1
+    np.testing.assert_allclose(counts / 20000, inclusion_probabilities(weights, 2), atol=0.01)
 
 
 @pytest.mark.parametrize("done, batch_size, ranks", [(6, 4, 2), (5, 3, 1), (0, 2, 3)])
