@@ -8,52 +8,17 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from pycocotools.cocoeval import COCOeval
 
-from tasks.core.runner import evaluate, train
+from tasks.core.runner import evaluate
 from tasks.data.formats.coco import load_coco
-from tasks.data.shapes import ShapesSpec, ensure_shapes
 from tasks.evaluation.coco_eval import COCO_STAT_NAMES
 from tasks.evaluation.error_analysis import error_analysis
-from tests.support import CPU_DDP, TINY_DETECTION, compose_config, pycocotools_stats, run_script
+from tests.support import CPU_DDP, compose_config, pycocotools_stats, run_script
 
 MASK_STAT_NAMES = tuple(f"mask_{name}" for name in COCO_STAT_NAMES)
-TINY_MASKS = ["task=instance_segmentation", "task.model.mask_layers=[32,32]", "task.model.mask_predictor_channels=32"]
-
-
-# 15 training images with one or two large shapes each; the model is scored on them, which it learns
-# within 120 steps (map_50 about 0.5), so that the stats compared below are far from zero
-SPEC = ShapesSpec(num_train=15, num_val=7, image_size=64, min_object_size=20, max_object_size=36, max_objects=2)
-SCORED_ON_TRAINING_IMAGES = [
-    "+dataset.val_images=train2017",
-    "+dataset.val_annotations=annotations/instances_train2017.json",
-]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], Path]:
-    """A Mask R-CNN checkpoint that detects (120 steps), the overrides it was trained with (scores
-    thresholded at 0, so that it predicts up to 100 boxes an image) and its data."""
-    tmp = tmp_path_factory.mktemp("evaluate")
-    root = ensure_shapes(tmp / "shapes", SPEC)
-    overrides = [
-        *TINY_MASKS,
-        "backbone=resnet18",
-        *TINY_DETECTION,
-        f"dataset.root={root}",
-        *[f"dataset.{name}={getattr(SPEC, name)}" for name in ("num_train", "num_val", "image_size", "max_objects")],
-        *[f"dataset.{name}={getattr(SPEC, name)}" for name in ("min_object_size", "max_object_size")],
-        "dataset.batch_size=4",
-        "dataset.num_workers=0",
-        # 15 images on two ranks get 8 each: the sampler repeats one image
-        *SCORED_ON_TRAINING_IMAGES,
-        "dataset.val_batch_size=2",
-        "task.model.box_score_thresh=0.0",
-        "trainer.enable_progress_bar=false",
-    ]
-    steps = ["trainer.max_steps=120", "trainer.max_epochs=-1", "trainer.check_val_every_n_epoch=1000"]
-    train(compose_config([*overrides, *steps], tmp / "train"))
-    return Path(_checkpoint(tmp / "train")), overrides, root
 
 
 def _checkpoint(run: Path) -> str:
@@ -66,8 +31,10 @@ def _outputs(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
 
 
 @pytest.fixture(scope="module")
-def one_process(trained, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict], list[dict], str]:
-    checkpoint, overrides, _ = trained
+def one_process(
+    trained_mask_rcnn, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict, list[dict], list[dict], str]:
+    checkpoint, overrides, _ = trained_mask_rcnn
     run_dir = tmp_path_factory.mktemp("eval-one")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -76,7 +43,7 @@ def one_process(trained, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict
 
 
 @pytest.mark.slow
-def test_box_and_mask_stats_equal_pycocotools_on_the_written_files(trained, one_process) -> None:
+def test_box_and_mask_stats_equal_pycocotools_on_the_written_files(trained_mask_rcnn, one_process) -> None:
     metrics, predictions, segmentations, stdout = one_process
     assert len(predictions) == len(segmentations) > 0
     assert {"image_id", "category_id", "bbox", "score"} <= set(predictions[0])
@@ -85,15 +52,15 @@ def test_box_and_mask_stats_equal_pycocotools_on_the_written_files(trained, one_
         assert name in stdout and {"ap", "mask_ap"} <= set(metrics["per_class"][name])
     assert metrics["loss"] > 0 and "loss_mask" in metrics  # validation loss, same loop as mAP
     assert metrics["map_50"] > 0.3 and metrics["mask_map_50"] > 0.3  # a model that detects
-    coco_gt = load_coco(trained[2] / "annotations" / "instances_train2017.json")
+    coco_gt = load_coco(trained_mask_rcnn[2] / "annotations" / "instances_train2017.json")
     for names, rows, iou_type in ((COCO_STAT_NAMES, predictions, "bbox"), (MASK_STAT_NAMES, segmentations, "segm")):
         for name, value in zip(names, pycocotools_stats(coco_gt, rows, iou_type), strict=True):
             assert metrics[name] == pytest.approx(value, abs=1e-9), name
 
 
 @pytest.mark.distributed
-def test_two_ddp_processes_match_one(trained, one_process, tmp_path: Path) -> None:
-    checkpoint, overrides, _ = trained
+def test_two_ddp_processes_match_one(trained_mask_rcnn, one_process, tmp_path: Path) -> None:
+    checkpoint, overrides, _ = trained_mask_rcnn
     single, single_predictions, single_masks, _ = one_process
     run_dir = tmp_path / "two"
     result = run_script("evaluate.py", [*overrides, *CPU_DDP, f"ckpt_path={checkpoint}", f"hydra.run.dir={run_dir}"])
@@ -111,10 +78,10 @@ def test_two_ddp_processes_match_one(trained, one_process, tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_the_plots_hold_what_the_written_predictions_give(trained, one_process, tmp_path: Path) -> None:
+def test_the_plots_hold_what_the_written_predictions_give(trained_mask_rcnn, one_process, tmp_path: Path) -> None:
     """evaluate.py's charts: the confusion matrix recomputed from predictions.json, the PR curves' AP50
     equal to the per-class table's, the per-class chart's numbers those of metrics.json."""
-    checkpoint, overrides, root = trained
+    checkpoint, overrides, root = trained_mask_rcnn
     metrics, predictions, _, _ = one_process
     run_dir = tmp_path / "plots"
     with contextlib.redirect_stdout(io.StringIO()):
@@ -128,8 +95,17 @@ def test_the_plots_hold_what_the_written_predictions_give(trained, one_process, 
     assert read("confusion_matrix.json") == json.loads(json.dumps(matrix))
     assert sum(map(sum, matrix["matrix"])) > 0
     assert {name: metrics[name] for name in scalars} == pytest.approx(scalars, abs=1e-12)
-    curves = read("pr_curves.json")
-    assert curves["ap_50"] == pytest.approx({name: row["ap_50"] for name, row in metrics["per_class"].items()})
+    curves = read("pr_curves.json")  # each class's curve at IoU 0.5: its area is that class's AP50 by pycocotools
+    assert set(curves["precision"]) == set(metrics["per_class"])
+    for name, precision in curves["precision"].items():
+        with contextlib.redirect_stdout(io.StringIO()):
+            alone = COCOeval(coco_gt, coco_gt.loadRes(predictions), "bbox")
+            alone.params.catIds = [category_ids[names.index(name)]]
+            alone.evaluate()
+            alone.accumulate()
+            alone.summarize()
+        assert len(precision) == len(curves["recall"]) == 101 and alone.stats[1] > 0.1
+        assert float(np.mean(precision)) == pytest.approx(alone.stats[1], abs=1e-9), name
     assert read("per_class.json") == metrics["per_class"]
     for name in ("confusion_matrix", "pr_curves", "per_class"):
         assert (run_dir / "plots" / f"{name}.png").stat().st_size > 1000
