@@ -1,5 +1,5 @@
-"""COCO box and mask mAP with pycocotools' COCOeval (reference) or faster_coco_eval, computed once on
-rank 0 under DDP."""
+"""COCO box and mask mAP with faster_coco_eval (the default: the same 12 stats, several times faster) or
+pycocotools' COCOeval (the reference the tests compare with), computed once on rank 0 under DDP."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def coco_evaluate(
     coco_gt: COCO,
     results: list[dict],
     image_ids: Sequence[int] | None = None,
-    backend: str = "pycocotools",
+    backend: str = "faster_coco_eval",
     iou_type: str = "bbox",
 ) -> CocoResult:
     """The 12 numbers of ``COCOeval.summarize()`` for ``results`` (COCO results format; ``iou_type``
@@ -129,7 +129,9 @@ def _per_class(evaluation) -> tuple[dict[int, float], dict[int, dict[str, float]
     return per_class, detail, {"recall": np.asarray(evaluation.params.recThrs).tolist(), "precision": curves}
 
 
-def coco_stats(coco_gt: COCO, results: list[dict], image_ids: Sequence[int] | None = None, backend="pycocotools"):
+def coco_stats(
+    coco_gt: COCO, results: list[dict], image_ids: Sequence[int] | None = None, backend: str = "faster_coco_eval"
+):
     """Only the 12 summary stats of :func:`coco_evaluate`."""
     return coco_evaluate(coco_gt, results, image_ids, backend).stats
 
@@ -178,7 +180,7 @@ class CocoEvaluator:
         self,
         ground_truth: COCO | Callable[[], COCO],
         category_ids: Sequence[int],
-        backend: str = "pycocotools",
+        backend: str = "faster_coco_eval",
         class_names: Sequence[str] | None = None,
         iou_types: Sequence[str] = ("bbox",),
         analysis: Mapping[str, float] | None = None,

@@ -18,7 +18,7 @@ def detection_evaluator(
     category_ids: Sequence[int],
     class_names: Sequence[str],
     voc_ground_truth: Mapping[int, VocGroundTruth] | None = None,
-    backend: str = "pycocotools",
+    backend: str = "faster_coco_eval",
     iou_types: Sequence[str] = ("bbox",),
     analysis: Mapping[str, float] | None = None,
 ) -> CocoEvaluator:

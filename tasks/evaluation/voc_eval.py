@@ -107,7 +107,7 @@ class VocEvaluator(CocoEvaluator):
         category_ids: Sequence[int],
         voc_ground_truth: Mapping[int, VocGroundTruth],
         class_names: Sequence[str],
-        backend: str = "pycocotools",
+        backend: str = "faster_coco_eval",
         iou_types: Sequence[str] = ("bbox",),
         analysis: Mapping[str, float] | None = None,
     ) -> None:

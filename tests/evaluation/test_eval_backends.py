@@ -1,4 +1,5 @@
-"""faster_coco_eval gives pycocotools' 12 stats on the same predictions; empty input does not crash."""
+"""faster_coco_eval (the default) gives pycocotools' 12 stats, per-class APs and curves on the same predictions;
+empty input does not crash."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ def test_backends_agree(tmp_path: Path, seed: int) -> None:
     for name in COCO_STAT_NAMES:
         assert fast.stats[name] == pytest.approx(reference.stats[name], abs=1e-9), name
     assert fast.ap_per_class == pytest.approx(reference.ap_per_class, abs=1e-9)
+    # the default backend also gives the reference's per-class details and precision-recall curves
+    assert fast.ap_detail.keys() == reference.ap_detail.keys()
+    for category_id, detail in reference.ap_detail.items():
+        assert fast.ap_detail[category_id] == pytest.approx(detail, abs=1e-9)
+    assert fast.pr_50["recall"] == pytest.approx(reference.pr_50["recall"])
+    for category_id, curve in reference.pr_50["precision"].items():
+        assert fast.pr_50["precision"][category_id] == pytest.approx(curve, abs=1e-9)
 
 
 def test_class_without_ground_truth_is_left_out_with_a_warning(tmp_path: Path) -> None:
