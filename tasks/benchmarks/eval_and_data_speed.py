@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from tasks.data.detection_transforms import DETECTION_PRESETS, detection_transforms
+from tasks.data.augment import DETECTION_PRESETS, detection_transforms
 from tasks.data.formats.coco import CocoDetection
 from tasks.evaluation.coco_eval import COCO_STAT_NAMES, coco_evaluate
 

@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 
-import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from tasks.data.augment import Pipeline, classification_transforms, pipeline_seed
 from tasks.data.bad_images import find_bad_images
 from tasks.data.base import TaskDataModule
 from tasks.data.doctor import ERROR, DatasetError, Finding
@@ -58,27 +58,6 @@ def folder_records(split_dir: Path, classes: Sequence[str]) -> list[ImageRecord]
     return records
 
 
-def classification_transforms(
-    *,
-    train: bool,
-    crop_size: int,
-    val_resize: int,
-    val_crop_size: int | None = None,
-    scale_range: Sequence[float] = (0.08, 1.0),
-    hflip: bool = True,
-) -> A.Compose:
-    """Training: random resized crop (scale ``scale_range`` of the area, aspect 3/4-4/3) and flip.
-    Evaluation: shorter side to ``val_resize``, centre crop ``val_crop_size`` (None: ``crop_size``), as
-    torchvision's references."""
-    if not train:
-        crop = val_crop_size or crop_size
-        return A.Compose([A.SmallestMaxSize(max_size=val_resize), A.CenterCrop(crop, crop)])
-    steps: list[A.BasicTransform] = [A.RandomResizedCrop(size=(crop_size, crop_size), scale=tuple(scale_range))]
-    if hflip:
-        steps.append(A.HorizontalFlip(p=0.5))
-    return A.Compose(steps)
-
-
 def tensor_transforms(auto_augment: str | None, random_erase: float) -> v2.Compose | None:
     """torchvision's policies on the uint8 tensor: TrivialAugmentWide (``ta_wide``), random erasing."""
     steps = []
@@ -94,15 +73,15 @@ def tensor_transforms(auto_augment: str | None, random_erase: float) -> v2.Compo
 class ClassificationDataset(Dataset):
     """Decoded, augmented images with their class index.
 
-    ``tensor_transforms`` draw from torch's generator, seeded per item from the albumentations
-    generator that the training loader seeds per sample: results do not depend on the worker.
+    ``tensor_transforms`` draw from torch's generator, seeded per item from the pipeline's generator,
+    which the training loader seeds per sample: results do not depend on the worker.
     """
 
     def __init__(
         self,
         records: list[ImageRecord],
         class_names: Sequence[str],
-        transforms: A.Compose,
+        transforms: Pipeline,
         tensor_transforms: Callable | None = None,
         source: str = "",
     ) -> None:
@@ -119,7 +98,7 @@ class ClassificationDataset(Dataset):
         image = self.transforms(image=read_rgb(path, self.max_pixels))["image"]
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         if self.tensor_transforms is not None:
-            seed = int(self.transforms.random_generator.integers(2**62))
+            seed = pipeline_seed(self.transforms)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 tensor = self.tensor_transforms(tensor)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 from functools import cached_property
 
-import albumentations as A
 import numpy as np
 
+from tasks.data.augment import RESIZING_PRESETS, Pipeline, detection_transforms
 from tasks.data.base import TaskDataModule
 from tasks.data.detection_dataset import DetectionDataset, collate_detection
-from tasks.data.detection_transforms import RESIZING_PRESETS, detection_transforms
 from tasks.data.doctor import Finding
 from tasks.data.images import MAX_PIXELS
 from tasks.data.sampling import aspect_ratio_groups, repeat_factors
@@ -27,7 +26,7 @@ class DetectionDataModule(TaskDataModule):
     ``min_visible``, ``keep_empty``; ``size`` null: off) trains on tiles of the images at full
     resolution (``tasks.data.tiling``); evaluation images then keep their full resolution too.
     ``repeat_threshold`` (e.g. 0.001): LVIS's repeat-factor sampling for rare classes.
-    ``augment`` names a preset of ``tasks.data.detection_transforms``; ``preset_options`` passes its
+    ``augment`` names a preset of ``tasks.data.augment``; ``preset_options`` passes its
     sizes (e.g. ``multiscale_sizes``).
     ``group_aspect_ratio`` batches wide and tall images apart so batches pad little. ``masks``:
     items carry instance masks too (the instance segmentation task asks for them).
@@ -75,13 +74,13 @@ class DetectionDataModule(TaskDataModule):
         return {"resize_longest": self.resize_longest, "upscale": False}  # ShrinkLongest never enlarges
 
     def _build_split(
-        self, split: str, transforms: A.Compose | None, *, prepared: bool
+        self, split: str, transforms: Pipeline | None, *, prepared: bool
     ) -> DetectionDataset:  # pragma: no cover - abstract
         """The dataset of ``split`` (its annotations checked; its image files are checked by the caller);
         ``prepared``: ``prepare_data`` already indexed it."""
         raise NotImplementedError
 
-    def _checked_split(self, split: str, transforms: A.Compose | None, *, prepared: bool) -> DetectionDataset:
+    def _checked_split(self, split: str, transforms: Pipeline | None, *, prepared: bool) -> DetectionDataset:
         """``split`` without its bad image files, or a stop naming them (``keep_good_images``).
 
         The check runs in ``prepare_data`` (one process, reported there); the other processes read
@@ -113,7 +112,7 @@ class DetectionDataModule(TaskDataModule):
         """Every doctor finding for both splits, and the class names (abstract)."""
         raise NotImplementedError
 
-    def _transforms(self, train: bool) -> A.Compose | None:
+    def _transforms(self, train: bool) -> Pipeline | None:
         # on tiles, evaluation images keep their full resolution: sliced inference cuts them as training did
         resize_longest = None if self.tile is not None and not train else self.resize_longest
         return detection_transforms(self.augment, train=train, resize_longest=resize_longest, **self.preset_options)

@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 
-import albumentations as A
 import numpy as np
 import torch
 from pycocotools.coco import COCO
@@ -14,6 +13,7 @@ from torch.utils.data import Dataset
 from torchvision.ops import masks_to_boxes
 
 from heads.ignore_regions import IGNORE_KEY
+from tasks.data.augment import Pipeline
 from tasks.data.detection_index import DetectionIndex, ImageRecord, IndexRecords
 from tasks.data.formats.masks import decode_masks
 from tasks.data.images import MAX_PIXELS, read_rgb
@@ -51,7 +51,7 @@ class DetectionDataset(Dataset):
         category_ids: Sequence[int],
         class_names: Sequence[str],
         ground_truth: Callable[[], COCO],
-        transforms: A.Compose | None = None,
+        transforms: Pipeline | None = None,
         source: str = "",
     ) -> None:
         self.index = index

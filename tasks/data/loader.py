@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import random
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -13,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from tasks.common.errors import UserError
+from tasks.data.augment import seed_pipeline
 from tasks.data.sampling import EpochBatchSampler, SampleKey
 
 
@@ -33,7 +33,7 @@ class SeededBatches(Dataset):
     def _item(self, index: int, seed: int) -> Any:
         transforms = getattr(self.dataset, "transforms", None)
         if transforms is not None:  # one generator shared by all steps: draws are not correlated
-            transforms.set_random_state(np.random.default_rng(seed), random.Random(seed))
+            seed_pipeline(transforms, seed)
         return self.dataset[index]
 
 

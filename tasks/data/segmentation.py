@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
-import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from tasks.data.augment import Pipeline, longest_side_resize, segmentation_transforms
 from tasks.data.base import TaskDataModule
 from tasks.data.collate import collate_segmentation
 from tasks.data.doctor import ERROR, Finding
@@ -35,25 +35,6 @@ from tasks.data.images import MAX_PIXELS, read_rgb
 log = logging.getLogger(__name__)
 
 
-def segmentation_transforms(
-    *, train: bool, crop_size: int, scale_range: Sequence[float] = (0.5, 2.0), color_jitter: bool = True
-) -> A.Compose | None:
-    """Training: random scale, pad (image 0, mask 255) and random crop to ``crop_size``, flip,
-    colour jitter. Evaluation: none (the image is resized separately when ``eval_size`` is set)."""
-    if not train:
-        return None
-    low, high = scale_range
-    steps: list[A.BasicTransform] = [
-        A.RandomScale(scale_limit=(low - 1, high - 1), p=1.0),
-        A.PadIfNeeded(crop_size, crop_size, position="top_left", border_mode=0, fill=0, fill_mask=IGNORE_INDEX),
-        A.RandomCrop(crop_size, crop_size),
-        A.HorizontalFlip(p=0.5),
-    ]
-    if color_jitter:
-        steps.append(A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.5))
-    return A.Compose(steps)
-
-
 class SegmentationDataset(Dataset):
     """Items: ``(uint8 CHW image, {"mask": int64 HxW, "image_id": int})``.
 
@@ -65,14 +46,14 @@ class SegmentationDataset(Dataset):
         self,
         records: list[SegmentationRecord],
         class_names: Sequence[str],
-        transforms: A.Compose | None = None,
+        transforms: Pipeline | None = None,
         eval_size: int | None = None,
         source: str = "",
     ) -> None:
         self.records = records
         self.class_names = list(class_names)
         self.transforms = transforms
-        self.resize = A.LongestMaxSize(max_size=eval_size) if eval_size else None
+        self.resize = longest_side_resize(eval_size, upscale=True)
         self.source = source
         self.max_pixels = MAX_PIXELS  # larger files are refused from their header
 
@@ -90,7 +71,7 @@ class SegmentationDataset(Dataset):
             out = self.transforms(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         if self.resize is not None:
-            image = self.resize(image=image)["image"]
+            image = self.resize(image)
         mask = torch.from_numpy(np.ascontiguousarray(mask)).long()
         target = {"mask": mask, "image_id": record.image_id, "file": str(record.image)}  # file: for error reports
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), target
@@ -161,7 +142,11 @@ class SegmentationDataModule(TaskDataModule):
 
     def _setup(self) -> None:
         transforms = segmentation_transforms(
-            train=True, crop_size=self.crop_size, scale_range=self.scale_range, color_jitter=self.color_jitter
+            train=True,
+            crop_size=self.crop_size,
+            scale_range=self.scale_range,
+            color_jitter=self.color_jitter,
+            fill_mask=IGNORE_INDEX,
         )
         for split in ("train", "val"):
             records, names, source = self._records(split, build=False)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-import albumentations as A
 import numpy as np
 import torch
 from torch import Tensor
 
 from tasks.common.errors import UserError
-from tasks.data.detection_transforms import ShrinkLongest
+from tasks.data.augment import Resize, longest_side_resize
 from tasks.data.images import IMAGE_SUFFIXES, MAX_PIXELS, is_image_file, read_rgb
 
 
@@ -43,17 +42,14 @@ def find_images(spec: str) -> tuple[list[Path], Path]:
     return found, base
 
 
-def resizer(preprocessing: dict) -> A.BasicTransform | None:
+def resizer(preprocessing: dict) -> Resize | None:
     """The data-side resize that evaluation images had in training (``inference_preprocessing``)."""
-    longest = preprocessing.get("resize_longest")
-    if not longest:
-        return None
-    return A.LongestMaxSize(max_size=longest) if preprocessing.get("upscale") else ShrinkLongest(max_size=longest)
+    return longest_side_resize(preprocessing.get("resize_longest"), upscale=bool(preprocessing.get("upscale")))
 
 
-def prepare(path: Path, resize: A.BasicTransform | None, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, Tensor]:
+def prepare(path: Path, resize: Resize | None, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, Tensor]:
     """The file decoded upright as training decodes it (HxWx3 uint8), and the model's input made
     from it (3 x h x w float in [0, 1], resized when training resized evaluation images)."""
     image = read_rgb(path, max_pixels)
-    sized = resize(image=image)["image"] if resize is not None else image
+    sized = resize(image) if resize is not None else image
     return image, torch.from_numpy(np.ascontiguousarray(sized)).permute(2, 0, 1).float().div_(255)

@@ -41,7 +41,7 @@ def calibration_inputs(dataset: Dataset, preprocessing: dict, count: int, semant
     for position in calibration_positions(len(dataset), count):
         image = dataset[position][0].permute(1, 2, 0).numpy()  # uint8 HxWx3, no augmentation
         if resize is not None:
-            image = resize(image=image)["image"]
+            image = resize(image)
         array = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255
         inputs.append(array[None] if semantic else array)
     return inputs

@@ -63,3 +63,13 @@ def test_inference_imports_no_lightning_and_no_training() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_only_the_augmentation_module_imports_albumentations() -> None:
+    """docs/data.md: a move to another augmentation library rewrites tasks/data/augment.py alone."""
+    importers = sorted(
+        str(path.relative_to(PROJECT_ROOT))
+        for path in [*MODULES, *(PROJECT_ROOT / "heads").rglob("*.py"), *(PROJECT_ROOT / "backbones").rglob("*.py")]
+        if any(name.split(".")[0] == "albumentations" for name in _imports(path))
+    )
+    assert importers == ["tasks/data/augment.py"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.data.detection_transforms import detection_transforms
+from tasks.data.augment import detection_transforms
 from tasks.data.sampling import aspect_ratio_groups, group_batches, plain_batches
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.data.detection_transforms import detection_transforms
+from tasks.data.augment import detection_transforms
 from tasks.data.formats.coco import CocoDataModule, CocoDetection
 from tests.support import write_coco_folder
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.data.detection_transforms import detection_transforms
+from tasks.data.augment import detection_transforms
 from tasks.data.doctor import ERROR, WARNING, DatasetError
 from tasks.data.formats import coco_panoptic as panoptic_format
 from tasks.data.formats.coco_panoptic import (

@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import Dataset
 
 from tasks.common.errors import UserError
+from tasks.data.augment import detection_transforms
 from tasks.data.detection_dataset import collate_detection
-from tasks.data.detection_transforms import detection_transforms
 from tasks.data.loader import check_resumable, training_loader
 from tasks.data.sampling import EpochBatchSampler
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tasks.data.detection_transforms import detection_transforms
+from tasks.data.augment import detection_transforms
 from tasks.data.doctor import DatasetError
 from tasks.data.formats.coco import CocoDataModule, CocoDetection, load_coco
 from tasks.data.formats.masks import decode_segmentation, encode_mask

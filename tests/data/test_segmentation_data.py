@@ -12,7 +12,7 @@ from PIL import Image
 from tasks.data.builtin import ShapesSegDataModule
 from tasks.data.collate import collate_segmentation
 from tasks.data.formats.semantic import read_mask
-from tasks.data.segmentation import CocoSegDataModule, VocSegDataModule, segmentation_transforms
+from tasks.data.segmentation import CocoSegDataModule, VocSegDataModule
 from tasks.data.shapes import SHAPE_CLASSES
 from tests.support import TINY_SHAPES
 
@@ -99,8 +99,9 @@ def test_mask_problems_stop_at_start_up_with_file_names(shapes_voc_root: Path, t
     assert f"{bad_values} holds label values [9]" in message and f"{bad_size} is 12x10" in message
 
 
-def test_training_crops_pad_masks_with_ignore() -> None:
-    transform = segmentation_transforms(train=True, crop_size=96, scale_range=(0.5, 0.5), color_jitter=False)
+def test_training_crops_pad_masks_with_ignore(shapes_voc_root: Path) -> None:
+    module = _voc(shapes_voc_root, crop_size=96, scale_range=(0.5, 0.5), color_jitter=False)
+    transform = module.train_set.transforms  # the pipeline training uses
     out = transform(image=np.full((64, 64, 3), 200, np.uint8), mask=np.ones((64, 64), np.uint8))
     assert out["image"].shape == (96, 96, 3) and out["mask"].shape == (96, 96)
     mask = out["mask"]

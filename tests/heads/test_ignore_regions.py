@@ -13,9 +13,9 @@ from backbones import ResNetBackbone
 from heads.faster_rcnn import build_faster_rcnn
 from heads.ignore_regions import IGNORE_KEY, IGNORE_SHARE, points_inside, share_inside
 from heads.one_stage import build_fcos, build_retinanet
+from tasks.data.augment import detection_transforms
 from tasks.data.detection_dataset import DetectionDataset
 from tasks.data.detection_index import DetectionIndex
-from tasks.data.detection_transforms import detection_transforms
 from tasks.data.tiling import TiledDataset, TileOptions
 
 CUT = [100.0, 20.0, 140.0, 60.0]  # 40 px wide: a tile ending at x = 112 holds 30% of it

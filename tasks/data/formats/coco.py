@@ -8,10 +8,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import albumentations as A
 import numpy as np
 from pycocotools.coco import COCO
 
+from tasks.data.augment import Pipeline
 from tasks.data.detection import DetectionDataModule
 from tasks.data.detection_dataset import DetectionDataset, clip_boxes
 from tasks.data.detection_index import DetectionIndex, cached_index, source_key
@@ -205,7 +205,7 @@ class CocoDetection(DetectionDataset):
         self,
         image_dir: Path,
         ann_file: Path,
-        transforms: A.Compose | None = None,
+        transforms: Pipeline | None = None,
         *,
         cache_dir: Path | None = None,
         check_images: bool = True,
@@ -370,7 +370,7 @@ class CocoDataModule(DetectionDataModule):
             )
         return images, annotations
 
-    def _build_split(self, split: str, transforms: A.Compose | None, *, prepared: bool) -> DetectionDataset:
+    def _build_split(self, split: str, transforms: Pipeline | None, *, prepared: bool) -> DetectionDataset:
         images, annotations = self._split_paths(split)
         return CocoDetection(
             images, annotations, transforms, cache_dir=self.cache_dir, check_images=False, masks=self.masks

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-import albumentations as A
 import numpy as np
 from PIL import Image
 
+from tasks.data.augment import Pipeline
 from tasks.data.detection_dataset import DetectionDataset, mask_extents
 from tasks.data.detection_index import DetectionIndex, ImageRecord
 from tasks.data.doctor import ERROR, INFO, WARNING, Finding, raise_on_errors
@@ -221,7 +221,7 @@ class CocoPanoptic(DetectionDataset):
         image_dir: Path,
         ann_file: Path,
         png_dir: Path,
-        transforms: A.Compose | None = None,
+        transforms: Pipeline | None = None,
         *,
         check_files: bool = True,
     ) -> None:

@@ -6,8 +6,7 @@ import contextlib
 from functools import cached_property
 from pathlib import Path
 
-import albumentations as A
-
+from tasks.data.augment import Pipeline
 from tasks.data.detection import DetectionDataModule
 from tasks.data.doctor import ERROR, INFO, Finding
 from tasks.data.formats.coco_panoptic import CocoPanoptic, PanopticCategories, inspect_panoptic, read_panoptic_json
@@ -65,7 +64,7 @@ class CocoPanopticDataModule(DetectionDataModule):
                 )
         return images, annotations, pngs
 
-    def _build_split(self, split: str, transforms: A.Compose | None, *, prepared: bool) -> CocoPanoptic:
+    def _build_split(self, split: str, transforms: Pipeline | None, *, prepared: bool) -> CocoPanoptic:
         images, annotations, pngs = self._split_paths(split)
         return CocoPanoptic(images, annotations, pngs, transforms, check_files=not prepared)
 

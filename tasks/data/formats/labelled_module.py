@@ -8,8 +8,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import albumentations as A
-
+from tasks.data.augment import Pipeline
 from tasks.data.detection import DetectionDataModule
 from tasks.data.detection_dataset import DetectionDataset
 from tasks.data.doctor import ERROR, Finding, raise_on_errors
@@ -178,7 +177,7 @@ class LabelledDataModule(DetectionDataModule):
             log.info("class names taken from the files (dataset.class_names=null): %s", names)
         return list(range(1, len(names) + 1)), list(names)
 
-    def _build_split(self, split: str, transforms: A.Compose | None, *, prepared: bool) -> DetectionDataset:
+    def _build_split(self, split: str, transforms: Pipeline | None, *, prepared: bool) -> DetectionDataset:
         if self.masks and not self.has_masks:
             raise ValueError(
                 f"{self.format_name} carries no instance masks; instance segmentation reads polygons "

@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import albumentations as A
 import numpy as np
 from PIL import Image
 
 from tasks.common.progress import progress
+from tasks.data.augment import Pipeline
 from tasks.data.detection_dataset import DetectionDataset
 from tasks.data.doctor import ERROR, INFO, Finding, raise_on_errors
 from tasks.data.formats.labelled import LabelledImage, LabelledObject, labelled_findings, labelled_index
@@ -192,7 +192,7 @@ class VocDetection(DetectionDataset):
         root: Path,
         years: Sequence[str | int],
         split: str,
-        transforms: A.Compose | None = None,
+        transforms: Pipeline | None = None,
         *,
         class_names: Sequence[str] = VOC_CLASSES,
         use_difficult: bool = False,
@@ -253,7 +253,7 @@ class VocDataModule(LabelledDataModule):
             read_image_set(self.root, year, image_set)
         return read_voc_split(self.root, years, image_set, one_based=self.one_based)
 
-    def _build_split(self, split: str, transforms: A.Compose | None, *, prepared: bool) -> DetectionDataset:
+    def _build_split(self, split: str, transforms: Pipeline | None, *, prepared: bool) -> DetectionDataset:
         return add_voc_evaluation(super()._build_split(split, transforms, prepared=prepared))
 
     def evaluation_inputs(self) -> dict:

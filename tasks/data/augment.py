@@ -1,11 +1,24 @@
-"""Albumentations pipelines for detection; boxes travel with the image (pascal_voc xyxy)."""
+"""Every image augmentation and data-side resize of the suite, and the one module that imports
+albumentations (its MIT line, 2.0.x; ``docs/data.md`` lists the transforms used).
+
+A pipeline is called with named numpy arrays and returns the same names: ``image`` (HxWx3 uint8),
+``bboxes`` (pascal_voc xyxy) with their ``labels`` and ``box_ids``, ``masks`` (one per box) and ``mask``
+(a class per pixel). Datasets hold pipelines, call them so, and seed them through ``seed_pipeline``;
+nothing else of the library leaves this module, so that a move (e.g. to torchvision's v2 transforms)
+rewrites this file only.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import albumentations as A
+import numpy as np
+
+Pipeline = A.Compose  # pipeline(image=..., bboxes=..., ...) -> {"image": ..., "bboxes": ..., ...}
+Resize = Callable[[np.ndarray], np.ndarray]
 
 DETECTION_PRESETS = ("none", "hflip", "scale_jitter", "multiscale", "lsj")
 # Presets that choose the training image size themselves: the detector must not resize again.
@@ -49,7 +62,7 @@ def detection_transforms(
     max_size: int = 1333,
     lsj_size: int = 1024,
     lsj_scale: Sequence[float] = (0.1, 2.0),
-) -> A.Compose | None:
+) -> Pipeline | None:
     """Build the pipeline for ``preset`` (None when there is nothing to do); evaluation only
     applies the optional resize.
 
@@ -90,3 +103,63 @@ def detection_transforms(
         format="pascal_voc", label_fields=["labels", "box_ids"], min_width=1.0, min_height=1.0, clip=True
     )
     return A.Compose(steps, bbox_params=bbox_params)
+
+
+def segmentation_transforms(
+    *, train: bool, crop_size: int, scale_range: Sequence[float], color_jitter: bool, fill_mask: int
+) -> Pipeline | None:
+    """Training: random scale, pad (image 0, mask ``fill_mask``) and random crop to ``crop_size``, flip,
+    colour jitter. Evaluation: none (the image is resized separately when ``eval_size`` is set)."""
+    if not train:
+        return None
+    low, high = scale_range
+    steps: list[A.BasicTransform] = [
+        A.RandomScale(scale_limit=(low - 1, high - 1), p=1.0),
+        A.PadIfNeeded(crop_size, crop_size, position="top_left", border_mode=0, fill=0, fill_mask=fill_mask),
+        A.RandomCrop(crop_size, crop_size),
+        A.HorizontalFlip(p=0.5),
+    ]
+    if color_jitter:
+        steps.append(A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.5))
+    return A.Compose(steps)
+
+
+def classification_transforms(
+    *,
+    train: bool,
+    crop_size: int,
+    val_resize: int,
+    val_crop_size: int | None = None,
+    scale_range: Sequence[float] = (0.08, 1.0),
+    hflip: bool = True,
+) -> Pipeline:
+    """Training: random resized crop (scale ``scale_range`` of the area, aspect 3/4-4/3) and flip.
+    Evaluation: shorter side to ``val_resize``, centre crop ``val_crop_size`` (None: ``crop_size``), as
+    torchvision's references."""
+    if not train:
+        crop = val_crop_size or crop_size
+        return A.Compose([A.SmallestMaxSize(max_size=val_resize), A.CenterCrop(crop, crop)])
+    steps: list[A.BasicTransform] = [A.RandomResizedCrop(size=(crop_size, crop_size), scale=tuple(scale_range))]
+    if hflip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    return A.Compose(steps)
+
+
+def longest_side_resize(max_size: int | None, *, upscale: bool) -> Resize | None:
+    """A function bringing an image's longer side to ``max_size`` (None: no resize); smaller images are
+    enlarged only with ``upscale``."""
+    if not max_size:
+        return None
+    transform = A.LongestMaxSize(max_size=max_size) if upscale else ShrinkLongest(max_size=max_size)
+    return lambda image: transform(image=image)["image"]
+
+
+def seed_pipeline(pipeline: Pipeline, seed: int) -> None:
+    """The pipeline's next draws from ``seed`` alone (the training loader seeds each sample)."""
+    pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
+def pipeline_seed(pipeline: Pipeline) -> int:
+    """A seed drawn from the pipeline's generator, for randomness outside it (torch-side transforms)
+    that must follow the sample's seed too."""
+    return int(pipeline.random_generator.integers(2**62))
