@@ -27,9 +27,11 @@ size, happens before the timed rounds), and the int8 engine's speedup with the m
 trained model (``--checkpoint``: the built-in main run's, exported as ``tasks/export.py quantize=int8``
 does; n/a without it): ``speedup_vs_torchvision=X equal=true|false engine=NAME`` and
 ``int8_speedup_vs_torchvision=Y map50_drop=Z``. Before them, for each model: its GMACs an
-image (torch's FLOP counter over the convolutions and matrix products) and the GMAC/s the fastest engine
-reaches, against the machine's float32 GEMM peak probed at the start of the same run: the distance to
-the limit as one number.
+image (torch's FLOP counter over the convolutions and matrix products) and the GMAC/s the fastest float32
+engine and the int8 engine reach, against the machine's peaks: measured at the start of the same run
+(float32: the faster of torch's GEMM and OpenVINO's MatMul, the oneDNN kernels the OpenVINO engines run;
+int8: OpenVINO's MatMul quantized as the int8 engine is) and computed from the instruction set, the
+cores and the clock (``tasks.benchmarks.machine.theoretical_peak``, its assumptions printed).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -58,7 +61,14 @@ from backbones import ResNetBackbone
 from backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from heads.deeplab import build_deeplab
 from heads.faster_rcnn import build_faster_rcnn
-from tasks.benchmarks.machine import cpu_description, gemm_peak_gmacs, gmacs_of, has_any_flag
+from tasks.benchmarks.machine import (
+    cpu_description,
+    gemm_peak_gmacs,
+    gmacs_of,
+    has_any_flag,
+    openvino_matmul_gmacs,
+    theoretical_peak,
+)
 from tasks.benchmarks.runs import timed_run
 from tasks.core.deploy import export_model
 from tasks.inference.engines import OnnxRuntimeEngine, OpenVinoEngine
@@ -382,13 +392,55 @@ def engines_for(
     return engines
 
 
+@dataclass
+class Peaks:
+    """The machine's matrix-product peaks, measured in this run (GMAC/s) and computed from its instruction
+    set, cores and clock. The measured float32 peak is the faster of torch's GEMM and OpenVINO's MatMul
+    (on an AMD EPYC torch's was slower than the oneDNN kernels OpenVINO runs); int8 is OpenVINO's MatMul
+    quantized as the int8 engine is."""
+
+    torch_f32: float
+    openvino_f32: float
+    openvino_int8: float
+    theoretical: dict[str, tuple[float | None, str]]
+
+    @classmethod
+    def probe(cls) -> Peaks:
+        return cls(
+            gemm_peak_gmacs(),
+            openvino_matmul_gmacs("f32"),
+            openvino_matmul_gmacs("int8"),
+            {precision: theoretical_peak(precision) for precision in ("f32", "int8")},
+        )
+
+    def measured(self, precision: str) -> float:
+        return max(self.torch_f32, self.openvino_f32) if precision == "f32" else self.openvino_int8
+
+    def print(self) -> None:
+        print(
+            f"matrix-product peaks (2048x2048, the best of 5 after 2 s of them, this run): float32 torch "
+            f"{self.torch_f32:.1f}, OpenVINO {self.openvino_f32:.1f}; int8 OpenVINO {self.openvino_int8:.1f} GMAC/s"
+        )
+        for precision, (value, how) in self.theoretical.items():
+            figure = "n/a" if value is None else f"{value:.1f} GMAC/s"
+            print(f"{precision} theoretical peak: {figure} = {how}")
+
+    def distance(self, precision: str, achieved: float) -> str:
+        """``achieved`` GMAC/s against the measured and the theoretical peak of ``precision``."""
+        measured, (theoretical, _) = self.measured(precision), self.theoretical[precision]
+        against = f"{100 * achieved / measured:.0f}% of the measured {precision} peak"
+        if theoretical:
+            against += f", {100 * achieved / theoretical:.0f}% of the theoretical"
+        return f"{achieved:.1f} GMAC/s, {against}"
+
+
 def run_task(
     task: str,
     images: list[Tensor],
     repeats: int,
     folder: Path,
     compile_: bool,
-    peak: float,
+    peaks: Peaks,
     detection_size: int = 800,
 ) -> tuple[str, float, bool, float]:
     """Print the table of one model; return the fastest float32 engine, its speedup, whether it is equal,
@@ -406,12 +458,10 @@ def run_task(
     fastest, speedup = report(f"{title}: {len(images)} images of {size}", seconds, equality, len(images))
     gmacs = gmacs_of(engines["torchvision eager"], images[:1])
     achieved = gmacs / (seconds[fastest] / len(images))
-    print(
-        f"{gmacs:.1f} GMACs an image (convolutions and matrix products); {fastest} reaches {achieved:.1f} GMAC/s, "
-        f"{100 * achieved / peak:.0f}% of the float32 GEMM peak"
-    )
+    print(f"{gmacs:.1f} GMACs an image (convolutions and matrix products)")
+    print(f"{fastest}: {peaks.distance('f32', achieved)}")
     int8 = gmacs / (seconds[OPENVINO_INT8] / len(images))
-    print(f"{OPENVINO_INT8}: the same multiply-accumulates at {int8:.1f} GMAC/s in int8 ({int8 / peak:.1f}x that peak)")
+    print(f"{OPENVINO_INT8}: the same multiply-accumulates, {peaks.distance('int8', int8)}")
     return fastest, speedup, equality[fastest][0], seconds["torchvision eager"] / seconds[OPENVINO_INT8]
 
 
@@ -433,19 +483,19 @@ def main() -> None:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {bf16_available()}")
     print(f"machine: {cpu_description()}")
-    peak = gemm_peak_gmacs()
-    print(f"float32 GEMM peak (the best 2048x2048 product after 2 s of them, this run): {peak:.1f} GMAC/s")
+    peaks = Peaks.probe()
+    peaks.print()
     with tempfile.TemporaryDirectory() as folder:
         # an empty compilation cache: the first compiled call compiles, as a user's first run does
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(folder) / "inductor")
         if not args.skip_segmentation:
             h = args.segmentation_height
             segmentation = images_of(args.images, h, h * 4 // 3)
-            run_task("segmentation", segmentation, args.repeats, Path(folder), args.compile, peak)
+            run_task("segmentation", segmentation, args.repeats, Path(folder), args.compile, peaks)
         h = args.height
         detection = images_of(args.images, h, h * 4 // 3)
         engine, speedup, equal, int8_speedup = run_task(
-            "detection", detection, args.repeats, Path(folder), args.compile, peak, args.detection_size
+            "detection", detection, args.repeats, Path(folder), args.compile, peaks, args.detection_size
         )
         drop = int8_map50_drop(args.checkpoint, args.calibration_images, Path(folder)) if args.checkpoint else None
     if not int8_units():

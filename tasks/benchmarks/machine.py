@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import os
 import platform
+import re
+import time
 from pathlib import Path
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "amx_int8", "amx_bf16")
 
 
+def cpuinfo_text() -> str:
+    """``/proc/cpuinfo`` (empty where there is none)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.read_text() if cpuinfo.is_file() else ""
+
+
 def cpu_model_and_flags() -> tuple[str, set[str]]:
     """The CPU's model name and instruction-set flags (``/proc/cpuinfo``; no flags where it is absent)."""
     model, flags = platform.processor() or platform.machine(), set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
+    for line in cpuinfo_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
     return model, flags
 
 
@@ -35,25 +41,121 @@ def cpu_description() -> str:
     return f"{model}, {len(os.sched_getaffinity(0))} CPUs, {present}"
 
 
-def gemm_peak_gmacs(size: int = 2048, repeats: int = 5, warm_up_seconds: float = 2.0) -> float:
-    """This machine's float32 matrix-product throughput with torch's current threads, in GMAC/s: the best
-    of ``repeats`` products of two ``size`` x ``size`` matrices, after ``warm_up_seconds`` of products
-    (measured: the first seconds of a process ran at under half the speed, clocks and thread pool cold).
-    It is the most a convolution, a matrix product underneath, can reach here."""
-    import time
-
-    import torch
-
-    a, b = torch.rand(size, size), torch.rand(size, size)
+def best_seconds(run, repeats: int = 5, warm_up_seconds: float = 2.0) -> float:
+    """The best of ``repeats`` calls of ``run`` after ``warm_up_seconds`` of calls (measured: the first
+    seconds of a process ran at under half the speed, clocks and thread pool cold)."""
     start = time.perf_counter()
     while time.perf_counter() - start < warm_up_seconds:
-        a @ b
+        run()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        a @ b
+        run()
         best = min(best, time.perf_counter() - start)
-    return size**3 / best / 1e9
+    return best
+
+
+def gemm_peak_gmacs(size: int = 2048, warm_up_seconds: float = 2.0) -> float:
+    """torch's float32 matrix-product throughput with its current threads, in GMAC/s: two ``size`` x ``size``
+    matrices (``best_seconds``)."""
+    import torch
+
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    return size**3 / best_seconds(lambda: a @ b, warm_up_seconds=warm_up_seconds) / 1e9
+
+
+def openvino_matmul_gmacs(precision: str, size: int = 2048, warm_up_seconds: float = 2.0) -> float:
+    """OpenVINO's CPU matrix product (oneDNN's kernels, those the OpenVINO engines run) with torch's thread
+    count, in GMAC/s: ``f32``, or ``int8`` (quantized by NNCF as ``tasks/export.py quantize=int8`` does:
+    u8 activations, i8 weights)."""
+    import numpy as np
+    import openvino
+    import openvino.opset13 as ops
+    import torch
+
+    from tasks.inference.openvino_core import openvino_core
+
+    rng = np.random.default_rng(0)
+    a = ops.parameter([size, size], openvino.Type.f32, name="a")
+    b = ops.constant(rng.standard_normal((size, size)).astype(np.float32))
+    model = openvino.Model([ops.matmul(a, b, False, False)], [a], "matmul")
+    x = rng.random((size, size), dtype=np.float32)
+    if precision == "int8":
+        import nncf
+
+        model = nncf.quantize(model, nncf.Dataset([x]), subset_size=1)
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    request = openvino_core().compile_model(model, "CPU", config).create_infer_request()
+    return size**3 / best_seconds(lambda: request.infer([x]), warm_up_seconds=warm_up_seconds) / 1e9
+
+
+# Multiply-accumulates a core issues per cycle, by vendor and instruction set (the most its units allow:
+# two FMA units of the vector width; AMD's Zen 4 runs AVX-512 on 256-bit units; AMX's tile unit)
+MACS_PER_CYCLE = {
+    "f32": (("GenuineIntel", "avx512f", 32), ("AuthenticAMD", "avx512f", 16), (None, "avx2", 16)),
+    "int8": (
+        ("GenuineIntel", "amx_int8", 1024),
+        ("GenuineIntel", "avx512_vnni", 128),
+        ("AuthenticAMD", "avx512_vnni", 64),
+        (None, "avx_vnni", 64),
+    ),
+}
+
+
+def cpu_facts() -> dict[str, str]:
+    """The first CPU's ``/proc/cpuinfo`` entries (vendor, model name, cpu MHz ...)."""
+    facts: dict[str, str] = {}
+    for line in cpuinfo_text().splitlines():
+        key, _, value = line.partition(":")
+        if not key.strip():
+            break
+        facts.setdefault(key.strip(), value.strip())
+    return facts
+
+
+def physical_cores() -> int:
+    """Cores (not hardware threads) among the CPUs this process may use: distinct (physical id, core id)."""
+    usable = os.sched_getaffinity(0)
+    cores, processor, package = set(), None, "0"
+    for line in cpuinfo_text().splitlines():
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key == "processor":
+            processor = int(value)
+        elif key == "physical id":
+            package = value
+        elif key == "core id" and processor in usable:
+            cores.add((package, value))
+    return len(cores) or len(usable)
+
+
+def clock_ghz() -> tuple[float, str]:
+    """The cores' clock and where it was read: the model name's rated clock, cpufreq's maximum, or the
+    clock /proc/cpuinfo reports (a virtual machine's is often the nominal one)."""
+    facts = cpu_facts()
+    rated = re.search(r"@\s*([\d.]+)\s*GHz", facts.get("model name", ""))
+    if rated:
+        return float(rated.group(1)), "the model name's rated clock"
+    cpufreq = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+    if cpufreq.is_file():
+        return int(cpufreq.read_text()) / 1e6, "cpufreq's maximum"
+    return float(facts.get("cpu MHz", "nan")) / 1000, "/proc/cpuinfo's cpu MHz"
+
+
+def theoretical_peak(precision: str) -> tuple[float | None, str]:
+    """Cores x clock x multiply-accumulates per cycle (``MACS_PER_CYCLE``) in GMAC/s, and how it was
+    computed; None where the CPU has no unit for ``precision`` (int8 without VNNI or AMX)."""
+    _, flags = cpu_model_and_flags()
+    vendor = cpu_facts().get("vendor_id")
+    per_cycle = next(
+        ((flag, macs) for maker, flag, macs in MACS_PER_CYCLE[precision] if flag in flags and maker in (None, vendor)),
+        None,
+    )
+    if per_cycle is None:
+        return None, f"no {precision} unit known on this CPU"
+    cores, (ghz, source) = physical_cores(), clock_ghz()
+    flag, macs = per_cycle
+    how = f"{cores} cores x {ghz:.2f} GHz ({source}) x {macs} {precision} MAC a cycle ({flag})"
+    return cores * ghz * macs, how
 
 
 def gmacs_of(run, *args) -> float:

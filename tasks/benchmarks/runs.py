@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from tasks import PROJECT_ROOT
 from tasks.core.resolvers import register_resolvers
-from tasks.core.runner import train
+from tasks.core.runner import evaluate, train
 
 
 def timed_run(
@@ -25,3 +25,23 @@ def timed_run(
     start = time.perf_counter()
     metrics = command(cfg)
     return metrics, time.perf_counter() - start
+
+
+def tune_on_held_out(
+    checkpoint: Path,
+    overrides: list[str],
+    tuning_data: list[str],
+    candidates: dict[str, list[str]],
+    metric: str,
+    folder: Path,
+) -> tuple[str, dict[str, float]]:
+    """Score ``checkpoint`` once per candidate setting on a held-out tuning split (``tuning_data``: dataset
+    overrides naming images neither trained on nor reported), so that a setting chosen there says
+    nothing of the validation split it is then reported on; return the best candidate by ``metric`` and
+    each candidate's figure."""
+    scores = {}
+    for name, extra in candidates.items():
+        arguments = [*overrides, *tuning_data, *extra, f"ckpt_path={checkpoint}"]
+        metrics, _ = timed_run(arguments, folder / f"tune_{name}", evaluate)
+        scores[name] = float(metrics[metric])
+    return max(scores, key=scores.get), scores

@@ -117,4 +117,67 @@ def test_gmacs_count_convolutions_and_matrix_products_by_hand() -> None:
     conv, linear = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Linear(800, 10)
     macs = 8 * 3 * 9 * 10 * 10 + 800 * 10  # per output: 3x3x3 products; then 800 per output of the linear layer
     assert gmacs_of(lambda x: linear(conv(x).flatten(1)), torch.rand(1, 3, 10, 10)) * 1e9 == macs
-    assert gemm_peak_gmacs(size=256, repeats=2, warm_up_seconds=0.1) > 0
+    assert gemm_peak_gmacs(size=256, warm_up_seconds=0.1) > 0
+
+
+INTEL = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz
+cpu MHz\t\t: 2600.000
+physical id\t: 0
+core id\t\t: 0
+flags\t\t: fpu avx2 avx512f avx512_vnni
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz
+physical id\t: 0
+core id\t\t: 0
+flags\t\t: fpu avx2 avx512f avx512_vnni
+
+processor\t: 2
+physical id\t: 0
+core id\t\t: 1
+"""
+
+
+def test_the_theoretical_peak_is_cores_times_clock_times_the_units_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two hardware threads of one core and a third CPU on another core: 2 cores at the rated 2.0 GHz."""
+    from tasks.benchmarks import machine
+
+    monkeypatch.setattr(machine, "cpuinfo_text", lambda: INTEL)
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda _: {0, 1, 2})
+    assert machine.physical_cores() == 2 and machine.clock_ghz() == (2.0, "the model name's rated clock")
+    f32, how = machine.theoretical_peak("f32")
+    assert f32 == pytest.approx(2 * 2.0 * 32) and "32 f32 MAC a cycle (avx512f)" in how
+    int8, how = machine.theoretical_peak("int8")
+    assert int8 == pytest.approx(2 * 2.0 * 128) and "(avx512_vnni)" in how
+    amd = INTEL.replace("GenuineIntel", "AuthenticAMD").replace(" avx512_vnni", "")
+    monkeypatch.setattr(machine, "cpuinfo_text", lambda: amd)
+    assert machine.theoretical_peak("f32")[0] == pytest.approx(2 * 2.0 * 16)  # Zen 4: AVX-512 on 256-bit units
+    assert machine.theoretical_peak("int8") == (None, "no int8 unit known on this CPU")
+
+
+def test_openvino_probes_its_float32_and_int8_matrix_products() -> None:
+    from tasks.benchmarks.machine import openvino_matmul_gmacs
+
+    assert openvino_matmul_gmacs("f32", size=128, warm_up_seconds=0.1) > 0
+    assert openvino_matmul_gmacs("int8", size=128, warm_up_seconds=0.1) > 0
+
+
+def test_a_setting_is_chosen_on_the_tuning_split_alone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from tasks.benchmarks import runs
+
+    seen = []
+
+    def fake_run(overrides: list[str], output_dir: Path, command) -> tuple[dict, float]:
+        seen.append(overrides)
+        threshold = float(next(o for o in overrides if o.startswith("t=")).split("=")[1])
+        return {"pq": 1 - abs(threshold - 0.4)}, 0.0  # the tuning split prefers 0.4
+
+    monkeypatch.setattr(runs, "timed_run", fake_run)
+    candidates = {str(t): [f"t={t}"] for t in (0.2, 0.3, 0.4, 0.5)}
+    chosen, scores = runs.tune_on_held_out(Path("best.ckpt"), ["task=x"], ["dataset.root=held_out"], candidates, "pq",
+                                           tmp_path)  # fmt: skip
+    assert chosen == "0.4" and scores == pytest.approx({"0.2": 0.8, "0.3": 0.9, "0.4": 1.0, "0.5": 0.9})
+    assert all("dataset.root=held_out" in run and "ckpt_path=best.ckpt" in run for run in seen) and len(seen) == 4
