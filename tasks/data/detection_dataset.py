@@ -144,10 +144,10 @@ class DetectionDataset(Dataset):
         box around the visible part, not around the cut rectangle of the old box. Ignore regions travel
         as boxes after the objects' (``box_ids`` from ``len(boxes)`` on)."""
         count = len(boxes)
-        regions = np.zeros((0, 4), np.float32) if ignore is None else np.asarray(ignore, np.float32).reshape(-1, 4)
+        regions = np.zeros((0, 4)) if ignore is None else np.asarray(ignore, np.float64).reshape(-1, 4)
         data = {
             "image": image,
-            "bboxes": np.concatenate([np.asarray(boxes, np.float32).reshape(-1, 4), regions]),
+            "bboxes": np.concatenate([np.asarray(boxes, np.float64).reshape(-1, 4), regions]),
             "labels": np.concatenate([np.asarray(labels, np.int64).reshape(-1), np.zeros(len(regions), np.int64)]),
             "box_ids": np.arange(count + len(regions)),
         }
@@ -157,7 +157,7 @@ class DetectionDataset(Dataset):
             data["mask"] = semantic  # padding fills with 0, which formats keep for void
         out = self.transforms(**data)
         image, ids = out["image"], np.asarray(out["box_ids"], np.int64)
-        moved, moved_labels = np.asarray(out["bboxes"], np.float32).reshape(-1, 4), np.asarray(out["labels"], np.int64)
+        moved, moved_labels = np.asarray(out["bboxes"], np.float64).reshape(-1, 4), np.asarray(out["labels"], np.int64)
         objects = ids < count
         boxes, labels, kept = moved[objects], moved_labels[objects], ids[objects]
         ignore = None if ignore is None else moved[~objects]
