@@ -141,21 +141,33 @@ def clock_ghz() -> tuple[float, str]:
     return float(facts.get("cpu MHz", "nan")) / 1000, "/proc/cpuinfo's cpu MHz"
 
 
-def theoretical_peak(precision: str) -> tuple[float | None, str]:
-    """Cores x clock x multiply-accumulates per cycle (``MACS_PER_CYCLE``) in GMAC/s, and how it was
-    computed; None where the CPU has no unit for ``precision`` (int8 without VNNI or AMX)."""
+def macs_per_cycle(precision: str) -> tuple[str, int] | None:
+    """The instruction set and multiply-accumulates a core issues per cycle for ``precision`` here
+    (``MACS_PER_CYCLE``), or None where the CPU has no unit for it (int8 without VNNI or AMX)."""
     _, flags = cpu_model_and_flags()
     vendor = cpu_facts().get("vendor_id")
-    per_cycle = next(
-        ((flag, macs) for maker, flag, macs in MACS_PER_CYCLE[precision] if flag in flags and maker in (None, vendor)),
-        None,
-    )
+    rows = MACS_PER_CYCLE[precision]
+    return next(((flag, macs) for maker, flag, macs in rows if flag in flags and maker in (None, vendor)), None)
+
+
+def theoretical_peak(precision: str, clock: tuple[float, str] | None = None) -> tuple[float | None, str]:
+    """Cores x clock x multiply-accumulates per cycle (``macs_per_cycle``) in GMAC/s, and how it was
+    computed; None where the CPU has no unit for ``precision``. ``clock``: GHz and where it comes from
+    (default ``clock_ghz``)."""
+    per_cycle = macs_per_cycle(precision)
     if per_cycle is None:
         return None, f"no {precision} unit known on this CPU"
-    cores, (ghz, source) = physical_cores(), clock_ghz()
+    cores, (ghz, source) = physical_cores(), clock or clock_ghz()
     flag, macs = per_cycle
     how = f"{cores} cores x {ghz:.2f} GHz ({source}) x {macs} {precision} MAC a cycle ({flag})"
     return cores * ghz * macs, how
+
+
+def implied_clock(measured_f32: float) -> float | None:
+    """The clock the cores must run at for ``measured_f32`` GMAC/s of float32 products: a lower bound of
+    their real clock (a virtual machine's /proc/cpuinfo gives the nominal one, below the turbo clock)."""
+    per_cycle = macs_per_cycle("f32")
+    return None if per_cycle is None else measured_f32 / (physical_cores() * per_cycle[1])
 
 
 def gmacs_of(run, *args) -> float:
