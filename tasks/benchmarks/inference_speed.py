@@ -28,10 +28,10 @@ trained model (``--checkpoint``: the built-in main run's, exported as ``tasks/ex
 does; n/a without it): ``speedup_vs_torchvision=X equal=true|false engine=NAME`` and
 ``int8_speedup_vs_torchvision=Y map50_drop=Z``. Before them, for each model: its GMACs an
 image (torch's FLOP counter over the convolutions and matrix products) and the GMAC/s the fastest float32
-engine and the int8 engine reach, against the machine's peaks: measured at the start of the same run
-(float32: the faster of torch's GEMM and OpenVINO's MatMul, the oneDNN kernels the OpenVINO engines run;
-int8: OpenVINO's MatMul quantized as the int8 engine is) and computed from the instruction set, the
-cores and the clock (``tasks.benchmarks.machine.theoretical_peak``, its assumptions printed).
+engine and the int8 engine reach, against the machine's peaks: measured in the same rounds as the
+engines (float32: the faster of torch's GEMM and OpenVINO's MatMul, the oneDNN kernels the OpenVINO
+engines run; int8: OpenVINO's MatMul quantized as the int8 engine is) and computed from the instruction
+set, the cores and the clock (``tasks.benchmarks.machine.theoretical_peak``, its assumptions printed).
 """
 
 from __future__ import annotations
@@ -64,12 +64,12 @@ from heads.faster_rcnn import build_faster_rcnn
 from tasks.benchmarks.machine import (
     clock_ghz,
     cpu_description,
-    gemm_peak_gmacs,
     gmacs_of,
     has_any_flag,
     implied_clock,
-    openvino_matmul_gmacs,
+    openvino_matmul,
     theoretical_peak,
+    torch_matmul,
 )
 from tasks.benchmarks.runs import timed_run
 from tasks.core.deploy import export_model
@@ -394,47 +394,55 @@ def engines_for(
     return engines
 
 
+PROBE_SIZE = 2048  # the probes' matrices: 2048 x 2048, 8.6 GMACs a product
+PROBES = {"torch f32 GEMM": "f32", "OpenVINO f32 MatMul": "f32", "OpenVINO int8 MatMul": "int8"}
+
+
+def peak_probes() -> dict[str, Callable[[], object]]:
+    """The matrix products timed in the same rounds as the engines (``PROBES``)."""
+    return {
+        "torch f32 GEMM": torch_matmul(PROBE_SIZE),
+        "OpenVINO f32 MatMul": openvino_matmul("f32", PROBE_SIZE),
+        "OpenVINO int8 MatMul": openvino_matmul("int8", PROBE_SIZE),
+    }
+
+
 @dataclass
 class Peaks:
-    """The machine's matrix-product peaks, measured in this run (GMAC/s) and computed from its instruction
-    set, cores and clock. The measured float32 peak is the faster of torch's GEMM and OpenVINO's MatMul
-    (on an AMD EPYC torch's was slower than the oneDNN kernels OpenVINO runs); int8 is OpenVINO's MatMul
-    quantized as the int8 engine is."""
+    """The machine's matrix-product peaks: measured in the same rounds as the engines, so that drift of the
+    machine's speed during the run affects them alike (GMAC/s of the median round of each probe; float32:
+    the faster of torch's GEMM and OpenVINO's MatMul, int8: OpenVINO's MatMul quantized as the int8 engine
+    is), and computed from the instruction set, cores and clock (``theoretical_peak``) at the reported
+    clock, or at the clock the measured float32 peak implies where that is higher (a virtual machine
+    reports its nominal clock)."""
 
-    torch_f32: float
-    openvino_f32: float
-    openvino_int8: float
+    measured: dict[str, float]
     theoretical: dict[str, tuple[float | None, str]]
 
     @classmethod
-    def probe(cls) -> Peaks:
-        """Measure, then compute the theoretical peaks at the reported clock, or at the clock the measured
-        float32 peak implies where that is higher (the cores run faster than a virtual machine reports)."""
-        torch_f32, openvino_f32 = gemm_peak_gmacs(), openvino_matmul_gmacs("f32")
+    def from_seconds(cls, seconds: dict[str, float]) -> Peaks:
+        measured = {name: PROBE_SIZE**3 / seconds[name] / 1e9 for name in PROBES}
         ghz, source = clock_ghz()
-        implied = implied_clock(max(torch_f32, openvino_f32))
+        implied = implied_clock(max(value for name, value in measured.items() if PROBES[name] == "f32"))
         if implied is not None and implied > ghz:
             source = f"implied by the measured float32 peak; {source} says {ghz:.2f}"
             ghz = implied
-        theoretical = {precision: theoretical_peak(precision, (ghz, source)) for precision in ("f32", "int8")}
-        return cls(torch_f32, openvino_f32, openvino_matmul_gmacs("int8"), theoretical)
+        return cls(measured, {precision: theoretical_peak(precision, (ghz, source)) for precision in ("f32", "int8")})
 
-    def measured(self, precision: str) -> float:
-        return max(self.torch_f32, self.openvino_f32) if precision == "f32" else self.openvino_int8
+    def peak(self, precision: str) -> float:
+        return max(value for name, value in self.measured.items() if PROBES[name] == precision)
 
     def print(self) -> None:
-        print(
-            f"matrix-product peaks (2048x2048, the best of 5 after 2 s of them, this run): float32 torch "
-            f"{self.torch_f32:.1f}, OpenVINO {self.openvino_f32:.1f}; int8 OpenVINO {self.openvino_int8:.1f} GMAC/s"
-        )
+        figures = ", ".join(f"{name} {value:.1f}" for name, value in self.measured.items())
+        print(f"matrix-product peaks in the same rounds ({PROBE_SIZE}x{PROBE_SIZE}): {figures} GMAC/s")
         for precision, (value, how) in self.theoretical.items():
             figure = "n/a" if value is None else f"{value:.1f} GMAC/s"
             print(f"{precision} theoretical peak: {figure} = {how}")
 
     def distance(self, precision: str, achieved: float) -> str:
         """``achieved`` GMAC/s against the measured and the theoretical peak of ``precision``."""
-        measured, (theoretical, _) = self.measured(precision), self.theoretical[precision]
-        against = f"{100 * achieved / measured:.0f}% of the measured {precision} peak"
+        theoretical = self.theoretical[precision][0]
+        against = f"{100 * achieved / self.peak(precision):.0f}% of the measured {precision} peak"
         if theoretical:
             against += f", {100 * achieved / theoretical:.0f}% of the theoretical"
         return f"{achieved:.1f} GMAC/s, {against}"
@@ -446,7 +454,7 @@ def run_task(
     repeats: int,
     folder: Path,
     compile_: bool,
-    peaks: Peaks,
+    probes: dict[str, Callable[[], object]],
     detection_size: int = 800,
 ) -> tuple[str, float, bool, float]:
     """Print the table of one model; return the fastest float32 engine, its speedup, whether it is equal,
@@ -458,12 +466,17 @@ def run_task(
     calibration = images_of(CALIBRATION_IMAGES, *images[0].shape[-2:], seed=2)
     engines = engines_for(task, theirs, ours, folder, compile_, calibration)
     equality = compare(engines, images, detections_equal if task == "detection" else masks_equal)
-    seconds = time_engines(engines, images, repeats)
+    seconds = time_engines(
+        {**engines, **{name: lambda _, p=probe: p() for name, probe in probes.items()}}, images, repeats
+    )
+    peaks = Peaks.from_seconds(seconds)
+    seconds = {name: value for name, value in seconds.items() if name in engines}
     title = f"Faster R-CNN R50-FPN at {detection_size} px" if task == "detection" else "DeepLabV3 R50, output stride 8"
     size = "x".join(map(str, images[0].shape[-2:]))
     fastest, speedup = report(f"{title}: {len(images)} images of {size}", seconds, equality, len(images))
     gmacs = gmacs_of(engines["torchvision eager"], images[:1])
     achieved = gmacs / (seconds[fastest] / len(images))
+    peaks.print()
     print(f"{gmacs:.1f} GMACs an image (convolutions and matrix products)")
     print(f"{fastest}: {peaks.distance('f32', achieved)}")
     int8 = gmacs / (seconds[OPENVINO_INT8] / len(images))
@@ -489,19 +502,18 @@ def main() -> None:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {bf16_available()}")
     print(f"machine: {cpu_description()}")
-    peaks = Peaks.probe()
-    peaks.print()
+    probes = peak_probes()
     with tempfile.TemporaryDirectory() as folder:
         # an empty compilation cache: the first compiled call compiles, as a user's first run does
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(folder) / "inductor")
         if not args.skip_segmentation:
             h = args.segmentation_height
             segmentation = images_of(args.images, h, h * 4 // 3)
-            run_task("segmentation", segmentation, args.repeats, Path(folder), args.compile, peaks)
+            run_task("segmentation", segmentation, args.repeats, Path(folder), args.compile, probes)
         h = args.height
         detection = images_of(args.images, h, h * 4 // 3)
         engine, speedup, equal, int8_speedup = run_task(
-            "detection", detection, args.repeats, Path(folder), args.compile, peaks, args.detection_size
+            "detection", detection, args.repeats, Path(folder), args.compile, probes, args.detection_size
         )
         drop = int8_map50_drop(args.checkpoint, args.calibration_images, Path(folder)) if args.checkpoint else None
     if not int8_units():

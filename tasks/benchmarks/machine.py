@@ -6,6 +6,7 @@ import os
 import platform
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "amx_int8", "amx_bf16")
@@ -55,19 +56,18 @@ def best_seconds(run, repeats: int = 5, warm_up_seconds: float = 2.0) -> float:
     return best
 
 
-def gemm_peak_gmacs(size: int = 2048, warm_up_seconds: float = 2.0) -> float:
-    """torch's float32 matrix-product throughput with its current threads, in GMAC/s: two ``size`` x ``size``
-    matrices (``best_seconds``)."""
+def torch_matmul(size: int = 2048) -> Callable[[], object]:
+    """One float32 product of two ``size`` x ``size`` matrices by torch (its current threads)."""
     import torch
 
     a, b = torch.rand(size, size), torch.rand(size, size)
-    return size**3 / best_seconds(lambda: a @ b, warm_up_seconds=warm_up_seconds) / 1e9
+    return lambda: a @ b
 
 
-def openvino_matmul_gmacs(precision: str, size: int = 2048, warm_up_seconds: float = 2.0) -> float:
-    """OpenVINO's CPU matrix product (oneDNN's kernels, those the OpenVINO engines run) with torch's thread
-    count, in GMAC/s: ``f32``, or ``int8`` (quantized by NNCF as ``tasks/export.py quantize=int8`` does:
-    u8 activations, i8 weights)."""
+def openvino_matmul(precision: str, size: int = 2048) -> Callable[[], object]:
+    """One product of two ``size`` x ``size`` matrices by OpenVINO's CPU MatMul (oneDNN's kernels, those the
+    OpenVINO engines run) with torch's thread count: ``f32``, or ``int8`` (quantized by NNCF as
+    ``tasks/export.py quantize=int8`` does: u8 activations, i8 weights)."""
     import numpy as np
     import openvino
     import openvino.opset13 as ops
@@ -86,7 +86,17 @@ def openvino_matmul_gmacs(precision: str, size: int = 2048, warm_up_seconds: flo
         model = nncf.quantize(model, nncf.Dataset([x]), subset_size=1)
     config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
     request = openvino_core().compile_model(model, "CPU", config).create_infer_request()
-    return size**3 / best_seconds(lambda: request.infer([x]), warm_up_seconds=warm_up_seconds) / 1e9
+    return lambda: request.infer([x])
+
+
+def gemm_peak_gmacs(size: int = 2048, warm_up_seconds: float = 2.0) -> float:
+    """torch's float32 matrix-product throughput, in GMAC/s (``best_seconds`` of ``torch_matmul``)."""
+    return size**3 / best_seconds(torch_matmul(size), warm_up_seconds=warm_up_seconds) / 1e9
+
+
+def openvino_matmul_gmacs(precision: str, size: int = 2048, warm_up_seconds: float = 2.0) -> float:
+    """OpenVINO's matrix-product throughput at ``precision``, in GMAC/s (``best_seconds`` of ``openvino_matmul``)."""
+    return size**3 / best_seconds(openvino_matmul(precision, size), warm_up_seconds=warm_up_seconds) / 1e9
 
 
 # Multiply-accumulates a core issues per cycle, by vendor and instruction set (the most its units allow:

@@ -184,3 +184,13 @@ def test_a_setting_is_chosen_on_the_tuning_split_alone(monkeypatch: pytest.Monke
                                            tmp_path)  # fmt: skip
     assert chosen == "0.4" and scores == pytest.approx({"0.2": 0.8, "0.3": 0.9, "0.4": 1.0, "0.5": 0.9})
     assert all("dataset.root=held_out" in run and "ckpt_path=best.ckpt" in run for run in seen) and len(seen) == 4
+
+
+def test_peaks_come_from_the_probes_timed_beside_the_engines() -> None:
+    from tasks.benchmarks.inference_speed import PROBE_SIZE, Peaks
+
+    macs = PROBE_SIZE**3 / 1e9
+    seconds = {"torch f32 GEMM": macs / 150, "OpenVINO f32 MatMul": macs / 120, "OpenVINO int8 MatMul": macs / 400}
+    peaks = Peaks.from_seconds({**seconds, "an engine": 1.0})
+    assert peaks.peak("f32") == pytest.approx(150) and peaks.peak("int8") == pytest.approx(400)
+    assert peaks.distance("f32", 75.0).startswith("75.0 GMAC/s, 50% of the measured f32 peak")
