@@ -74,11 +74,11 @@ def test_a_systematic_sample_keeps_each_inclusion_probability_and_never_repeats(
     weights = np.array([0.95, 0.6, 0.05, 0.0, 0.2])  # 2 of them: 0.95 scales past 1 and is capped
     np.testing.assert_allclose(inclusion_probabilities(weights, 2), [1.0, 0.6 / 0.85, 0.05 / 0.85, 0.0, 0.2 / 0.85])
     rng, counts = np.random.default_rng(0), np.zeros(5)
-    for _ in range(20000):
+    for _ in range(8000):
         chosen = systematic_sample(weights, 2, rng)
         assert len(set(chosen.tolist())) == 2
         counts[chosen] += 1
-    np.testing.assert_allclose(counts / 20000, inclusion_probabilities(weights, 2), atol=0.01)
+    np.testing.assert_allclose(counts / 8000, inclusion_probabilities(weights, 2), atol=0.015)
 
 
 @pytest.mark.parametrize("done, batch_size, ranks", [(6, 4, 2), (5, 3, 1), (0, 2, 3)])
