@@ -186,11 +186,16 @@ def test_an_xml_without_its_image_names_both(tmp_path: Path) -> None:
     ]
 
 
-def test_val_fraction_draws_a_seeded_split_written_and_read_back(tmp_path: Path) -> None:
-    root = tmp_path / "data"
+def _ten_cars(root: Path) -> Path:
+    """A folder of 10 images with one VOC XML box each (no validation folder: a split is drawn)."""
     for k in range(10):
         _image(root / f"{k:02d}.png")
         (root / f"{k:02d}.xml").write_text(_xml(f"{k:02d}.png", (80, 60), [("car", [1, 1, 10, 10])]))
+    return root
+
+
+def test_val_fraction_draws_a_seeded_split_written_and_read_back(tmp_path: Path) -> None:
+    root = _ten_cars(tmp_path / "data")
     split_file = tmp_path / "run" / "data_split.json"
 
     def val_names(**options) -> list[str]:
@@ -220,10 +225,7 @@ def test_a_drawn_split_travels_in_the_data_state_and_wins_over_a_new_draw(tmp_pa
     """A checkpoint records the drawn split (the data module's state): evaluation or calibration in another
     run directory, even with another split_seed, reads the same validation images, or stops naming the
     images that are gone."""
-    root = tmp_path / "data"
-    for k in range(10):
-        _image(root / f"{k:02d}.png")
-        (root / f"{k:02d}.xml").write_text(_xml(f"{k:02d}.png", (80, 60), [("car", [1, 1, 10, 10])]))
+    root = _ten_cars(tmp_path / "data")
     trained = VocFolderDataModule(root, val_fraction=0.2, **OPTIONS)
     trained.setup()
     state = trained.state_dict()
@@ -241,10 +243,7 @@ def test_a_drawn_split_travels_in_the_data_state_and_wins_over_a_new_draw(tmp_pa
 
 
 def test_a_resumed_run_whose_split_differs_from_its_checkpoint_stops(tmp_path: Path) -> None:
-    root = tmp_path / "data"
-    for k in range(10):
-        _image(root / f"{k:02d}.png")
-        (root / f"{k:02d}.xml").write_text(_xml(f"{k:02d}.png", (80, 60), [("car", [1, 1, 10, 10])]))
+    root = _ten_cars(tmp_path / "data")
     trained = VocFolderDataModule(root, val_fraction=0.2, **OPTIONS)
     trained.setup()
     state = trained.state_dict()
