@@ -132,6 +132,23 @@ class FasterRCNN(GeneralizedRCNN):
         super().__init__(backbone, rpn, roi_heads, transform)
         self.num_classes = num_classes
 
+    # -- heads.protocol.Detector ------------------------------------------------------------------------
+    @property
+    def detections_per_img(self) -> int:
+        return self.roi_heads.detections_per_img
+
+    @detections_per_img.setter
+    def detections_per_img(self, cap: int) -> None:
+        self.roi_heads.detections_per_img = int(cap)
+
+    @property
+    def predicts_masks(self) -> bool:
+        return self.roi_heads.has_mask()
+
+    def trunk(self) -> dict[str, nn.Module]:
+        """The backbone with its pyramid and the RPN head's 3x3 convolution."""
+        return {"backbone": self.backbone, "rpn.head.conv": self.rpn.head.conv}
+
     def losses_and_detections(
         self, images: list[Tensor], targets: list[dict[str, Tensor]]
     ) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:

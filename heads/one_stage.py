@@ -44,8 +44,14 @@ def _head_norm(norm: str) -> Callable[[int], nn.Module] | None:
 
 
 class _LossesAndDetections:
-    """Validation in one backbone and head pass: the training losses and the inference detections
-    (``DetectionModule`` logs the validation loss from it)."""
+    """What the one-stage detectors add to torchvision's for ``heads.protocol.Detector``: validation in
+    one backbone and head pass (the training losses and the inference detections), and the trunk."""
+
+    predicts_masks = False
+
+    def trunk(self) -> dict[str, nn.Module]:
+        """The backbone with its pyramid and the dense head."""
+        return {"backbone": self.backbone, "head": self.head}
 
     def losses_and_detections(
         self, images: list[Tensor], targets: list[dict[str, Tensor]]

@@ -76,10 +76,10 @@ from tasks.core.deploy import export_model
 from tasks.inference.engines import OnnxRuntimeEngine, OpenVinoEngine
 from tasks.inference.export import write_onnx, write_openvino
 from tasks.inference.fast import optimise_for_cpu
-from tasks.inference.graphs import inference_graph
 from tasks.inference.model_card import MODEL_CARD
 from tasks.inference.openvino_core import openvino_core
 from tasks.inference.quantize import quantize_int8
+from tasks.kinds import task_kind
 
 BOX_TOLERANCE = 0.01  # px
 # float32 engines differ from torchvision's only by rounding (folded BatchNorm, another memory layout
@@ -198,7 +198,7 @@ def exported_engine(
     ``precision`` (fp32, bf16; int8: quantized as ``export.py quantize=int8`` does, calibrated on the
     ``calibration`` images: a speed figure, its accuracy is measured on a trained model, ``--checkpoint``)."""
     path = folder / f"{task}.{'onnx' if fmt == 'onnx' else 'xml'}"
-    graph = inference_graph(model, task)
+    graph = task_kind(task).graph(model)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         (write_onnx if fmt == "onnx" else write_openvino)(graph, task, path, opset=17)

@@ -23,10 +23,10 @@ from tasks.common.errors import UserError
 from tasks.core.runner import build_datamodule, restore_data_state, validation_metrics
 from tasks.inference.engines import EngineAsModel, OpenVinoEngine
 from tasks.inference.export import FORMATS, export, exported_graph, openvino_model, save_openvino, write_model_card
-from tasks.inference.graphs import is_semantic
 from tasks.inference.model_card import MODEL_CARD, model_card
 from tasks.inference.openvino_core import openvino_core
 from tasks.inference.quantize import calibration_inputs, quantization_record, quantize_int8
+from tasks.kinds import task_kind
 
 log = logging.getLogger(__name__)
 QUANTIZATIONS = ("int8",)
@@ -73,7 +73,7 @@ def export_int8(cfg: DictConfig) -> Path:
     task = metadata["task"]
     datamodule = checked_datamodule(cfg, metadata["class_names"])
     training = datamodule.unaugmented("train")
-    inputs = calibration_inputs(training, metadata["preprocessing"], int(cfg.calibration_images), is_semantic(task))
+    inputs = calibration_inputs(training, metadata["preprocessing"], int(cfg.calibration_images), task_kind(task))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / FORMATS["openvino"]

@@ -154,6 +154,13 @@ def longest_side_resize(max_size: int | None, *, upscale: bool) -> Resize | None
     return lambda image: transform(image=image)["image"]
 
 
+def shorter_side_crop(shorter: int, crop: int | None) -> Resize:
+    """Classification's evaluation sizing: the shorter side to ``shorter``, then the centre ``crop``."""
+    steps = [A.SmallestMaxSize(max_size=shorter)] + ([A.CenterCrop(crop, crop)] if crop else [])
+    transform = A.Compose(steps)
+    return lambda image: transform(image=image)["image"]
+
+
 def seed_pipeline(pipeline: Pipeline, seed: int) -> None:
     """The pipeline's next draws from ``seed`` alone (the training loader seeds each sample)."""
     pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))

@@ -9,7 +9,6 @@ found at start-up and stop the run or are left out (``skip_bad_images``).
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable, Sequence
 from functools import cached_property
@@ -95,7 +94,9 @@ class ClassificationDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         path, label = self.records[index]
-        image = self.transforms(image=read_rgb(path, self.max_pixels))["image"]
+        image = read_rgb(path, self.max_pixels)
+        if self.transforms is not None:  # None: the file as it is (``unaugmented``)
+            image = self.transforms(image=image)["image"]
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         if self.tensor_transforms is not None:
             seed = pipeline_seed(self.transforms)
@@ -166,13 +167,6 @@ class ClassificationDataModule(TaskDataModule):
     def _prepare(self) -> None:
         for split in ("train", "val"):
             self._good_records(split, report=True)
-
-    def unaugmented(self, split: str) -> Dataset:
-        """The split's images through the evaluation pipeline (resized and centre-cropped: a batch
-        needs one size), without augmentation."""
-        dataset = copy.copy(self.file_dataset(split))
-        dataset.transforms, dataset.tensor_transforms = self.val_set.transforms, None
-        return dataset
 
     def _setup(self) -> None:
         for split in ("train", "val"):

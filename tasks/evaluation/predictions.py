@@ -19,20 +19,6 @@ def rescale_to_original(detections: list[dict[str, Tensor]], images: list[Tensor
             det["panoptic"] = resized[0, 0].to(det["panoptic"].dtype)
 
 
-def _cap_holder(model: object) -> object:
-    """Where torchvision keeps ``detections_per_img``: the RoI heads (two-stage) or the model (one-stage)."""
-    return getattr(model, "roi_heads", model)
-
-
-def detection_cap(model: object) -> int | None:
-    """The most detections the detector keeps an image (torchvision's ``detections_per_img``)."""
-    return getattr(_cap_holder(model), "detections_per_img", None)
-
-
-def set_detection_cap(model: object, cap: int) -> None:
-    _cap_holder(model).detections_per_img = int(cap)
-
-
 def count_capped(detections: list[dict[str, Tensor]], cap: int | None) -> int:
     """Images whose detections reached ``cap``: objects beyond it were lost."""
     return 0 if cap is None else sum(len(found["boxes"]) >= cap for found in detections)

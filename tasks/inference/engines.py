@@ -1,10 +1,11 @@
 """Engines run a trained model on prepared images (float RGB in [0, 1], 3 x H x W, already sized by
 the data-side preprocessing) and return, per image, CPU tensors in that image's pixels:
-``boxes``/``labels``/``scores`` (``masks``) for detectors, ``logits`` (C x H x W) for segmenters.
+``boxes``/``labels``/``scores`` (``masks``) for detectors, ``logits`` (C x H x W) for segmenters,
+``logits`` (K) for classifiers.
 
-Detection: the PyTorch engine runs the images of a call together; an exported detector takes one
-image per call. Segmentation: both engines stack a call's images into one tensor (padded
-bottom/right with zeros where sizes differ) and crop each image's logits back out.
+How a call's images enter the model is the task kind's (``tasks.kinds``): detectors take a list
+(an exported detector one image per call); segmenters and classifiers a batch tensor, padded
+bottom/right with zeros where sizes differ, each image's outputs cropped back out.
 ``tasks/predict.py`` calls them with images of one size only, so no image is padded to another's.
 """
 
@@ -16,23 +17,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from heads.protocol import detection_cap
 from tasks.common.errors import UserError
-from tasks.data.collate import collate_segmentation
-from tasks.evaluation.predictions import detection_cap
 from tasks.inference.fast import compile_trunk, optimise_for_cpu
-from tasks.inference.graphs import PREDICT_TASKS, check_inference_task, is_semantic
 from tasks.inference.openvino_core import openvino_core
+from tasks.kinds import task_kind
 
 ENGINES = ("torch", "onnxruntime", "openvino")
-
-
-def _padded(images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
-    batch, targets = collate_segmentation([(image, {}) for image in images])
-    return batch, [target["size"] for target in targets]
-
-
-def _cropped(logits: Tensor, sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
-    return [{"logits": scores[:, :height, :width]} for scores, (height, width) in zip(logits, sizes, strict=True)]
 
 
 class TorchEngine:
@@ -41,7 +32,7 @@ class TorchEngine:
     also compiles the convolutional trunk (worth it for many images of few sizes)."""
 
     def __init__(self, model: nn.Module, task: str, device: str = "auto", compile: bool = False) -> None:
-        check_inference_task(task, PREDICT_TASKS)
+        self.kind = task_kind(task)
         self.device = torch.device(
             "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
         )
@@ -51,30 +42,24 @@ class TorchEngine:
             model = optimise_for_cpu(model, compile=compile)
         elif compile:
             model = compile_trunk(model)
-        self.model, self.semantic = model, is_semantic(task)
+        self.model = model
 
     @torch.inference_mode()
     def __call__(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
-        if self.semantic:
-            batch, sizes = _padded(images)
-            return _cropped(self.model(batch.to(self.device))["out"].float().cpu(), sizes)
-        detections = self.model([image.to(self.device) for image in images])
-        return [{name: value.cpu() for name, value in found.items()} for found in detections]
+        return self.kind.run_model(self.model, images, self.device)
 
 
 class ExportedEngine:
-    """What the engines of exported models share: detectors take one image a call, segmenters a padded batch."""
+    """What the engines of exported models share: the task kind feeds the graph (``_run``: one input
+    tensor in, the named outputs out)."""
 
-    semantic: bool
+    kind: object
 
     def _run(self, array: Tensor) -> dict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def __call__(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
-        if self.semantic:
-            batch, sizes = _padded(images)
-            return _cropped(self._run(batch.float())["logits"], sizes)
-        return [self._run(image.float()) for image in images]
+        return self.kind.run_exported(self._run, images)
 
 
 def _exported_file(path: str | Path, option: str, fmt: str) -> Path:
@@ -99,7 +84,7 @@ class OnnxRuntimeEngine(ExportedEngine):
         self.session = onnxruntime.InferenceSession(str(path), providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [output.name for output in self.session.get_outputs()]
-        self.semantic = is_semantic(task)
+        self.kind = task_kind(task)
 
     def _run(self, array: Tensor) -> dict[str, Tensor]:
         outputs = self.session.run(None, {self.input_name: array.numpy()})
@@ -138,7 +123,7 @@ class OpenVinoEngine(ExportedEngine):
         config["INFERENCE_NUM_THREADS"] = torch.get_num_threads()
         self.compiled = openvino_core().compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
-        self.semantic = is_semantic(task)
+        self.kind = task_kind(task)
 
     def _run(self, array: Tensor) -> dict[str, Tensor]:
         results = self.request.infer({0: array.numpy()})
@@ -147,15 +132,21 @@ class OpenVinoEngine(ExportedEngine):
 
 class EngineAsModel(nn.Module):
     """An engine in the place of a task module's model, so that validation scores an exported model
-    exactly as it scores a checkpoint: detectors take a list of images and return detections,
-    segmenters take a batch and return ``{"out": logits}``."""
+    exactly as it scores a checkpoint: it answers as the task's model does (the task kind's
+    ``module_output``)."""
 
     def __init__(self, engine: ExportedEngine) -> None:
         super().__init__()
         self.engine = engine
         self.detections_per_img = engine.detection_cap  # read by the validation's capped-images warning
 
-    def forward(self, images: Tensor | list[Tensor]) -> list[dict[str, Tensor]] | dict[str, Tensor]:
-        if self.engine.semantic:
-            return {"out": self.engine._run(images.float().contiguous())["logits"]}
-        return self.engine([image.contiguous() for image in images])
+    predicts_masks = False  # heads.protocol.Detector: the masks an exported detector returns are passed on as they are
+
+    def forward(self, images: Tensor | list[Tensor]) -> object:
+        return self.engine.kind.module_output(self.engine._run, images)
+
+    def losses_and_detections(self, images: list[Tensor], targets: list[dict]) -> tuple[None, object]:
+        return None, self(images)  # an exported model computes no losses
+
+    def trunk(self) -> dict[str, nn.Module]:
+        return {}

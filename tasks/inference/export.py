@@ -15,46 +15,27 @@ from torch import nn
 
 from tasks.common.errors import UserError
 from tasks.common.metadata import load_trained_model
-from tasks.inference.graphs import inference_graph, is_semantic
 from tasks.inference.model_card import MODEL_CARD, model_card
 from tasks.inference.openvino_core import openvino_core
+from tasks.kinds import task_kind
 
 log = logging.getLogger(__name__)
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt", "openvino": "model.xml"}
-EXAMPLE_SIDE = 256  # size of the image the graph is traced with; every size runs afterwards
-
-
-def example_input(task: str) -> torch.Tensor:
-    image = torch.rand(3, EXAMPLE_SIDE, EXAMPLE_SIDE, generator=torch.Generator().manual_seed(0))
-    return image[None] if is_semantic(task) else image
-
-
-def dynamic_axes(graph: nn.Module, task: str) -> dict[str, dict[int, str]]:
-    if is_semantic(task):
-        return {
-            graph.input_name: {0: "batch", 2: "height", 3: "width"},
-            "logits": {0: "batch", 2: "height", 3: "width"},
-        }
-    axes = {graph.input_name: {1: "height", 2: "width"}, "boxes": {0: "detections"}, "labels": {0: "detections"}}
-    axes["scores"] = {0: "detections"}
-    if "masks" in graph.output_names:
-        axes["masks"] = {0: "detections", 2: "height", 3: "width"}
-    return axes
 
 
 def write_onnx(graph: nn.Module, task: str, path: Path, opset: int) -> None:
     """The TorchScript-based exporter: it traces torchvision's detection graph with the image size,
     the detection count and the mask pasting left dynamic (torchvision's ONNX code paths)."""
-    example = example_input(task)
+    kind = task_kind(task)
     torch.onnx.export(
         graph,
-        (example,),
+        (kind.example_input(),),
         str(path),
         dynamo=False,
         opset_version=opset,
         input_names=[graph.input_name],
         output_names=list(graph.output_names),
-        dynamic_axes=dynamic_axes(graph, task),
+        dynamic_axes=kind.dynamic_axes(graph),
     )
 
 
@@ -86,7 +67,7 @@ def write_openvino(graph: nn.Module, task: str, path: Path, opset: int) -> None:
 
 
 def write_torchscript(graph: nn.Module, task: str, path: Path) -> None:
-    torch.jit.trace(graph, (example_input(task),), check_trace=False).save(str(path))
+    torch.jit.trace(graph, (task_kind(task).example_input(),), check_trace=False).save(str(path))
 
 
 def exported_graph(cfg: DictConfig) -> tuple[nn.Module, nn.Module, dict]:
@@ -96,7 +77,7 @@ def exported_graph(cfg: DictConfig) -> tuple[nn.Module, nn.Module, dict]:
     if not cfg.ckpt_path:
         raise UserError("export needs a checkpoint: pass ckpt_path=PATH/TO/best.ckpt")
     model, metadata = load_trained_model(cfg.ckpt_path, cfg.task.name)
-    return model, inference_graph(model, metadata["task"]), metadata
+    return model, task_kind(metadata["task"]).graph(model), metadata
 
 
 def write_model_card(output_dir: Path, card: dict) -> None:

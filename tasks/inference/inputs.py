@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from tasks.common.errors import UserError
-from tasks.data.augment import Resize, longest_side_resize
+from tasks.data.augment import Resize, longest_side_resize, shorter_side_crop
 from tasks.data.images import IMAGE_SUFFIXES, MAX_PIXELS, is_image_file, read_rgb
 
 
@@ -43,7 +43,10 @@ def find_images(spec: str) -> tuple[list[Path], Path]:
 
 
 def resizer(preprocessing: dict) -> Resize | None:
-    """The data-side resize that evaluation images had in training (``inference_preprocessing``)."""
+    """The data-side resize that evaluation images had in training (``inference_preprocessing``):
+    classifiers' shorter side and centre crop, or the longer side of detectors and segmenters."""
+    if preprocessing.get("resize_shorter"):
+        return shorter_side_crop(preprocessing["resize_shorter"], preprocessing.get("center_crop"))
     return longest_side_resize(preprocessing.get("resize_longest"), upscale=bool(preprocessing.get("upscale")))
 
 

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from tasks.common.errors import UserError
 from tasks.evaluation.drawing import spread
 from tasks.inference.inputs import resizer
+from tasks.kinds import TaskKind
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def calibration_positions(available: int, count: int) -> list[int]:
     return spread(available, min(count, available))
 
 
-def calibration_inputs(dataset: Dataset, preprocessing: dict, count: int, semantic: bool) -> list[np.ndarray]:
+def calibration_inputs(dataset: Dataset, preprocessing: dict, count: int, kind: TaskKind) -> list[np.ndarray]:
     """The exported model's inputs for ``count`` training images, decoded as the files hold them and
     sized as prediction sizes an image (``preprocessing``: the checkpoint's data-side resize)."""
     resize = resizer(preprocessing)
@@ -43,7 +44,7 @@ def calibration_inputs(dataset: Dataset, preprocessing: dict, count: int, semant
         if resize is not None:
             image = resize(image)
         array = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255
-        inputs.append(array[None] if semantic else array)
+        inputs.append(kind.calibration_input(array))
     return inputs
 
 

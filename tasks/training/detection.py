@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tasks.evaluation.predictions import capped_message, count_capped, detection_cap, rescale_to_original
+from heads.protocol import check_detector
+from tasks.evaluation.predictions import capped_message, count_capped, rescale_to_original
 from tasks.evaluation.slicing import Slicing, predict_images_sliced
 from tasks.training.module import TaskModule, rank_zero_warn
 
@@ -26,7 +27,7 @@ class DetectionModule(TaskModule):
     progress_metrics = ("map", "map_50")
 
     def __init__(self, model, *, slicing: Slicing | None = None, **options) -> None:
-        super().__init__(model, **options)
+        super().__init__(check_detector(model), **options)
         self.slicing = slicing
         self._capped = [0, 0]  # validation images that reached the detection cap, validation images
 
@@ -38,7 +39,7 @@ class DetectionModule(TaskModule):
         super().on_validation_epoch_end()
         capped, total = self._capped
         if capped:
-            cap = detection_cap(self.model)
+            cap = self.model.detections_per_img
             rank_zero_warn(capped_message(capped, total, cap, "task.model.box_detections_per_img"))
 
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
@@ -48,7 +49,7 @@ class DetectionModule(TaskModule):
         """Detections in the input images' pixels: on tiles, merged (``slicing``), or on the whole images."""
         images = to_float_images(images)
         if self.slicing is not None:
-            return predict_images_sliced(self.model, images, self.slicing, detection_cap(self.model))
+            return predict_images_sliced(self.model, images, self.slicing, self.model.detections_per_img)
         return self.model(images)
 
     def batch_loss(self, batch: tuple[list[Tensor], list[dict]]) -> Tensor | None:
@@ -57,9 +58,8 @@ class DetectionModule(TaskModule):
         images = to_float_images(images)
         if self.model.training:
             return sum(self.model(images, targets).values())
-        if hasattr(self.model, "losses_and_detections"):
-            return sum(self.model.losses_and_detections(images, targets)[0].values())
-        return None
+        losses = self.model.losses_and_detections(images, targets)[0]
+        return None if losses is None else sum(losses.values())
 
     def training_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> Tensor | None:
         images, targets = batch
@@ -76,7 +76,8 @@ class DetectionModule(TaskModule):
     def validation_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> None:
         images, targets = batch
         images = to_float_images(images)
-        if self.slicing is not None or not hasattr(self.model, "losses_and_detections"):
+        losses = None
+        if self.slicing is not None:
             detections = self.detect(images)  # sliced: tiles of full-resolution images merged, no loss
         else:
             # proposal sampling draws random numbers: a private, per-batch seeded stream keeps the
@@ -85,12 +86,13 @@ class DetectionModule(TaskModule):
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(batch_idx)
                 losses, detections = self.model.losses_and_detections(images, targets)
+        if losses is not None:  # None: an exported model scored, which computes no losses
             total = sum(losses.values())
             batch_size = len(images)
             self.log_dict({f"val/{name}": v for name, v in losses.items()}, batch_size=batch_size, sync_dist=True)
             self.log("val/loss", total, batch_size=batch_size, sync_dist=True)
             self.record_val_loss(total, batch_size)
-        self._capped[0] += count_capped(detections, detection_cap(self.model))
+        self._capped[0] += count_capped(detections, self.model.detections_per_img)
         self._capped[1] += len(detections)
         rescale_to_original(detections, images, targets)
         if self.evaluator is not None:

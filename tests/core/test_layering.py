@@ -1,5 +1,5 @@
-"""The packages of ``tasks`` import only downwards: common < data < evaluation < training and inference
-(side by side, neither importing the other) < core < the entry scripts and benchmarks."""
+"""The packages of ``tasks`` import only downwards: common < data < evaluation < kinds < training and
+inference (side by side, neither importing the other) < core < the entry scripts and benchmarks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from tasks import PROJECT_ROOT
 
-LAYERS = {"common": 0, "data": 1, "evaluation": 2, "training": 3, "inference": 3, "core": 4}
+LAYERS = {"common": 0, "data": 1, "evaluation": 2, "kinds": 2.5, "training": 3, "inference": 3, "core": 4}
 TOP = 5  # tasks/*.py (the scripts) and tasks/benchmarks
 
 

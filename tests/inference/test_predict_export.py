@@ -17,9 +17,9 @@ from backbones.base import IMAGENET_MEAN
 from tasks.common.errors import UserError
 from tasks.common.metadata import load_trained_model
 from tasks.inference.export import export
-from tasks.inference.graphs import inference_graph
 from tasks.inference.inputs import find_images
 from tasks.inference.predict import predict
+from tasks.kinds import task_kind
 from tests.support import EXPORT_TASKS, compose_config, run_script
 
 
@@ -248,9 +248,10 @@ def test_torchscript_export_runs_at_other_sizes(task: str, checkpoints: dict[str
     assert path.name == "model.pt" and json.loads((tmp_path / "model.json").read_text())["format"] == "torchscript"
     scripted = torch.jit.load(str(path))
     model, metadata = load_trained_model(checkpoints[task])
-    graph = inference_graph(model, metadata["task"])
+    kind = task_kind(metadata["task"])
+    graph = kind.graph(model)
     image = torch.rand(3, 72, 40, generator=torch.Generator().manual_seed(1))  # not the traced 256x256
-    example = image[None] if task == "segmentation" else image
+    example = image[None] if kind.batched else image
     with torch.no_grad():
         expected, got = graph(example), scripted(example)
     as_tuple = lambda outputs: outputs if isinstance(outputs, tuple) else (outputs,)  # noqa: E731

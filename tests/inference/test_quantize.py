@@ -22,6 +22,7 @@ from tasks.inference.inputs import prepare, resizer
 from tasks.inference.openvino_core import openvino_core
 from tasks.inference.predict import predict
 from tasks.inference.quantize import calibration_inputs, calibration_positions
+from tasks.kinds import task_kind
 from tests.support import (
     EXPORT_TASKS,
     compose_config,
@@ -50,14 +51,14 @@ def test_calibration_images_are_prepared_as_predict_prepares_the_file(
     datamodule.setup()
     training = datamodule.unaugmented("train")
     preprocessing = datamodule.inference_preprocessing()
-    inputs = calibration_inputs(training, preprocessing, 3, semantic=False)
+    inputs = calibration_inputs(training, preprocessing, 3, task_kind("detection"))
     positions = calibration_positions(len(training), 3)
     index = training.index
     for array, position in zip(inputs, positions, strict=True):
         _, expected = prepare(training.image_root / index.file_name(position), resizer(preprocessing))
         assert array.dtype == np.float32 and array.shape == tuple(expected.shape)
         np.testing.assert_array_equal(array, expected.numpy())
-    semantic = calibration_inputs(training, preprocessing, 1, semantic=True)
+    semantic = calibration_inputs(training, preprocessing, 1, task_kind("segmentation"))
     assert semantic[0].shape == (1, *inputs[0].shape)
 
 
