@@ -388,11 +388,15 @@ class ParametersAtStop(L.Callback):
         torch.save({"before": self.before, "at_stop": now}, Path(trainer.default_root_dir) / "parameters_at_stop.pt")
 
 
-EXPORT_TASKS = ("detection", "instance_segmentation", "segmentation")  # the tasks that export and every engine runs
+# the tasks that export and every engine runs
+EXPORT_TASKS = ("detection", "instance_segmentation", "segmentation", "classification")
 
 
 def export_training_overrides(task: str, shapes_root: Path, voc_root: Path) -> list[str]:
-    """The tiny training run of ``task`` on the shapes (segmentation: their VOC layout)."""
+    """The tiny training run of ``task`` on the shapes (segmentation: their VOC layout; classification:
+    class folders generated beside them on first use)."""
+    if task == "classification":
+        return [*TINY_CLASSIFICATION, f"dataset.root={shapes_root.parent / 'shapes_cls'}", "backbone=resnet18"]
     if task == "segmentation":
         return [*TINY_SEGMENTATION, *shapes_seg_overrides(voc_root)]
     return [f"task={task}", "backbone=resnet18", *TINY_DETECTION, *shapes_overrides(shapes_root)]

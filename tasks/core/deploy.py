@@ -61,7 +61,7 @@ def checked_datamodule(cfg: DictConfig, class_names: list[str]) -> L.LightningDa
 def score_engine(cfg: DictConfig, engine: OpenVinoEngine, datamodule: L.LightningDataModule) -> dict[str, float]:
     """The task's validation metrics of an exported model, as ``tasks/evaluate.py`` scores a checkpoint."""
     evaluator = instantiate(cfg.task.evaluator) if cfg.task.get("evaluator") else None
-    module = instantiate(cfg.task.module, model=EngineAsModel(engine), evaluator=evaluator)
+    module = instantiate(cfg.task.module, model=EngineAsModel(engine, len(datamodule.class_names)), evaluator=evaluator)
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, devices=1)
     return validation_metrics(trainer, module, datamodule)
 

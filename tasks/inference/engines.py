@@ -135,9 +135,9 @@ class EngineAsModel(nn.Module):
     exactly as it scores a checkpoint: it answers as the task's model does (the task kind's
     ``module_output``)."""
 
-    def __init__(self, engine: ExportedEngine) -> None:
+    def __init__(self, engine: ExportedEngine, num_classes: int | None = None) -> None:
         super().__init__()
-        self.engine = engine
+        self.engine, self.num_classes = engine, num_classes
         self.detections_per_img = engine.detection_cap  # read by the validation's capped-images warning
 
     predicts_masks = False  # heads.protocol.Detector: the masks an exported detector returns are passed on as they are

@@ -112,7 +112,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     engine, metadata = build_engine(cfg)
     files, base = find_images(cfg.input)
     output_dir = Path(cfg.paths.output_dir)
-    kind, files = task_kind(metadata["task"]), PredictionFiles(output_dir)
+    kind, written = task_kind(metadata["task"]), PredictionFiles(output_dir)
     options = PredictOptions(float(cfg.score_threshold), float(cfg.mask_threshold), int(cfg.get("top_k", 5)))
     slicing = prediction_slicing(cfg.get("slicing"), metadata)
     resize = None if slicing is not None else resizer(metadata["preprocessing"])  # sliced: full resolution
@@ -128,9 +128,8 @@ def predict(cfg: DictConfig) -> list[dict]:
         found_all = engine(inputs) if slicing is None else predict_images_sliced(engine, inputs, slicing, cap)
         capped += kind.count_capped(found_all, cap)
         for (path, image, model_input), found in zip(batch, found_all, strict=True):
-            rows += kind.write(
-                files, PredictedImage(path.relative_to(base), image, model_input, found), metadata, options
-            )
+            item = PredictedImage(path.relative_to(base), image, model_input, found)
+            rows += kind.write(written, item, metadata, options)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "predictions.json").write_text(json.dumps(rows))
     done = len(files) - len(unreadable)

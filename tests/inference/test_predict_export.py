@@ -17,7 +17,7 @@ from backbones.base import IMAGENET_MEAN
 from tasks.common.errors import UserError
 from tasks.common.metadata import load_trained_model
 from tasks.inference.export import export
-from tasks.inference.inputs import find_images
+from tasks.inference.inputs import find_images, prepare, resizer
 from tasks.inference.predict import predict
 from tasks.kinds import task_kind
 from tests.support import EXPORT_TASKS, compose_config, run_script
@@ -116,6 +116,33 @@ def test_predict_semantic_segmentation_writes_masks(checkpoints: dict[str, Path]
     assert np.array_equal(upright, sideways)
 
 
+@pytest.mark.slow
+def test_predict_classification_writes_the_top_classes(
+    checkpoints: dict[str, Path], shapes_root: Path, tmp_path: Path
+) -> None:
+    """One row per readable image: the ``top_k`` classes by softmax probability, as the model computes
+    them on the image sized as validation sizes it (shorter side, centre crop)."""
+    sizes = mixed_folder(tmp_path / "in", next((shapes_root / "val2017").iterdir()))
+    out = tmp_path / "out"
+    overrides = ["task=classification", f"ckpt_path={checkpoints['classification']}", f"input={tmp_path / 'in'}"]
+    rows = predict(_config("predict", [*overrides, "top_k=2"], out))
+    assert sorted(row["file_name"] for row in rows) == sorted(sizes)
+    model, metadata = load_trained_model(checkpoints["classification"])
+    resize = resizer(metadata["preprocessing"])
+    for row in rows:
+        _, model_input = prepare(tmp_path / "in" / row["file_name"], resize)
+        assert tuple(model_input.shape[1:]) == (32, 32)  # the evaluation crop
+        with torch.no_grad():
+            probabilities = torch.softmax(model(model_input[None])[0], 0)
+        scores, indices = probabilities.topk(2)
+        assert [c["class_id"] for c in row["top_k"]] == indices.tolist()
+        assert [c["class_name"] for c in row["top_k"]] == [metadata["class_names"][i] for i in indices.tolist()]
+        assert np.allclose([c["score"] for c in row["top_k"]], scores.tolist(), atol=1e-5)
+    overlays = sorted(p.relative_to(out / "overlays").as_posix() for p in (out / "overlays").rglob("*.*"))
+    assert len(overlays) == len(sizes)
+    assert Image.open(out / "overlays" / "sideways.png").size == Image.open(tmp_path / "in" / "upright.png").size
+
+
 def _mixed_sizes(folder: Path, sources: list[Path]) -> None:
     """Shapes images cut to sizes that a batch pads to one another, in an order that mixes them."""
     sizes = [(64, 64), (64, 64), (32, 64), (64, 64), (64, 32), (64, 32), (64, 32), (32, 64), (48, 40), (64, 64)]
@@ -139,6 +166,9 @@ def test_predictions_do_not_depend_on_the_batch(
         for name in {row["file_name"] for row in alone}:
             masks = [np.asarray(Image.open(tmp_path / run / "masks" / name)) for run in ("alone", "batched")]
             assert np.array_equal(*masks), name
+        return
+    if task == "classification":
+        _assert_same_top_classes(alone, batched, atol=1e-5)
         return
     assert len(alone) > 20  # detections to compare
     one, four = _rows_by_file(alone), _rows_by_file(batched)
@@ -196,6 +226,14 @@ def _rows_by_file(rows: list[dict]) -> dict[str, list[dict]]:
     return grouped
 
 
+def _assert_same_top_classes(expected: list[dict], got: list[dict], atol: float) -> None:
+    """Classification rows: one per image, the same files, classes and order, scores within ``atol``."""
+    assert [r["file_name"] for r in got] == [r["file_name"] for r in expected] and expected
+    for a, b in zip(expected, got, strict=True):
+        assert [c["class_id"] for c in a["top_k"]] == [c["class_id"] for c in b["top_k"]], a["file_name"]
+        assert np.allclose([c["score"] for c in a["top_k"]], [c["score"] for c in b["top_k"]], atol=atol)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("task", EXPORT_TASKS)
 @pytest.mark.parametrize(("fmt", "engine", "option"), EXPORTED_ENGINES)
@@ -224,6 +262,9 @@ def test_export_and_exported_engine_parity(
             a, b = (np.asarray(Image.open(tmp_path / run / row["mask_file"])) for run in ("eager", "ort"))
             assert (a == b).mean() >= 0.999
         return
+    if task == "classification":
+        _assert_same_top_classes(eager, onnx, atol=1e-4)
+        return
     eager_rows, onnx_rows = _rows_by_file(eager), _rows_by_file(onnx)
     assert eager_rows.keys() == onnx_rows.keys() and eager
     for name, expected in eager_rows.items():
@@ -242,7 +283,7 @@ def test_export_and_exported_engine_parity(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["instance_segmentation", "segmentation"])
+@pytest.mark.parametrize("task", ["instance_segmentation", "segmentation", "classification"])
 def test_torchscript_export_runs_at_other_sizes(task: str, checkpoints: dict[str, Path], tmp_path: Path) -> None:
     path = export(_config("export", [f"task={task}", f"ckpt_path={checkpoints[task]}", "format=torchscript"], tmp_path))
     assert path.name == "model.pt" and json.loads((tmp_path / "model.json").read_text())["format"] == "torchscript"
