@@ -10,20 +10,16 @@ from typing import Any
 from torch import nn
 
 from tasks.common.errors import UserError
+from tasks.kinds import task_kind
 
 MODEL_CARD = "model.json"
 
 
 def model_card(metadata: dict[str, Any], model: nn.Module, file_name: str, graph: nn.Module) -> dict[str, Any]:
     """``model.json`` beside an exported file: everything needed to feed it and read its outputs."""
-    transform = getattr(model, "transform", None)  # detectors normalise and resize inside
-    if transform is not None:
-        mean, std = list(transform.image_mean), list(transform.image_std)
-        sizes = {"min_size": list(transform.min_size), "max_size": transform.max_size}
-    else:
-        mean, std, sizes = model.image_mean.flatten().tolist(), model.image_std.flatten().tolist(), None
+    kind = task_kind(metadata["task"])
+    mean, std, sizes = kind.input_normalisation(model)
     mean, std = [round(v, 6) for v in mean], [round(v, 6) for v in std]  # float32 buffers: 0.485 not 0.48500001
-    one_image = graph.input_name == "image"
     return {
         "task": metadata["task"],
         "file": file_name,
@@ -31,7 +27,7 @@ def model_card(metadata: dict[str, Any], model: nn.Module, file_name: str, graph
         "category_ids": metadata.get("category_ids"),
         "input": {
             "name": graph.input_name,
-            "shape": ["3", "height", "width"] if one_image else ["batch", "3", "height", "width"],
+            "shape": ["batch", "3", "height", "width"] if kind.batched else ["3", "height", "width"],
             "dtype": "float32",
             "colour": "RGB",
             "range": [0.0, 1.0],

@@ -63,6 +63,10 @@ class TaskKind:
     def dynamic_axes(self, graph: nn.Module) -> dict[str, dict[int, str]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def input_normalisation(self, model: nn.Module) -> tuple[list[float], list[float], dict | None]:
+        """The mean and std the model normalises its input with, and the resize it does inside (None)."""
+        return model.image_mean.flatten().tolist(), model.image_std.flatten().tolist(), None
+
     def calibration_input(self, array: np.ndarray) -> np.ndarray:
         """One prepared image (3 x H x W float32) as the exported graph takes it."""
         return array[None] if self.batched else array

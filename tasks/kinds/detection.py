@@ -42,6 +42,9 @@ class DetectionKind(TaskKind):
     def graph(self, model: nn.Module) -> nn.Module:
         return DetectorGraph(model).eval()
 
+    def input_normalisation(self, model: nn.Module) -> tuple[list[float], list[float], dict | None]:
+        return detector_normalisation(model)
+
     def dynamic_axes(self, graph: nn.Module) -> dict[str, dict[int, str]]:
         axes = {graph.input_name: {1: "height", 2: "width"}}
         axes.update({name: {0: "detections"} for name in ("boxes", "labels", "scores")})
@@ -59,6 +62,13 @@ class DetectionKind(TaskKind):
         )
         ids = metadata.get("category_ids")
         return detection_rows(detections, item.relative.as_posix(), names, ids, options.mask_threshold)
+
+
+def detector_normalisation(model: nn.Module) -> tuple[list[float], list[float], dict]:
+    """torchvision's detectors normalise and resize inside, in their ``transform``."""
+    transform = model.transform
+    sizes = {"min_size": list(transform.min_size), "max_size": transform.max_size}
+    return list(transform.image_mean), list(transform.image_std), sizes
 
 
 def kept_detections(found: dict[str, Tensor], model_input: Tensor, original: np.ndarray, threshold: float) -> dict:

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from torch import nn
 
 from tasks.data.detection_dataset import mask_box_xywh
 from tasks.data.formats.coco_panoptic import id_to_rgb
 from tasks.evaluation import drawing
 from tasks.evaluation.predictions import rescale_to_original
 from tasks.kinds.base import PredictedImage, PredictOptions, TaskKind
+from tasks.kinds.detection import detector_normalisation
 from tasks.kinds.files import PredictionFiles
 
 
@@ -23,6 +25,9 @@ class PanopticKind(TaskKind):
     name = "panoptic_segmentation"
     capped = True
     export_refusal = "its merge of instances and stuff into one segment map is not a traceable graph"
+
+    def input_normalisation(self, model: nn.Module) -> tuple[list[float], list[float], dict]:
+        return detector_normalisation(model)
 
     def write(
         self, files: PredictionFiles, item: PredictedImage, metadata: dict, options: PredictOptions

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from tasks import PROJECT_ROOT
+from tasks.kinds import KINDS
 
 LAYERS = {"common": 0, "data": 1, "evaluation": 2, "kinds": 2.5, "training": 3, "inference": 3, "core": 4}
 TOP = 5  # tasks/*.py (the scripts) and tasks/benchmarks
@@ -73,3 +74,38 @@ def test_only_the_augmentation_module_imports_albumentations() -> None:
         if any(name.split(".")[0] == "albumentations" for name in _imports(path))
     )
     assert importers == ["tasks/data/augment.py"]
+
+
+# what a task is: asked of its kind (tasks/kinds) or of the heads' protocol, never found by name or attribute
+TASK_NAMES = set(KINDS)
+TORCHVISION_INTERNALS = {"rpn", "roi_heads", "anchor_generator", "mask_predictor", "transform", "head"}
+KIND_OWNERS = ("tasks/kinds/", "tasks/benchmarks/")  # benchmarks name the tasks they measure
+
+
+def _constants(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return [value for element in node.elts for value in _constants(element)]
+    return []
+
+
+def _task_branches(path) -> list[str]:
+    """Comparisons with a task's name, and ``hasattr``/``getattr`` probes of torchvision's attributes."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare):
+            names = [v for operand in (node.left, *node.comparators) for v in _constants(operand) if v in TASK_NAMES]
+            found += [f"line {node.lineno}: compares with {name!r}" for name in names]
+        probe = isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("hasattr", "getattr")
+        if probe and len(node.args) >= 2 and set(_constants(node.args[1])) & TORCHVISION_INTERNALS:
+            found.append(f"line {node.lineno}: probes {_constants(node.args[1])}")
+    return found
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PROJECT_ROOT)))
+def test_nothing_outside_the_kinds_branches_on_a_task(path) -> None:
+    """docs/extending.md: a new task is a kind file, its module, evaluator and yamls, with no edits elsewhere."""
+    if str(path.relative_to(PROJECT_ROOT)).startswith(KIND_OWNERS):
+        return
+    assert _task_branches(path) == []
