@@ -4,7 +4,7 @@ images enters it and leaves it, what prediction writes for an image and what it 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from tasks.common.errors import UserError
 from tasks.data.collate import collate_segmentation
+from tasks.evaluation import drawing
 from tasks.kinds.files import PredictionFiles
 
 EXAMPLE_SIDE = 256  # size of the image an exported graph is traced with; every size runs afterwards
@@ -25,6 +26,18 @@ class PredictOptions:
     score_threshold: float = 0.5
     mask_threshold: float = 0.5
     top_k: int = 5
+
+
+@dataclass(frozen=True)
+class PictureOptions:
+    """How a validation picture is drawn: the classes (and panoptic stuff) named, the detection score
+    threshold, the longer side in pixels; ``truth`` names the true class of a classified image."""
+
+    class_names: list[str]
+    score_threshold: float
+    size: int
+    stuff_names: list[str] = field(default_factory=list)
+    truth: int | None = None
 
 
 @dataclass
@@ -107,6 +120,11 @@ class TaskKind:
         """``predictions.json`` rows for one image, after writing its overlay (and any other file)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
+    def draw_prediction(self, module: nn.Module, image: Tensor, picture: PictureOptions) -> np.ndarray:
+        """The task module's output for one validation image (CHW, on the module's device) drawn on it,
+        ``picture.size`` pixels along its longer side (the run's validation pictures)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
     def count_capped(self, found: list[dict[str, Tensor]], cap: int | None) -> int:
         """Images whose detections reached ``cap`` (kinds without a cap: none)."""
         return 0 if cap is None or not self.capped else sum(len(f["boxes"]) >= cap for f in found)
@@ -116,3 +134,9 @@ def padded(images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
     """Images of a call stacked, padded bottom/right with zeros where sizes differ, and their sizes."""
     batch, targets = collate_segmentation([(image, {}) for image in images])
     return batch, [target["size"] for target in targets]
+
+
+def fitted_picture(image: Tensor, size: int) -> np.ndarray:
+    """A dataset image (CHW) as an HxWx3 uint8 picture, its longer side ``size`` pixels."""
+    chw = torch.from_numpy(drawing.as_uint8(image.cpu())).permute(2, 0, 1)
+    return drawing.as_uint8(drawing.fit_item(chw, {}, size)[0])

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from tasks.evaluation import drawing
-from tasks.kinds.base import PredictedImage, PredictOptions, TaskKind
+from tasks.kinds.base import PictureOptions, PredictedImage, PredictOptions, TaskKind, fitted_picture
 from tasks.kinds.files import PredictionFiles
 
 
@@ -45,6 +46,12 @@ class ClassificationKind(TaskKind):
 
     def module_output(self, run: Callable[[Tensor], dict[str, Tensor]], images: Tensor) -> Tensor:
         return run(images.float().contiguous())["logits"]
+
+    def draw_prediction(self, module: nn.Module, image: Tensor, picture: PictureOptions) -> np.ndarray:
+        names = picture.class_names
+        predicted = int(module(image[None])[0].argmax())
+        truth = "" if picture.truth is None else f" (true: {names[int(picture.truth)]})"
+        return drawing.caption(fitted_picture(image, picture.size), f"{names[predicted]}{truth}")
 
     def write(
         self, files: PredictionFiles, item: PredictedImage, metadata: dict, options: PredictOptions

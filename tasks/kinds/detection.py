@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from tasks.evaluation import drawing
 from tasks.evaluation.coco_eval import to_coco_results, to_segmentation_results
 from tasks.evaluation.predictions import rescale_to_original
-from tasks.kinds.base import PredictedImage, PredictOptions, TaskKind
+from tasks.kinds.base import PictureOptions, PredictedImage, PredictOptions, TaskKind
 from tasks.kinds.files import PredictionFiles
 
 
@@ -51,6 +52,18 @@ class DetectionKind(TaskKind):
         if "masks" in graph.output_names:
             axes["masks"] = {0: "detections", 2: "height", 3: "width"}
         return axes
+
+    def draw_prediction(self, module: nn.Module, image: Tensor, picture: PictureOptions) -> np.ndarray:
+        found = module.detect([image])[0]
+        keep = found["scores"] >= picture.score_threshold
+        found = {name: value[keep].cpu() for name, value in found.items()}
+        if "masks" in found:
+            found["masks"] = found["masks"][:, 0]  # N x H x W, as ground truth masks, to be resized alike
+        chw = torch.from_numpy(drawing.as_uint8(image.cpu())).permute(2, 0, 1)
+        fitted, found = drawing.fit_item(chw, found, picture.size)
+        if "masks" in found:
+            found["masks"] = found["masks"][:, None]
+        return drawing.draw_detections(fitted.permute(1, 2, 0).numpy(), found, picture.class_names, mask_threshold=0.5)
 
     def write(
         self, files: PredictionFiles, item: PredictedImage, metadata: dict, options: PredictOptions

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from torch import nn
+from torch import Tensor, nn
 
 from tasks.data.detection_dataset import mask_box_xywh
 from tasks.data.formats.coco_panoptic import id_to_rgb
 from tasks.evaluation import drawing
 from tasks.evaluation.predictions import rescale_to_original
-from tasks.kinds.base import PredictedImage, PredictOptions, TaskKind
+from tasks.kinds.base import PictureOptions, PredictedImage, PredictOptions, TaskKind, fitted_picture
 from tasks.kinds.detection import detector_normalisation
 from tasks.kinds.files import PredictionFiles
 
@@ -28,6 +28,15 @@ class PanopticKind(TaskKind):
 
     def input_normalisation(self, model: nn.Module) -> tuple[list[float], list[float], dict]:
         return detector_normalisation(model)
+
+    def draw_prediction(self, module: nn.Module, image: Tensor, picture: PictureOptions) -> np.ndarray:
+        """The merged segments (the merge has applied its own score threshold)."""
+        found = module.detect([image])[0]
+        canvas = fitted_picture(image, picture.size)
+        panoptic = drawing.fit_item(image.cpu(), {"sem_seg": found["panoptic"].cpu()}, picture.size)[1]["sem_seg"]
+        names = [*picture.class_names, *picture.stuff_names]
+        labels, scores = found["segment_labels"].cpu(), found["segment_scores"].cpu()
+        return drawing.draw_panoptic(canvas, panoptic, labels, names, len(picture.class_names), scores)
 
     def write(
         self, files: PredictionFiles, item: PredictedImage, metadata: dict, options: PredictOptions

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from tasks.data.formats.palette import save_palette_png
 from tasks.evaluation import drawing
-from tasks.kinds.base import PredictedImage, PredictOptions, TaskKind
+from tasks.kinds.base import PictureOptions, PredictedImage, PredictOptions, TaskKind, fitted_picture
 from tasks.kinds.files import PredictionFiles
 
 
@@ -47,6 +47,11 @@ class SemanticKind(TaskKind):
 
     def module_output(self, run: Callable[[Tensor], dict[str, Tensor]], images: Tensor) -> dict[str, Tensor]:
         return {"out": run(images.float().contiguous())["logits"]}
+
+    def draw_prediction(self, module: nn.Module, image: Tensor, picture: PictureOptions) -> np.ndarray:
+        canvas = fitted_picture(image, picture.size)
+        logits = module(image[None])["out"][0].cpu()
+        return drawing.draw_semantic(canvas, drawing.semantic_mask(logits, canvas), len(picture.class_names))
 
     def write(
         self, files: PredictionFiles, item: PredictedImage, metadata: dict, options: PredictOptions

@@ -14,18 +14,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
-from tasks.evaluation.drawing import (
-    as_uint8,
-    caption,
-    draw_detections,
-    draw_item,
-    draw_panoptic,
-    draw_semantic,
-    fit_item,
-    grid,
-    semantic_mask,
-    spread,
-)
+from tasks.evaluation.drawing import draw_item, grid, spread
+from tasks.kinds import task_kind
+from tasks.kinds.base import PictureOptions
 from tasks.training.loggers import log_image
 
 log = logging.getLogger(__name__)
@@ -41,9 +32,15 @@ class RunPictures(Callback):
     a resumed run draws its whole history)."""
 
     def __init__(
-        self, output_dir: str, count: int = 8, score_threshold: float = 0.3, size: int = 256, curves: bool = True
+        self,
+        output_dir: str,
+        task: str,
+        count: int = 8,
+        score_threshold: float = 0.3,
+        size: int = 256,
+        curves: bool = True,
     ) -> None:
-        self.output_dir = Path(output_dir)
+        self.output_dir, self.kind = Path(output_dir), task_kind(task)
         self.count, self.score_threshold, self.size, self.curves = count, score_threshold, size, curves
         self.history: dict[str, list[list[float]]] = {}  # logged name -> [step, value] pairs
         self.stuff_names: list[str] = []  # panoptic data: its stuff classes, named in the pictures
@@ -108,49 +105,10 @@ class RunPictures(Callback):
     def _pair(self, module: L.LightningModule, image: torch.Tensor, target: dict, class_names: list[str]) -> np.ndarray:
         """The item's ground truth and the model's prediction, side by side, each ``size`` pixels long."""
         truth = draw_item(image, target, class_names, self.size, self.stuff_names)
-        predicted = predicted_picture(
-            module, image, target, class_names, self.score_threshold, self.size, self.stuff_names
-        )
+        options = PictureOptions(class_names, self.score_threshold, self.size, self.stuff_names, target.get("label"))
+        predicted = self.kind.draw_prediction(module, image.to(module.device), options)
         height = max(truth.shape[0], predicted.shape[0])
         sheet = Image.new("RGB", (truth.shape[1] + GAP + predicted.shape[1], height), (32, 32, 32))
         sheet.paste(Image.fromarray(truth), (0, 0))
         sheet.paste(Image.fromarray(predicted), (truth.shape[1] + GAP, 0))
         return np.asarray(sheet)
-
-
-def predicted_picture(
-    module: L.LightningModule,
-    image: torch.Tensor,
-    target: dict,
-    class_names: list[str],
-    threshold: float,
-    size: int,
-    stuff_names: list[str] | None = None,
-) -> np.ndarray:
-    """The model's output for one validation item drawn on it: detections (boxes, masks), a class map,
-    a panoptic map (``stuff_names`` name its stuff) or the predicted class as a caption; what it is
-    follows the item's ground truth."""
-    device_image = image.to(module.device)
-    if "sem_seg" in target:  # the merge has applied its own score threshold
-        found = module.detect([device_image])[0]
-        picture = as_uint8(fit_item(torch.from_numpy(as_uint8(image)).permute(2, 0, 1), {}, size)[0])
-        panoptic = fit_item(image, {"sem_seg": found["panoptic"].cpu()}, size)[1]["sem_seg"]
-        names = [*class_names, *(stuff_names or [])]
-        labels, scores = found["segment_labels"].cpu(), found["segment_scores"].cpu()
-        return draw_panoptic(picture, panoptic, labels, names, len(class_names), scores)
-    if "boxes" in target:
-        found = module.detect([device_image])[0]
-        keep = found["scores"] >= threshold
-        found = {name: value[keep].cpu() for name, value in found.items()}
-        if "masks" in found:
-            found["masks"] = found["masks"][:, 0]  # N x H x W, as ground truth masks, to be resized alike
-        picture, found = fit_item(torch.from_numpy(as_uint8(image)).permute(2, 0, 1), found, size)
-        if "masks" in found:
-            found["masks"] = found["masks"][:, None]
-        return draw_detections(picture.permute(1, 2, 0).numpy(), found, class_names, mask_threshold=0.5)
-    picture = as_uint8(fit_item(torch.from_numpy(as_uint8(image)).permute(2, 0, 1), {}, size)[0])
-    if "mask" in target:
-        logits = module(device_image[None])["out"][0].cpu()
-        return draw_semantic(picture, semantic_mask(logits, picture), len(class_names))
-    predicted = int(module(device_image[None])[0].argmax())
-    return caption(picture, f"{class_names[predicted]} (true: {class_names[int(target['label'])]})")
