@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
-from tasks.training.module import TaskModule
+from tasks.training.module import TaskModule, float_images
 
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
@@ -54,8 +54,7 @@ class ClassificationModule(TaskModule):
         self.mixer = batch_mixer(model.num_classes, mixup_alpha, cutmix_alpha)
 
     def forward(self, images: Tensor) -> Tensor:
-        images = images.float() / 255 if images.dtype == torch.uint8 else images
-        return self.model(self.to_memory_format(images))
+        return self.model(self.to_memory_format(float_images(images)))
 
     @staticmethod
     def labels(targets: list[dict], device: torch.device) -> Tensor:
@@ -66,17 +65,12 @@ class ClassificationModule(TaskModule):
         images, targets = batch
         return F.cross_entropy(self(images).float(), self.labels(targets, images.device))
 
-    def training_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> Tensor | None:
+    def training_losses(self, batch: tuple[Tensor, list[dict]]) -> tuple[dict[str, Tensor], Tensor]:
         images, targets = batch
-        images, labels = images.float() / 255, self.labels(targets, images.device)
+        images, labels = float_images(images), self.labels(targets, images.device)
         if self.mixer is not None:
             images, labels = self.mixer(images, labels)  # labels become class probabilities
-        loss = F.cross_entropy(self(images), labels, label_smoothing=self.label_smoothing)
-        if not self.losses_are_finite({"loss": loss}, targets):
-            return None  # skipped: Lightning runs no backward and no optimizer step
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
-        self.record_train_loss(loss)
-        return loss
+        return {}, F.cross_entropy(self(images), labels, label_smoothing=self.label_smoothing)
 
     def validation_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> None:
         images, targets = batch

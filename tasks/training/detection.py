@@ -8,12 +8,7 @@ from torch import Tensor
 from heads.protocol import check_detector
 from tasks.evaluation.predictions import capped_message, count_capped, rescale_to_original
 from tasks.evaluation.slicing import Slicing, predict_images_sliced
-from tasks.training.module import TaskModule, rank_zero_warn
-
-
-def to_float_images(images: list[Tensor]) -> list[Tensor]:
-    """uint8 CHW images from the loader become float in [0, 1] (the detector normalises them)."""
-    return [image.float().div_(255) if image.dtype == torch.uint8 else image for image in images]
+from tasks.training.module import TaskModule, float_images, rank_zero_warn
 
 
 class DetectionModule(TaskModule):
@@ -43,11 +38,11 @@ class DetectionModule(TaskModule):
             rank_zero_warn(capped_message(capped, total, cap, "task.model.box_detections_per_img"))
 
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-        return self.model(to_float_images(images))
+        return self.model(float_images(images))
 
     def detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         """Detections in the input images' pixels: on tiles, merged (``slicing``), or on the whole images."""
-        images = to_float_images(images)
+        images = float_images(images)
         if self.slicing is not None:
             return predict_images_sliced(self.model, images, self.slicing, self.model.detections_per_img)
         return self.model(images)
@@ -55,27 +50,20 @@ class DetectionModule(TaskModule):
     def batch_loss(self, batch: tuple[list[Tensor], list[dict]]) -> Tensor | None:
         """The summed losses on ``batch`` in the model's current mode (None where eval mode has none)."""
         images, targets = batch
-        images = to_float_images(images)
+        images = float_images(images)
         if self.model.training:
             return sum(self.model(images, targets).values())
         losses = self.model.losses_and_detections(images, targets)[0]
         return None if losses is None else sum(losses.values())
 
-    def training_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> Tensor | None:
+    def training_losses(self, batch: tuple[list[Tensor], list[dict]]) -> tuple[dict[str, Tensor], Tensor]:
         images, targets = batch
-        losses = self.model(to_float_images(images), targets)
-        total = sum(losses.values())
-        if not self.losses_are_finite({**losses, "loss": total}, targets):
-            return None  # skipped: Lightning runs no backward and no optimizer step
-        batch_size = len(images)
-        self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=batch_size)
-        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
-        self.record_train_loss(total)
-        return total
+        losses = self.model(float_images(images), targets)
+        return losses, sum(losses.values())
 
     def validation_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> None:
         images, targets = batch
-        images = to_float_images(images)
+        images = float_images(images)
         losses = None
         if self.slicing is not None:
             detections = self.detect(images)  # sliced: tiles of full-resolution images merged, no loss

@@ -50,6 +50,14 @@ def training_length(trainer: L.Trainer) -> str:
     return f"training ends after {total} optimizer steps, at {limit}; {other} does not end it first"
 
 
+def float_images(images: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
+    """uint8 images from the loader (a batch tensor, or a list of CHW images) as float in [0, 1]; the
+    models normalise them inside. Float images pass as they are."""
+    if isinstance(images, Tensor):
+        return images.float().div_(255) if images.dtype == torch.uint8 else images
+    return [float_images(image) for image in images]
+
+
 class TaskModule(L.LightningModule):
     """Base of the task modules.
 
@@ -114,6 +122,25 @@ class TaskModule(L.LightningModule):
             align()
 
     # -- losses ------------------------------------------------------------------------------
+    recorded_component: str | None = None  # the loss compared with val/loss (None: the total)
+
+    def training_losses(self, batch: Any) -> tuple[dict[str, Tensor], Tensor]:  # pragma: no cover - abstract
+        """The loss components of a training batch (logged as ``train/<name>``) and the total minimised."""
+        raise NotImplementedError
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        """The one training step of every task: losses, the non-finite guard, logging and the record."""
+        images, targets = batch
+        losses, total = self.training_losses(batch)
+        if not self.losses_are_finite({**losses, "loss": total}, targets):
+            return None  # skipped: Lightning runs no backward and no optimizer step
+        batch_size = len(images)
+        if losses:
+            self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=batch_size)
+        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        self.record_train_loss(losses[self.recorded_component] if self.recorded_component else total)
+        return total
+
     def record_train_loss(self, loss: Tensor) -> None:
         total, count = self._train_loss
         self._train_loss = (total + float(loss.detach()), count + 1)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tasks.data.formats.palette import save_palette_png
-from tasks.training.module import TaskModule
+from tasks.training.module import TaskModule, float_images
 
 
 class SegmentationModule(TaskModule):
@@ -43,28 +43,23 @@ class SegmentationModule(TaskModule):
         self.prediction_dir: Path | None = None  # set to write predicted masks as palette PNGs
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        images = images.float() / 255 if images.dtype == torch.uint8 else images
-        return self.model(self.to_memory_format(images))
+        return self.model(self.to_memory_format(float_images(images)))
 
     def batch_loss(self, batch: tuple[Tensor, list[dict]]) -> Tensor:
         """The main head's loss on ``batch`` in the model's current mode."""
         images, targets = batch
         return self._loss(self(images)["out"], torch.stack([t["mask"] for t in targets]))
 
-    def training_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> Tensor | None:
+    recorded_component = "loss_out"  # val/loss has no auxiliary term
+
+    def training_losses(self, batch: tuple[Tensor, list[dict]]) -> tuple[dict[str, Tensor], Tensor]:
         images, targets = batch
         masks = torch.stack([t["mask"] for t in targets])
         outputs = self(images)
         losses = {"loss_out": self._loss(outputs["out"], masks)}
         if "aux" in outputs:
             losses["loss_aux"] = self._loss(outputs["aux"], masks)
-        total = losses["loss_out"] + self.aux_weight * losses.get("loss_aux", 0.0)
-        if not self.losses_are_finite({**losses, "loss": total}, targets):
-            return None  # skipped: Lightning runs no backward and no optimizer step
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=len(images))
-        self.log("train/loss", total, prog_bar=True, batch_size=len(images))
-        self.record_train_loss(losses["loss_out"])  # compared with val/loss, which has no auxiliary term
-        return total
+        return losses, losses["loss_out"] + self.aux_weight * losses.get("loss_aux", 0.0)
 
     def _loss(self, logits: Tensor, masks: Tensor) -> Tensor:
         return F.cross_entropy(logits, masks, weight=self.class_weights, ignore_index=self.ignore_index)
