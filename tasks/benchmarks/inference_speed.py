@@ -73,9 +73,9 @@ from tasks.benchmarks.machine import (
 )
 from tasks.benchmarks.runs import timed_run
 from tasks.core.deploy import export_model
+from tasks.inference.cpu_optimisation import optimise_for_cpu
 from tasks.inference.engines import OnnxRuntimeEngine, OpenVinoEngine
 from tasks.inference.export import write_onnx, write_openvino
-from tasks.inference.fast import optimise_for_cpu
 from tasks.inference.model_card import MODEL_CARD
 from tasks.inference.openvino_core import openvino_core
 from tasks.inference.quantize import quantize_int8

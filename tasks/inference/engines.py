@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from heads.protocol import detection_cap
 from tasks.common.errors import UserError
-from tasks.inference.fast import compile_trunk, optimise_for_cpu
+from tasks.inference.cpu_optimisation import compile_trunk, optimise_for_cpu
 from tasks.inference.openvino_core import openvino_core
 from tasks.kinds import task_kind
 

@@ -17,7 +17,7 @@ from tasks.data.formats.coco import CocoDataModule
 from tasks.data.formats.voc_folder import VocFolderDataModule
 from tasks.data.formats.yolo import YoloDataModule
 from tasks.data.shapes import SHAPE_CLASSES, ensure_shapes
-from tasks.evaluation.detection import detection_evaluator
+from tasks.evaluation.detection_evaluator import detection_evaluator
 from tests.support import TINY_SHAPES, compose_config, run_script
 
 OPTIONS = {"num_workers": 0, "augment": "none", "batch_size": 2}

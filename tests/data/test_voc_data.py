@@ -13,7 +13,7 @@ import torch
 from tasks.data.doctor import DatasetError
 from tasks.data.formats.voc import VocDataModule, VocDetection
 from tasks.data.shapes import SHAPE_CLASSES
-from tasks.evaluation.detection import detection_evaluator
+from tasks.evaluation.detection_evaluator import detection_evaluator
 from tests.support import TINY_SHAPES
 
 

@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 from tasks.data.formats.coco import CocoDataModule, load_coco
 from tasks.data.formats.masks import encode_mask
 from tasks.evaluation.coco_eval import COCO_STAT_NAMES, coco_stats
-from tasks.evaluation.detection import detection_evaluator
+from tasks.evaluation.detection_evaluator import detection_evaluator
 from tasks.training.detection import DetectionModule
 from tasks.training.instance_segmentation import InstanceSegmentationModule
 from tests.support import CATEGORY_IDS, pycocotools_stats, random_ground_truth, random_predictions, write_coco_folder
@@ -40,6 +40,15 @@ class ReplayDetector(torch.nn.Module):
             labels = torch.tensor([CATEGORY_IDS.index(r["category_id"]) + 1 for r in rows], dtype=torch.int64)
             out.append({"boxes": boxes, "labels": labels, "scores": torch.tensor([r["score"] for r in rows])})
         return out
+
+    # heads.protocol.Detector: validation without losses, no cap, no masks, nothing to compile
+    detections_per_img, predicts_masks = None, False
+
+    def losses_and_detections(self, images: list[torch.Tensor], targets: list[dict]) -> tuple[None, list[dict]]:
+        return None, self(images)
+
+    def trunk(self) -> dict[str, torch.nn.Module]:
+        return {}
 
 
 def test_module_stats_equal_pycocotools(tmp_path: Path) -> None:

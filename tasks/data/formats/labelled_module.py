@@ -12,7 +12,7 @@ from tasks.data.augment import Pipeline
 from tasks.data.detection import DetectionDataModule
 from tasks.data.detection_dataset import DetectionDataset
 from tasks.data.doctor import ERROR, Finding, raise_on_errors
-from tasks.data.formats.labelled import (
+from tasks.data.formats.labelled_images import (
     LabelledImage,
     collect_class_names,
     fraction_split,

@@ -15,7 +15,7 @@ from tasks.common.progress import progress
 from tasks.data.augment import Pipeline
 from tasks.data.detection_dataset import DetectionDataset
 from tasks.data.doctor import ERROR, INFO, Finding, raise_on_errors
-from tasks.data.formats.labelled import LabelledImage, LabelledObject, labelled_findings, labelled_index
+from tasks.data.formats.labelled_images import LabelledImage, LabelledObject, labelled_findings, labelled_index
 from tasks.data.formats.labelled_module import LabelledDataModule
 from tasks.data.ground_truth import coco_ground_truth
 from tasks.data.images import IMAGE_SUFFIXES, MAX_PIXELS, upright_size

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tasks.common.progress import progress
 from tasks.data.doctor import ERROR, INFO, Finding
-from tasks.data.formats.labelled import LabelledImage
+from tasks.data.formats.labelled_images import LabelledImage
 from tasks.data.formats.labelled_module import LabelledDataModule
 from tasks.data.formats.voc import read_labelled_xml, zero_based_hint
 from tasks.data.images import is_hidden, is_image_file

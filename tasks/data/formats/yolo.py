@@ -20,7 +20,7 @@ from PIL import Image
 
 from tasks.common.progress import progress
 from tasks.data.doctor import ERROR, INFO, WARNING, Finding
-from tasks.data.formats.labelled import LabelledImage, LabelledObject
+from tasks.data.formats.labelled_images import LabelledImage, LabelledObject
 from tasks.data.formats.labelled_module import LabelledDataModule
 from tasks.data.images import is_hidden, is_image_file, upright_size
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from tasks.inference.fast import fold_batchnorm, optimise_for_cpu
+from tasks.inference.cpu_optimisation import fold_batchnorm, optimise_for_cpu
 from tests.support import BACKBONE_CONFIGS, backbone_from_yaml
 
 
