@@ -15,6 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -32,6 +33,11 @@ CONF_DIR = PROJECT_ROOT / "conf"
 
 
 BACKBONE_CONFIGS = sorted(p.stem for p in (CONF_DIR / "backbone").glob("*.yaml"))
+# backbones of 60 M parameters or more take seconds to build: their cases run in the slow tier
+HEAVY_BACKBONES = {"resnet152", "resnext101_32x8d", "wide_resnet50_2"}
+BACKBONES = [
+    pytest.param(name, marks=pytest.mark.slow) if name in HEAVY_BACKBONES else name for name in BACKBONE_CONFIGS
+]
 
 
 TINY_SHAPES = ShapesSpec(num_train=16, num_val=8, image_size=64, min_object_size=10, max_object_size=28, max_objects=3)

@@ -13,7 +13,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, TwoMLPH
 from backbones import TimmBackbone
 from heads import build_faster_rcnn
 from heads.deeplab import build_deeplab
-from tests.support import BACKBONE_CONFIGS, backbone_from_yaml
+from tests.support import BACKBONE_CONFIGS, BACKBONES, backbone_from_yaml
 
 TINY_HEAD = dict(
     min_size=64,
@@ -34,7 +34,7 @@ def _targets() -> list[dict[str, torch.Tensor]]:
     ]
 
 
-@pytest.mark.parametrize("name", BACKBONE_CONFIGS)
+@pytest.mark.parametrize("name", BACKBONES)
 def test_contract_matches_tensors(name: str) -> None:
     backbone = backbone_from_yaml(name).eval()
     x = torch.rand(1, 3, 96, 128)
@@ -48,7 +48,7 @@ def test_contract_matches_tensors(name: str) -> None:
         assert (x.shape[-2] / feature.shape[-2], x.shape[-1] / feature.shape[-1]) == (spec.stride, spec.stride)
 
 
-@pytest.mark.parametrize("name", BACKBONE_CONFIGS)
+@pytest.mark.parametrize("name", BACKBONES)
 def test_detection_training_step(name: str) -> None:
     torch.manual_seed(0)
     model = build_faster_rcnn(backbone_from_yaml(name), num_classes=3, **TINY_HEAD).train()
@@ -61,7 +61,7 @@ def test_detection_training_step(name: str) -> None:
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in body.parameters())
 
 
-@pytest.mark.parametrize("name", BACKBONE_CONFIGS)
+@pytest.mark.parametrize("name", BACKBONES)
 def test_segmentation_forward(name: str) -> None:
     model = build_deeplab(
         backbone_from_yaml(name), num_classes=3, variant="v3plus", channels=32, atrous_rates=[1, 2, 3]
@@ -70,7 +70,7 @@ def test_segmentation_forward(name: str) -> None:
     assert out["out"].shape == (2, 3, 64, 96) and out["aux"].shape == (2, 3, 64, 96)
 
 
-@pytest.mark.parametrize("name", BACKBONE_CONFIGS)
+@pytest.mark.parametrize("name", BACKBONES)
 @pytest.mark.parametrize("trainable_stages", [0, 2])
 def test_frozen_stages_get_no_gradient(name: str, trainable_stages: int) -> None:
     backbone = backbone_from_yaml(name, trainable_stages=trainable_stages).train()
@@ -122,7 +122,7 @@ def _batch_norms(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-@pytest.mark.parametrize("name", BACKBONE_CONFIGS)
+@pytest.mark.parametrize("name", BACKBONES)
 def test_group_norm_reaches_backbone_fpn_and_box_head(name: str) -> None:
     torch.manual_seed(0)
     backbone = backbone_from_yaml(name, norm="gn")
@@ -140,7 +140,7 @@ def test_group_norm_reaches_backbone_fpn_and_box_head(name: str) -> None:
     )
 
 
-@pytest.mark.parametrize("name", BACKBONE_CONFIGS)
+@pytest.mark.parametrize("name", BACKBONES)
 def test_sync_batchnorm_conversion_keeps_frozen_stages_frozen(name: str) -> None:
     backbone = backbone_from_yaml(name, norm="bn", trainable_stages=2)
     converted = nn.SyncBatchNorm.convert_sync_batchnorm(backbone).train()  # what trainer.sync_batchnorm does

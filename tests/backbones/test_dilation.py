@@ -17,14 +17,14 @@ from backbones import ResNetBackbone, TimmBackbone
 from backbones.base import Backbone, FeatureSpec, measure_output_shape
 from backbones.dilation import dilate, dilation_plan
 from heads.deeplab import build_deeplab
-from tests.support import BACKBONE_CONFIGS, CONF_DIR
+from tests.support import BACKBONES, CONF_DIR
 
 
 def _backbone(name: str, **overrides) -> Backbone:
     return instantiate(OmegaConf.merge(OmegaConf.load(CONF_DIR / "backbone" / f"{name}.yaml"), overrides))
 
 
-@pytest.mark.parametrize("name", BACKBONE_CONFIGS)
+@pytest.mark.parametrize("name", BACKBONES)
 def test_every_backbone_dilates_and_keeps_its_contract(name: str) -> None:
     torch.manual_seed(0)
     backbone = _backbone(name).eval()

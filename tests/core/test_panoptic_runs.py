@@ -97,7 +97,9 @@ def test_train_evaluate_and_predict_agree_on_pq(shapes_panoptic_root: Path, tmp_
     refused = compose_config(
         ["task=panoptic_segmentation", f"ckpt_path={metrics['checkpoint']}"], tmp_path / "x", "export"
     )
-    with pytest.raises(UserError, match="not panoptic_segmentation.*predict with engine=torch"):
+    with pytest.raises(
+        UserError, match="panoptic_segmentation model cannot be exported: its merge .* predict with engine=torch"
+    ):
         export(refused)
 
 

@@ -22,7 +22,7 @@ from torchvision.models.detection import (
 
 from backbones import ResNetBackbone
 from heads.one_stage import build_fcos, build_retinanet
-from tests.support import BACKBONE_CONFIGS, CONF_DIR, backbone_from_yaml
+from tests.support import BACKBONES, CONF_DIR, backbone_from_yaml
 
 SIZE = dict(min_size=160, max_size=160, box_score_thresh=0.0)
 V2 = dict(head_norm="gn", fpn_extra="p6p7_c5", box_loss="giou")  # conf/model/retinanet_v2.yaml
@@ -134,7 +134,7 @@ def _tiny_model(model: str, backbone: str) -> torch.nn.Module:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ONE_STAGE_CONFIGS)
-@pytest.mark.parametrize("backbone", BACKBONE_CONFIGS)
+@pytest.mark.parametrize("backbone", BACKBONES)
 def test_every_backbone_trains_two_steps_with_every_one_stage_model(model: str, backbone: str) -> None:
     torch.manual_seed(0)
     detector = _tiny_model(model, backbone).train()

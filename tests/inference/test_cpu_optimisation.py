@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from tasks.inference.cpu_optimisation import fold_batchnorm, optimise_for_cpu
-from tests.support import BACKBONE_CONFIGS, backbone_from_yaml
+from tests.support import BACKBONES, backbone_from_yaml
 
 
 def _random_statistics(model: nn.Module) -> nn.Module:
@@ -27,7 +27,7 @@ def _norms(model: nn.Module) -> int:
     return sum(type(m) in (nn.BatchNorm2d, FrozenBatchNorm2d) for m in model.modules())
 
 
-@pytest.mark.parametrize("name", BACKBONE_CONFIGS)
+@pytest.mark.parametrize("name", BACKBONES)
 def test_optimised_backbone_gives_the_same_features(name: str) -> None:
     backbone = _random_statistics(backbone_from_yaml(name))
     x = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(1))

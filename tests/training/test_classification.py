@@ -24,7 +24,7 @@ from tasks.data.imagenet import ImageNetDataModule, read_synset_mapping
 from tasks.evaluation.classification import ClassificationEvaluator, classification_metrics
 from tasks.training.classification import batch_mixer
 from tests.support import (
-    BACKBONE_CONFIGS,
+    BACKBONES,
     TINY_CLASSIFICATION,
     TINY_DETECTION,
     TINY_SEGMENTATION,
@@ -80,7 +80,7 @@ def test_pool_reads_the_chosen_feature_map(pool: str) -> None:
         build_classifier(ResNetBackbone("resnet18", norm="bn"), num_classes=4, pool="median")
 
 
-@pytest.mark.parametrize("name", BACKBONE_CONFIGS)
+@pytest.mark.parametrize("name", BACKBONES)
 def test_stages_after_the_read_map_leave_training(name: str, tmp_path: Path) -> None:
     """Reading an early map, every parameter still trainable gets a gradient (DDP requires it), and
     a ResNet stops computing at that map."""
@@ -103,7 +103,7 @@ def test_stages_after_the_read_map_leave_training(name: str, tmp_path: Path) -> 
     fresh.load_state_dict(model.state_dict())  # still saved and loaded whole
 
 
-@pytest.mark.parametrize("name", BACKBONE_CONFIGS)
+@pytest.mark.parametrize("name", BACKBONES)
 def test_every_backbone_classifies(name: str, tmp_path: Path) -> None:
     cfg = compose_config(["task=classification", f"backbone={name}"], tmp_path)
     model = build_classifier(instantiate(cfg.backbone), num_classes=3).eval()
