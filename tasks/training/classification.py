@@ -76,8 +76,7 @@ class ClassificationModule(TaskModule):
         images, targets = batch
         logits = self(images)
         loss = F.cross_entropy(logits.float(), self.labels(targets, images.device))
-        self.log("val/loss", loss, batch_size=len(images), sync_dist=True)
-        self.record_val_loss(loss, len(images))
+        self.log_validation_loss(loss, len(images))
         if self.evaluator is not None:
             self.evaluator.update(logits, targets)
 

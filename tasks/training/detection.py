@@ -75,11 +75,7 @@ class DetectionModule(TaskModule):
                 torch.manual_seed(batch_idx)
                 losses, detections = self.model.losses_and_detections(images, targets)
         if losses is not None:  # None: an exported model scored, which computes no losses
-            total = sum(losses.values())
-            batch_size = len(images)
-            self.log_dict({f"val/{name}": v for name, v in losses.items()}, batch_size=batch_size, sync_dist=True)
-            self.log("val/loss", total, batch_size=batch_size, sync_dist=True)
-            self.record_val_loss(total, batch_size)
+            self.log_validation_loss(sum(losses.values()), len(images), losses)
         self._capped[0] += count_capped(detections, self.model.detections_per_img)
         self._capped[1] += len(detections)
         rescale_to_original(detections, images, targets)

@@ -141,6 +141,14 @@ class TaskModule(L.LightningModule):
         self.record_train_loss(losses[self.recorded_component] if self.recorded_component else total)
         return total
 
+    def log_validation_loss(self, total: Tensor, batch_size: int, components: dict[str, Tensor] | None = None) -> None:
+        """``val/loss`` (and ``val/<component>``) of one validation batch, averaged over the processes,
+        and its record for the check against the training loss."""
+        if components:
+            self.log_dict({f"val/{name}": v for name, v in components.items()}, batch_size=batch_size, sync_dist=True)
+        self.log("val/loss", total, batch_size=batch_size, sync_dist=True)
+        self.record_val_loss(total, batch_size)
+
     def record_train_loss(self, loss: Tensor) -> None:
         total, count = self._train_loss
         self._train_loss = (total + float(loss.detach()), count + 1)

@@ -81,8 +81,7 @@ class SegmentationModule(TaskModule):
                 pixels += valid
             predictions.append(scores[0].argmax(0))
         loss = loss_sum / max(pixels, 1)
-        self.log("val/loss", loss, batch_size=len(images), sync_dist=True)
-        self.record_val_loss(loss)
+        self.log_validation_loss(loss, len(images))
         if self.evaluator is not None:
             self.evaluator.update(predictions, targets)
         if self.prediction_dir is not None:
