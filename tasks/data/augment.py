@@ -137,8 +137,7 @@ def classification_transforms(
     Evaluation: shorter side to ``val_resize``, centre crop ``val_crop_size`` (None: ``crop_size``), as
     torchvision's references."""
     if not train:
-        crop = val_crop_size or crop_size
-        return A.Compose([A.SmallestMaxSize(max_size=val_resize), A.CenterCrop(crop, crop)])
+        return _shorter_side_crop_pipeline(val_resize, val_crop_size or crop_size)
     steps: list[A.BasicTransform] = [A.RandomResizedCrop(size=(crop_size, crop_size), scale=tuple(scale_range))]
     if hflip:
         steps.append(A.HorizontalFlip(p=0.5))
@@ -154,10 +153,15 @@ def longest_side_resize(max_size: int | None, *, upscale: bool) -> Resize | None
     return lambda image: transform(image=image)["image"]
 
 
-def shorter_side_crop(shorter: int, crop: int | None) -> Resize:
-    """Classification's evaluation sizing: the shorter side to ``shorter``, then the centre ``crop``."""
+def _shorter_side_crop_pipeline(shorter: int, crop: int | None) -> Pipeline:
     steps = [A.SmallestMaxSize(max_size=shorter)] + ([A.CenterCrop(crop, crop)] if crop else [])
-    transform = A.Compose(steps)
+    return A.Compose(steps)
+
+
+def shorter_side_crop(shorter: int, crop: int | None) -> Resize:
+    """Classification's evaluation sizing (``classification_transforms(train=False)``): the shorter side
+    to ``shorter``, then the centre ``crop``."""
+    transform = _shorter_side_crop_pipeline(shorter, crop)
     return lambda image: transform(image=image)["image"]
 
 

@@ -122,6 +122,11 @@ def as_uint8(image: torch.Tensor) -> np.ndarray:
     return image.permute(1, 2, 0).numpy()
 
 
+def as_uint8_chw(image: torch.Tensor) -> torch.Tensor:
+    """A dataset's CHW image (uint8, or float in 0..1 or 0..255) as a uint8 CHW tensor on the CPU."""
+    return torch.from_numpy(as_uint8(image.cpu())).permute(2, 0, 1)
+
+
 def fit_item(image: torch.Tensor, target: dict, size: int) -> tuple[torch.Tensor, dict]:
     """The item scaled so its longer side is ``size`` (small images enlarged, so that names stay
     readable), boxes and masks with it."""
@@ -150,7 +155,7 @@ def draw_item(
     """One item with its ground truth: boxes (and masks) with class names, a class map, a panoptic map
     (items with ``sem_seg``; ``stuff_names`` name the stuff), or a caption; ``size``: scaled to that
     longer side first."""
-    image = torch.from_numpy(as_uint8(image)).permute(2, 0, 1)
+    image = as_uint8_chw(image)
     if size:
         image, target = fit_item(image, target, size)
     picture = image.permute(1, 2, 0).numpy()

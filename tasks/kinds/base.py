@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from tasks.common.errors import UserError
 from tasks.data.collate import collate_segmentation
 from tasks.evaluation import drawing
+from tasks.evaluation.predictions import count_capped
 from tasks.kinds.files import PredictionFiles
 
 EXAMPLE_SIDE = 256  # size of the image an exported graph is traced with; every size runs afterwards
@@ -127,7 +128,7 @@ class TaskKind:
 
     def count_capped(self, found: list[dict[str, Tensor]], cap: int | None) -> int:
         """Images whose detections reached ``cap`` (kinds without a cap: none)."""
-        return 0 if cap is None or not self.capped else sum(len(f["boxes"]) >= cap for f in found)
+        return count_capped(found, cap) if self.capped else 0
 
 
 def padded(images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
@@ -138,5 +139,5 @@ def padded(images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
 
 def fitted_picture(image: Tensor, size: int) -> np.ndarray:
     """A dataset image (CHW) as an HxWx3 uint8 picture, its longer side ``size`` pixels."""
-    chw = torch.from_numpy(drawing.as_uint8(image.cpu())).permute(2, 0, 1)
+    chw = drawing.as_uint8_chw(image)
     return drawing.as_uint8(drawing.fit_item(chw, {}, size)[0])

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from tasks.evaluation import drawing
@@ -59,7 +58,7 @@ class DetectionKind(TaskKind):
         found = {name: value[keep].cpu() for name, value in found.items()}
         if "masks" in found:
             found["masks"] = found["masks"][:, 0]  # N x H x W, as ground truth masks, to be resized alike
-        chw = torch.from_numpy(drawing.as_uint8(image.cpu())).permute(2, 0, 1)
+        chw = drawing.as_uint8_chw(image)
         fitted, found = drawing.fit_item(chw, found, picture.size)
         if "masks" in found:
             found["masks"] = found["masks"][:, None]
