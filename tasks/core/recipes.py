@@ -17,7 +17,8 @@ MODEL_RECIPE_DIR = PROJECT_ROOT / "conf" / "model_recipe"
 
 def accept_recipe_null(argv: list[str]) -> list[str]:
     """``recipe=null`` (or ``none``) on the command line means Hydra's ``~recipe``: no recipe (and the same
-    for ``model_recipe``)."""
+    for ``model_recipe``). Rewritten before Hydra parses the command line because Hydra refuses a group set
+    to null ("Config group override must be a string or a list")."""
     nulls = {f"{group}={value}": f"~{group}" for group in ("recipe", "model_recipe") for value in ("null", "none")}
     return [nulls.get(arg, arg) for arg in argv]
 
@@ -30,7 +31,8 @@ def _leaves(node: object, prefix: str = "") -> dict[str, object]:
 
 
 def _recipe_values(recipe: str, folder: Path = RECIPE_DIR) -> dict[str, object]:
-    """What ``recipe`` sets, as written, those of the recipes it builds on (its ``defaults``) first."""
+    """What ``recipe`` sets, as written, those of the recipes it builds on (its ``defaults``) first. Read
+    from the file: Hydra's composed config keeps no record of which keys a group's file set."""
     content = OmegaConf.to_container(OmegaConf.load(folder / f"{recipe}.yaml"), resolve=False)
     bases = [name for name in content.pop("defaults", []) if isinstance(name, str) and name != "_self_"]
     values: dict[str, object] = {}

@@ -120,19 +120,25 @@ def fitted_anchor_base(model_cfg: DictConfig, datamodule: L.LightningDataModule)
     return base
 
 
-def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
+def build_module(
+    cfg: DictConfig, datamodule: L.LightningDataModule, prediction_dir: Path | None = None
+) -> L.LightningModule:
+    """The task module with its model and evaluator; ``prediction_dir``: validation writes each image's
+    prediction there (``save_masks``)."""
     arguments = model_arguments(cfg.task.model, datamodule)
     model = instantiate(cfg.task.model, **arguments)
     # a partial: the module completes it with its data module's evaluation inputs once the data is set up
     evaluator = instantiate(cfg.task.evaluator) if cfg.task.get("evaluator") else None
-    options = {
-        "channels_last": bool(cfg.get("runtime", {}).get("channels_last", False)),
-        "skip_nonfinite_batches": int(cfg.get("skip_nonfinite_batches", 0)),
-    }
-    module = instantiate(cfg.task.module, model=model, evaluator=evaluator, **options)
-    # set here, not passed to instantiate: Hydra would build the model config it holds
-    module.inference = inference_metadata(cfg, datamodule, arguments)
-    return module
+    # a partial, then called: Hydra would instantiate the model config that the inference metadata holds
+    module_factory = instantiate(cfg.task.module, _partial_=True)
+    return module_factory(
+        model=model,
+        evaluator=evaluator,
+        channels_last=bool(cfg.get("runtime", {}).get("channels_last", False)),
+        skip_nonfinite_batches=int(cfg.get("skip_nonfinite_batches", 0)),
+        inference=inference_metadata(cfg, datamodule, arguments),
+        prediction_dir=prediction_dir,
+    )
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
@@ -170,12 +176,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     configure_torch(cfg)
     datamodule = build_datamodule(cfg)
     restore_data_state(datamodule, content)
-    module = build_module(cfg, datamodule)
+    output_dir = Path(cfg.paths.output_dir)
+    module = build_module(cfg, datamodule, output_dir / "masks" if cfg.get("save_masks") else None)
     check_checkpoint_fits(content, module, checkpoint)
     module.load_state_dict(content["state_dict"])  # model weights only
-    output_dir = Path(cfg.paths.output_dir)
-    if cfg.get("save_masks") and hasattr(module, "prediction_dir"):
-        module.prediction_dir = output_dir / "masks"
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
     metrics = validation_metrics(trainer, module, datamodule)
     write_outputs(module, metrics, output_dir, checkpoint, bool(cfg.get("plots", True)))
@@ -288,7 +292,6 @@ def validate_final_weights_as_best(
     trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule
 ) -> tuple[str, dict[str, float]]:
     """Validate the weights training ended with and write them as the best checkpoint."""
-    callback = trainer.checkpoint_callback
     log.info(
         "no validation ran during training (trainer.check_val_every_n_epoch=%s, trainer.val_check_interval=%s): "
         "validating the final weights, written as the best checkpoint",
@@ -296,12 +299,8 @@ def validate_final_weights_as_best(
         trainer.val_check_interval,
     )
     metrics = validation_metrics(trainer, module, datamodule)
-    path = str(Path(callback.dirpath) / f"{callback.filename}{callback.FILE_EXTENSION}")
-    score = metrics.get(callback.monitor.removeprefix("val/"))
-    callback.best_model_path = callback.kth_best_model_path = path
-    callback.best_model_score = torch.tensor(score) if score is not None else None
-    callback.best_k_models = {path: callback.best_model_score}
-    trainer.save_checkpoint(path)
+    callback = trainer.checkpoint_callback
+    path = callback.save_as_best(trainer, metrics.get(callback.monitor.removeprefix("val/")))
     return path, metrics
 
 

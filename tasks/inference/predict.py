@@ -102,8 +102,7 @@ def prediction_slicing(options: DictConfig | None, metadata: dict) -> Slicing | 
     if options.get("size") is None:
         options["size"] = metadata["preprocessing"].get("tile_size")
     slicing = slicing_settings(**options)
-    if slicing is not None and not task_kind(metadata["task"]).sliceable:
-        raise UserError(f"sliced inference merges boxes: task {metadata['task']} needs slicing.size=0")
+    task_kind(metadata["task"]).check_slicing(slicing)
     return slicing
 
 

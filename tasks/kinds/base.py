@@ -62,6 +62,15 @@ class TaskKind:
     capped: bool = False  # the model keeps at most a fixed count of detections an image
     export_refusal: str | None = None  # why this task cannot be exported (None: it can)
 
+    def check_slicing(self, slicing: object | None) -> None:
+        """Refuse a configured sliced inference where tiles' predictions cannot be merged: training's
+        validation and predict.py ask here."""
+        if slicing is not None and not self.sliceable:
+            raise UserError(
+                f"sliced inference merges boxes only, not {self.name} predictions: pass slicing.size=0 "
+                "(validation and prediction on whole images; training may still use dataset.tile.size)"
+            )
+
     # -- the graph --------------------------------------------------------------------------------------
     def graph(self, model: nn.Module) -> nn.Module:
         """``model`` as a fixed-signature graph (``input_name``, ``output_names``): float RGB in [0, 1] in."""

@@ -131,6 +131,16 @@ class RunCheckpoint(ModelCheckpoint):
             carried.update(best_model_path=copy, kth_best_model_path=copy, best_k_models={copy: score})
         super().load_state_dict(carried)
 
+    def save_as_best(self, trainer: L.Trainer, score: float | None) -> str:
+        """Write the current weights as the best checkpoint with ``score`` (a run that never validated
+        during training validates its final weights after it), tracked as if a validation had chosen it."""
+        path = str(Path(self.dirpath) / f"{self.filename}{self.FILE_EXTENSION}")
+        self.best_model_path = self.kth_best_model_path = path
+        self.best_model_score = torch.tensor(score) if score is not None else None
+        self.best_k_models = {path: self.best_model_score}
+        trainer.save_checkpoint(path)
+        return path
+
 
 class StepCheckpoint(RunCheckpoint):
     """``last.ckpt`` every ``every_n_train_steps`` optimizer steps, between validations.

@@ -58,27 +58,32 @@ class ClassificationModule(TaskModule):
 
     @staticmethod
     def labels(targets: list[dict], device: torch.device) -> Tensor:
-        return torch.tensor([int(t["label"]) for t in targets], dtype=torch.long, device=device)
+        """Class indices, or class probabilities where MixUp/CutMix mixed the batch."""
+        labels = [t["label"] for t in targets]
+        if isinstance(labels[0], Tensor) and labels[0].ndim == 1:
+            return torch.stack(labels).to(device)
+        return torch.tensor([int(label) for label in labels], dtype=torch.long, device=device)
 
-    def batch_loss(self, batch: tuple[Tensor, list[dict]]) -> Tensor:
-        """The cross-entropy on ``batch`` in the model's current mode (no mixing)."""
+    def training_batch(self, batch: tuple[Tensor, list[dict]]) -> tuple[Tensor, list[dict]]:
+        """MixUp/CutMix (when on): mixed images, each target's label a vector of class probabilities."""
+        if self.mixer is None:
+            return batch
         images, targets = batch
-        return F.cross_entropy(self(images).float(), self.labels(targets, images.device))
+        images, labels = self.mixer(float_images(images), self.labels(targets, images.device))
+        return images, [{**target, "label": label} for target, label in zip(targets, labels, strict=True)]
 
-    def training_losses(self, batch: tuple[Tensor, list[dict]]) -> tuple[dict[str, Tensor], Tensor]:
+    def losses(self, batch: tuple[Tensor, list[dict]]) -> tuple[dict[str, Tensor], Tensor]:
         images, targets = batch
-        images, labels = float_images(images), self.labels(targets, images.device)
-        if self.mixer is not None:
-            images, labels = self.mixer(images, labels)  # labels become class probabilities
-        return {}, F.cross_entropy(self(images), labels, label_smoothing=self.label_smoothing)
+        return {}, self._loss(self(images), targets)
 
-    def validation_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> None:
+    def _loss(self, logits: Tensor, targets: list[dict]) -> Tensor:
+        labels = self.labels(targets, logits.device)
+        return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+
+    def losses_and_predictions(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> tuple[tuple, Tensor]:
         images, targets = batch
         logits = self(images)
-        loss = F.cross_entropy(logits.float(), self.labels(targets, images.device))
-        self.log_validation_loss(loss, len(images))
-        if self.evaluator is not None:
-            self.evaluator.update(logits, targets)
+        return ({}, self._loss(logits, targets)), logits
 
     def parameter_groups(self) -> list[dict]:
         if self.norm_weight_decay is None:

@@ -11,11 +11,3 @@ class InstanceSegmentationModule(DetectionModule):
     (the evaluator is built with ``iou_types: [bbox, segm]``)."""
 
     progress_metrics = ("map_50", "mask_map_50")
-
-    def __init__(self, model, **options) -> None:
-        if options.get("slicing") is not None:
-            raise ValueError(
-                "sliced inference merges boxes only, not instance masks: pass slicing.size=0 (validation on "
-                "whole images; training may still use dataset.tile.size)"
-            )
-        super().__init__(model, **options)

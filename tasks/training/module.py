@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -74,10 +75,10 @@ class TaskModule(L.LightningModule):
             tensor cores and recent CPUs).
         skip_nonfinite_batches: how many batches with a NaN/inf loss (or loss component) to skip,
             each with a warning, before the run stops at the next one. 0: stop at the first.
-
-    ``inference`` (set by the runner) is what rebuilds and feeds the model without its dataset
-    (class names, preprocessing, model config: ``tasks.common.metadata``); every checkpoint
-    stores it.
+        inference: what rebuilds and feeds the model without its dataset (class names,
+            preprocessing, model config: ``tasks.common.metadata``); every checkpoint stores it.
+        prediction_dir: validation writes each image's prediction here (``write_predictions``:
+            segmentation's palette PNGs); None writes none.
     """
 
     progress_metrics: tuple[str, ...] = ()  # shown in the progress bar
@@ -92,9 +93,16 @@ class TaskModule(L.LightningModule):
         lr_reference_batch: int | None = None,
         channels_last: bool = False,
         skip_nonfinite_batches: int = 0,
+        inference: dict | None = None,
+        prediction_dir: Path | None = None,
     ) -> None:
         super().__init__()
-        self.inference: dict | None = None
+        if prediction_dir is not None and type(self).write_predictions is TaskModule.write_predictions:
+            raise ValueError(
+                f"{type(self).__name__} writes no per-image prediction files (save_masks=true is for segmentation): "
+                "its predictions are in the evaluator's files (predictions.json)"
+            )
+        self.inference, self.prediction_dir = inference, prediction_dir
         self.model = model
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         built = evaluator is None or hasattr(evaluator, "compute")
@@ -124,14 +132,30 @@ class TaskModule(L.LightningModule):
     # -- losses ------------------------------------------------------------------------------
     recorded_component: str | None = None  # the loss compared with val/loss (None: the total)
 
-    def training_losses(self, batch: Any) -> tuple[dict[str, Tensor], Tensor]:  # pragma: no cover - abstract
-        """The loss components of a training batch (logged as ``train/<name>``) and the total minimised."""
+    def losses(self, batch: Any) -> tuple[dict[str, Tensor], Tensor] | None:  # pragma: no cover - abstract
+        """The loss components of ``batch`` (logged as ``train/<name>``) and the total minimised, in the
+        model's current mode; None where that mode computes none (an exported detector in eval mode).
+        The one loss of training and of precise BN (``tasks.training.precise_bn``)."""
+        raise NotImplementedError
+
+    def training_batch(self, batch: Any) -> Any:
+        """The batch as training sees it (classification mixes images here); validation and precise BN
+        take the loader's batch."""
+        return batch
+
+    def losses_and_predictions(self, batch: Any, batch_idx: int) -> tuple[tuple[dict, Tensor] | None, Any]:
+        """Validation in one pass: the losses as ``losses`` gives them (None: none) and the predictions
+        the evaluator's ``update`` takes with the batch's targets."""  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def write_predictions(self, predictions: Any, targets: list[dict]) -> None:
+        """Write one validation batch's predictions under ``prediction_dir`` (tasks that write files)."""
         raise NotImplementedError
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         """The one training step of every task: losses, the non-finite guard, logging and the record."""
         images, targets = batch
-        losses, total = self.training_losses(batch)
+        losses, total = self.losses(self.training_batch(batch))
         if not self.losses_are_finite({**losses, "loss": total}, targets):
             return None  # skipped: Lightning runs no backward and no optimizer step
         batch_size = len(images)
@@ -140,6 +164,19 @@ class TaskModule(L.LightningModule):
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
         self.record_train_loss(losses[self.recorded_component] if self.recorded_component else total)
         return total
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """The one validation step of every task: losses and predictions, the loss logged, the predictions
+        scored (and written with ``prediction_dir``)."""
+        images, targets = batch
+        losses, predictions = self.losses_and_predictions(batch, batch_idx)
+        if losses is not None:
+            components, total = losses
+            self.log_validation_loss(total, len(images), components)
+        if self.evaluator is not None:
+            self.evaluator.update(predictions, targets)
+        if self.prediction_dir is not None:
+            self.write_predictions(predictions, targets)
 
     def log_validation_loss(self, total: Tensor, batch_size: int, components: dict[str, Tensor] | None = None) -> None:
         """``val/loss`` (and ``val/<component>``) of one validation batch, averaged over the processes,

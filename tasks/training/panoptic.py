@@ -11,8 +11,3 @@ class PanopticModule(DetectionModule):
     things and stuff parts."""
 
     progress_metrics = ("pq", "pq_things", "pq_stuff")
-
-    def __init__(self, model, **options) -> None:
-        if options.get("slicing") is not None:
-            raise ValueError("panoptic segmentation predicts whole images: pass slicing.size=0")
-        super().__init__(model, **options)

@@ -58,6 +58,12 @@ def recompute_statistics(model: nn.Module, forward: Callable[[object], object], 
     return count
 
 
+def total_loss(module: L.LightningModule, batch: object) -> torch.Tensor | None:
+    """The task module's total loss on ``batch`` in its current mode (None where that mode has none)."""
+    losses = module.losses(batch)
+    return None if losses is None else losses[1]
+
+
 class PreciseBatchNorm(L.Callback):
     """``enabled``: true, false, or ``auto``: on where BatchNorm trains on fewer than
     ``below_batch_size`` images per process. ``num_batches`` training batches (drawn with ``seed``
@@ -112,7 +118,7 @@ class PreciseBatchNorm(L.Callback):
 
     def _recompute(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.train()
-        count = recompute_statistics(pl_module, pl_module.batch_loss, self._batches(trainer, pl_module))
+        count = recompute_statistics(pl_module, pl_module.losses, self._batches(trainer, pl_module))
         for layer in trainable_batchnorms(pl_module):  # every process ends with the same statistics
             for name in ("running_mean", "running_var"):
                 buffer = getattr(layer, name)
@@ -130,9 +136,9 @@ class PreciseBatchNorm(L.Callback):
         buffers = {name: value.clone() for name, value in pl_module.named_buffers()}
         with torch.no_grad():
             pl_module.eval()
-            eval_loss = pl_module.batch_loss(batch)
+            eval_loss = total_loss(pl_module, batch)
             pl_module.train()
-            train_loss = pl_module.batch_loss(batch)
+            train_loss = total_loss(pl_module, batch)
         for name, value in pl_module.named_buffers():  # train mode moved the running statistics
             value.copy_(buffers[name])
         if eval_loss is None or not torch.isfinite(eval_loss) or float(train_loss) <= 0:

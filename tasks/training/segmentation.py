@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -40,19 +39,13 @@ class SegmentationModule(TaskModule):
         self.aux_weight, self.backbone_lr_mult, self.ignore_index = aux_weight, backbone_lr_mult, ignore_index
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("class_weights", weights, persistent=False)
-        self.prediction_dir: Path | None = None  # set to write predicted masks as palette PNGs
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         return self.model(self.to_memory_format(float_images(images)))
 
-    def batch_loss(self, batch: tuple[Tensor, list[dict]]) -> Tensor:
-        """The main head's loss on ``batch`` in the model's current mode."""
-        images, targets = batch
-        return self._loss(self(images)["out"], torch.stack([t["mask"] for t in targets]))
-
     recorded_component = "loss_out"  # val/loss has no auxiliary term
 
-    def training_losses(self, batch: tuple[Tensor, list[dict]]) -> tuple[dict[str, Tensor], Tensor]:
+    def losses(self, batch: tuple[Tensor, list[dict]]) -> tuple[dict[str, Tensor], Tensor]:
         images, targets = batch
         masks = torch.stack([t["mask"] for t in targets])
         outputs = self(images)
@@ -64,14 +57,15 @@ class SegmentationModule(TaskModule):
     def _loss(self, logits: Tensor, masks: Tensor) -> Tensor:
         return F.cross_entropy(logits, masks, weight=self.class_weights, ignore_index=self.ignore_index)
 
-    def validation_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> None:
+    def losses_and_predictions(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> tuple[tuple, list[Tensor]]:
+        """The main head's loss and class maps at each mask's own resolution (padding cropped): masks of
+        validation images keep their size, so the loss is the mean over every counted pixel of the batch."""
         images, targets = batch
         logits = self(images)["out"]
         predictions, loss_sum, pixels = [], logits.new_zeros(()), 0
         for image_logits, target in zip(logits, targets, strict=True):
             height, width = target["size"]
             mask = target["mask"]
-            # crop the padding, then compare at the mask's own resolution
             scores = F.interpolate(
                 image_logits[None, :, :height, :width], size=mask.shape[-2:], mode="bilinear", align_corners=False
             )
@@ -80,14 +74,13 @@ class SegmentationModule(TaskModule):
                 loss_sum = loss_sum + self._loss(scores, mask[None]) * valid
                 pixels += valid
             predictions.append(scores[0].argmax(0))
-        loss = loss_sum / max(pixels, 1)
-        self.log_validation_loss(loss, len(images))
-        if self.evaluator is not None:
-            self.evaluator.update(predictions, targets)
-        if self.prediction_dir is not None:
-            self.prediction_dir.mkdir(parents=True, exist_ok=True)
-            for prediction, target in zip(predictions, targets, strict=True):
-                save_palette_png(prediction.cpu().numpy(), self.prediction_dir / f"{target['image_id']}.png")
+        return ({}, loss_sum / max(pixels, 1)), predictions
+
+    def write_predictions(self, predictions: list[Tensor], targets: list[dict]) -> None:
+        """Palette PNGs named by image id."""
+        self.prediction_dir.mkdir(parents=True, exist_ok=True)
+        for prediction, target in zip(predictions, targets, strict=True):
+            save_palette_png(prediction.cpu().numpy(), self.prediction_dir / f"{target['image_id']}.png")
 
     def parameter_groups(self) -> list[dict]:
         backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]

@@ -49,7 +49,7 @@ def test_a_run_validates_with_statistics_recomputed_from_its_weights(shapes_root
     assert trainable_batchnorms(module) and callback.active(trainer, module)
     after_validation = _statistics(module)
     module.train()  # the same step draws the same batches: recomputing gives the statistics validation used
-    recompute_statistics(module, module.batch_loss, callback._batches(trainer, module))
+    recompute_statistics(module, module.losses, callback._batches(trainer, module))
     for a, b in zip(after_validation, _statistics(module), strict=True):
         torch.testing.assert_close(a, b)
     _, plain = _fit(shapes_root, tmp_path / "off", "callbacks.precise_bn.enabled=false")
