@@ -16,6 +16,7 @@ from omegaconf import DictConfig  # noqa: E402
 from tasks.common.errors import exit_on_user_error  # noqa: E402
 from tasks.core.recipes import accept_recipe_null  # noqa: E402
 from tasks.core.resolvers import register_resolvers  # noqa: E402
+from tasks.core.runner import fitted_min_size  # noqa: E402
 from tasks.data.doctor import ERROR, check_num_classes, format_report, split_summary  # noqa: E402
 from tasks.data.object_sizes import fit_anchor_base, input_sizes, size_findings  # noqa: E402
 
@@ -38,7 +39,8 @@ def main(cfg: DictConfig) -> None:
     model = cfg.task.model
     if "anchor_sizes" in model and hasattr(datamodule, "training_index"):  # detectors: object sizes vs anchors
         tile = datamodule.tile.size if datamodule.tile else None
-        resize = {"min_size": model.min_size, "max_size": model.max_size, "resize_longest": datamodule.resize_longest}
+        min_size = fitted_min_size(model, datamodule) if model.min_size == "auto" else model.min_size
+        resize = {"min_size": min_size, "max_size": model.max_size, "resize_longest": datamodule.resize_longest}
         sizes = input_sizes(datamodule.training_index(), tile_size=tile, **resize)
         anchors = model.anchor_sizes
         if anchors == "auto":

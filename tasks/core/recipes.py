@@ -59,31 +59,31 @@ def command_line_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-LIMITS = ("trainer.max_steps", "trainer.max_epochs")
+LIMITS = ("trainer.max_steps", "trainer.max_epochs", "trainer.max_time")
 
 
 def apply_command_line_limits(cfg: DictConfig, overrides: list[str]) -> None:
-    """A training limit given on the command line ends the run: the other limit, when only the
-    configs (a recipe, say) set it, is lifted, so that ``trainer.max_steps=60`` trains 60 steps even
-    where the recipe stops after 4 epochs. Both given on the command line: whichever comes first."""
+    """A training limit given on the command line ends the run: the other limits, where only the
+    configs (a recipe, say) set them, are lifted, so that ``trainer.max_steps=60`` trains 60 steps even
+    where the recipe stops after 4 epochs, and ``trainer.max_time=00:00:10:00`` trains ten minutes. Two
+    given on the command line: whichever comes first."""
     given = command_line_keys(overrides) & set(LIMITS)
     if len(given) != 1:
         return
     (mine,) = given
-    (other,) = set(LIMITS) - given
-    value, lifted = OmegaConf.select(cfg, mine), OmegaConf.select(cfg, other)
-    if value is None or value < 0 or lifted is None or lifted < 0:
+    value = OmegaConf.select(cfg, mine)
+    if value is None or (isinstance(value, int) and value < 0):
         return
-    OmegaConf.update(cfg, other, -1)
-    log.info(
-        "%s=%s from the command line ends the run: %s=%s that the configs set is lifted (pass %s too to stop at "
-        "whichever comes first)",
-        mine,
-        value,
-        other,
-        lifted,
-        other,
-    )
+    for other in sorted(set(LIMITS) - given - {"trainer.max_time"}):  # a configured budget is never lifted
+        lifted = OmegaConf.select(cfg, other)
+        if lifted is None or lifted < 0:
+            continue
+        OmegaConf.update(cfg, other, -1)
+        log.info(
+            "%s=%s from the command line ends the run: %s=%s that the configs set is lifted (pass %s too to stop at "
+            "whichever comes first)",
+            mine, value, other, lifted, other,
+        )  # fmt: skip
 
 
 def log_recipe(cfg: DictConfig, overrides: list[str] | None = None) -> None:

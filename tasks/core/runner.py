@@ -26,7 +26,7 @@ from tasks.common.errors import UserError
 from tasks.common.metadata import inference_metadata
 from tasks.common.threads import configure_threads
 from tasks.core.recipes import apply_command_line_limits, command_line_keys, command_line_overrides, log_recipe
-from tasks.data.object_sizes import fit_anchor_base, input_sizes
+from tasks.data.object_sizes import fit_anchor_base, fit_min_size, input_sizes
 from tasks.training.checkpointing import AtomicCheckpointIO
 from tasks.training.loggers import build_loggers, close_loggers, flat_config, log_image
 
@@ -95,21 +95,38 @@ def model_arguments(model_cfg: DictConfig, datamodule: L.LightningDataModule) ->
         for name, value in datamodule.model_metadata().items()
         if name in accepted and model_cfg.get(name) is None
     }
+    if model_cfg.get("min_size") == "auto":
+        arguments["min_size"] = fitted_min_size(model_cfg, datamodule)
     if model_cfg.get("anchor_sizes") == "auto" and model_cfg.get("anchor_base") is None:
-        arguments["anchor_base"] = fitted_anchor_base(model_cfg, datamodule)
+        arguments["anchor_base"] = fitted_anchor_base(model_cfg, datamodule, arguments.get("min_size"))
     return arguments
 
 
-def fitted_anchor_base(model_cfg: DictConfig, datamodule: L.LightningDataModule) -> int:
+def _view(datamodule: L.LightningDataModule) -> dict:
+    """How the data pipeline sizes training images before the detector: its shrink, or its tiles."""
+    tile = getattr(datamodule, "tile", None)
+    return {"resize_longest": getattr(datamodule, "resize_longest", None), "tile_size": tile.size if tile else None}
+
+
+def fitted_min_size(model_cfg: DictConfig, datamodule: L.LightningDataModule) -> int:
+    """``min_size=auto``: the training images' median shorter side, at most ``max_size``
+    (``tasks.data.object_sizes.fit_min_size``). Reads the training split's index (every process alike)."""
+    size = fit_min_size(datamodule.training_index(), model_cfg.max_size, **_view(datamodule))
+    log.info(
+        "min_size=auto: %d px (the training images' median shorter side as the detector receives them, at most "
+        "max_size=%d)", size, model_cfg.max_size,
+    )  # fmt: skip
+    return size
+
+
+def fitted_anchor_base(model_cfg: DictConfig, datamodule: L.LightningDataModule, min_size: int | None = None) -> int:
     """``anchor_sizes=auto``: the smallest anchor fitted to the training boxes as the detector sees
     them (``tasks.data.object_sizes``). Reads the training split's index (every process alike)."""
-    tile = getattr(datamodule, "tile", None)
     sizes = input_sizes(
         datamodule.training_index(),
-        min_size=model_cfg.min_size,
+        min_size=min_size or model_cfg.min_size,
         max_size=model_cfg.max_size,
-        resize_longest=getattr(datamodule, "resize_longest", None),
-        tile_size=tile.size if tile else None,
+        **_view(datamodule),
     )
     base = fit_anchor_base(sizes)
     log.info(
@@ -142,7 +159,8 @@ def build_module(
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c]
+    built = (instantiate(c) for c in cfg.get("callbacks", {}).values() if c)
+    callbacks = [callback for callback in built if callback is not None]  # a factory may leave its callback out
     loggers = build_loggers(cfg.get("logger"))
     plugins = [AtomicCheckpointIO()]  # every checkpoint file is replaced atomically
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)

@@ -43,6 +43,21 @@ def input_scales(
     return shrink * model
 
 
+def fit_min_size(index: DetectionIndex, max_size: int, resize_longest: int | None, tile_size: int | None) -> int:
+    """``min_size=auto``: the training images' median shorter side as the detector receives them (after the
+    data pipeline's shrink, or the tile), at most ``max_size``: images keep their own resolution up to
+    ``max_size`` on the longer side, and small images are not enlarged (compute grows with the square)."""
+    widths, heights = index.widths.astype(float), index.heights.astype(float)
+    if tile_size:
+        widths, heights = np.minimum(widths, tile_size), np.minimum(heights, tile_size)
+    elif resize_longest:
+        shrink = np.minimum(1.0, resize_longest / np.maximum(widths, heights))
+        widths, heights = widths * shrink, heights * shrink
+    if not len(widths):
+        raise ValueError("min_size=auto needs training images, and the training split has none")
+    return int(min(max_size, round(float(np.median(np.minimum(widths, heights))))))
+
+
 def input_sizes(index: DetectionIndex, **resize) -> np.ndarray:
     """``sqrt(w * h)`` of every trained box (ignore regions left out), in the detector's input pixels."""
     counts = np.diff(index.box_offsets)

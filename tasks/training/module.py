@@ -22,6 +22,7 @@ from tasks.common.metadata import CHECKPOINT_KEY as INFERENCE_KEY
 from tasks.evaluation.evaluation import Evaluation
 from tasks.training.checkpointing import latest_checkpoint
 from tasks.training.nonfinite import NonFiniteLossError, describe_batch, has_nonfinite, nonfinite_tensors
+from tasks.training.time_budget import budget_left
 
 OptimizerFactory = Callable[[Iterable], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
@@ -41,6 +42,8 @@ def training_length(trainer: L.Trainer) -> str:
     """Which limit ends training, in optimizer steps (what the learning-rate schedule spans)."""
     total = trainer.estimated_stepping_batches  # loads the training data when epochs count
     epochs, steps = trainer.max_epochs, trainer.max_steps
+    if not math.isfinite(total):
+        return "training ends at trainer.max_time (no epoch or step limit): the time budget plans the steps"
     if epochs is None or epochs < 0:  # Lightning counts steps only; the data may not be loaded yet
         return f"training ends after {total} optimizer steps, at trainer.max_steps={steps} (no epoch limit)"
     per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
@@ -49,6 +52,22 @@ def training_length(trainer: L.Trainer) -> str:
     else:
         limit, other = f"trainer.max_epochs={epochs} ({per_epoch} steps an epoch)", f"trainer.max_steps={steps}"
     return f"training ends after {total} optimizer steps, at {limit}; {other} does not end it first"
+
+
+# a schedule's length while only a time budget ends training, until the budget's plan sizes it
+PROVISIONAL_STEPS = 1_000_000
+
+
+def schedule_length(trainer: L.Trainer) -> int:
+    """Optimizer steps the learning-rate schedule spans: those the epoch or step limit allows, or, where
+    only ``trainer.max_time`` ends training, a provisional length that ``TimeBudget`` replaces once it
+    has timed the first steps (``tasks.training.time_budget``)."""
+    total = trainer.estimated_stepping_batches
+    if math.isfinite(total):
+        return int(total)
+    if budget_left(trainer) is None:  # pragma: no cover - Lightning refuses a run with no limit at all
+        raise ValueError("training has no end: set trainer.max_epochs, trainer.max_steps or trainer.max_time")
+    return PROVISIONAL_STEPS
 
 
 def float_images(images: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
@@ -304,7 +323,7 @@ class TaskModule(L.LightningModule):
             rank_zero_info(training_length(self._trainer))
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        scheduler = self.scheduler_factory(optimizer, total_steps=schedule_length(self.trainer))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def to_memory_format(self, images: Tensor) -> Tensor:

@@ -103,7 +103,9 @@ class PreciseBatchNorm(L.Callback):
             keys = [(int(i), derive_seed(self.seed, trainer.global_step, int(i))) for i in chosen]
             yield trainer.strategy.batch_to_device(datamodule.collate_fn(reader[keys]))
 
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # at the epoch's start, not the validation's: an EMA callback (listed before) has swapped in the
+        # averaged weights by then, and the statistics are recomputed for the weights validation scores
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         modes = {module: module.training for module in pl_module.modules()}

@@ -7,7 +7,8 @@ its own total and replays those steps, instead of restoring the old total with t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from torch.optim import Optimizer
@@ -43,6 +44,34 @@ def warmup_then_decay(
     training length; so does ``warmup_fraction`` (e.g. 5 of 600 epochs), which replaces
     ``warmup_steps`` when set.
     """
+    options = dict(
+        warmup_steps=warmup_steps, warmup_fraction=warmup_fraction, warmup_factor=warmup_factor, decay=decay,
+        milestones=milestones, gamma=gamma, min_lr_ratio=min_lr_ratio, power=power,
+    )  # fmt: skip
+    return StepCountSchedule(
+        _warmup_then_decay(optimizer, total_steps, **options), partial(_rebuilt, optimizer, options)
+    )
+
+
+def _rebuilt(optimizer: Optimizer, options: dict, total_steps: int, max_warmup_fraction: float) -> LRScheduler:
+    warmup = options["warmup_steps"] if options["warmup_fraction"] is None else options["warmup_fraction"] * total_steps
+    capped = min(round(warmup), round(max_warmup_fraction * total_steps))
+    return _warmup_then_decay(optimizer, total_steps, **{**options, "warmup_steps": capped, "warmup_fraction": None})
+
+
+def _warmup_then_decay(
+    optimizer: Optimizer,
+    total_steps: int,
+    *,
+    warmup_steps: int,
+    warmup_fraction: float | None,
+    warmup_factor: float,
+    decay: str,
+    milestones: Sequence[float],
+    gamma: float,
+    min_lr_ratio: float,
+    power: float,
+) -> LRScheduler:
     if warmup_fraction is not None:
         warmup_steps = round(warmup_fraction * total_steps)
     if decay not in DECAYS:
@@ -58,9 +87,9 @@ def warmup_then_decay(
         steps = sorted({max(1, round(m * total_steps) - warmup_steps) for m in milestones})
         main = MultiStepLR(optimizer, milestones=steps, gamma=gamma)
     if warmup_steps == 0:
-        return StepCountSchedule(main)
+        return main
     warmup = LinearLR(optimizer, start_factor=warmup_factor, total_iters=warmup_steps)
-    return StepCountSchedule(SequentialLR(optimizer, [warmup, main], milestones=[warmup_steps]))
+    return SequentialLR(optimizer, [warmup, main], milestones=[warmup_steps])
 
 
 class StepCountSchedule(LRScheduler):
@@ -72,8 +101,9 @@ class StepCountSchedule(LRScheduler):
     each rate from the previous one, so replaying gives the same numbers as stepping did.
     """
 
-    def __init__(self, schedule: LRScheduler) -> None:  # no super().__init__: it would step the optimizer
-        self.schedule, self.optimizer = schedule, schedule.optimizer
+    def __init__(self, schedule: LRScheduler, rebuild: Callable[..., LRScheduler] | None = None) -> None:
+        # no super().__init__: it would step the optimizer
+        self.schedule, self.optimizer, self._rebuild = schedule, schedule.optimizer, rebuild
         self.base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
         self.last_epoch = schedule.last_epoch
         self._start = (schedule.state_dict(), [group["lr"] for group in self.optimizer.param_groups])
@@ -99,5 +129,23 @@ class StepCountSchedule(LRScheduler):
         self.last_epoch = self.schedule.last_epoch
         for group, lr in zip(self.optimizer.param_groups, initial_lrs, strict=True):
             group["lr"] = lr
+        self._replay(steps)
+
+    def _replay(self, steps: int) -> None:
         for _ in range(steps):
             self.step()
+
+    def resize(self, total_steps: int, max_warmup_fraction: float = 0.1) -> None:
+        """The same schedule over ``total_steps`` (warm-up capped at ``max_warmup_fraction`` of them), at the
+        step it had reached: the learning rates become those the new length gives there (a time budget
+        sizes the schedule once the step time is known)."""
+        if self._rebuild is None:
+            raise ValueError("this schedule was built without the options to rebuild it")
+        steps = self.last_epoch
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
+            group.pop("initial_lr")  # the rebuilt schedulers start afresh from the base rates
+        self.schedule = self._rebuild(total_steps, max_warmup_fraction)
+        self.last_epoch = self.schedule.last_epoch
+        self._start = (self.schedule.state_dict(), [group["lr"] for group in self.optimizer.param_groups])
+        self._replay(steps)

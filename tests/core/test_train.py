@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
+import time
 from pathlib import Path
 
 import lightning as L
@@ -352,3 +354,32 @@ def test_evaluation_of_a_drawn_split_scores_the_training_runs_validation_images(
     rows = [json.loads((tmp_path / run / "predictions.json").read_text()) for run in ("run", "eval")]
     assert len(rows[0]) > 10 and rows[0] == rows[1]
     assert again["map"] == trained["map"] and not (tmp_path / "eval" / "data_split.json").exists()
+
+
+@pytest.mark.slow
+def test_a_time_budget_on_the_command_line_plans_the_run_and_ends_it_with_a_validation(
+    shapes_root: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    budget = [
+        "trainer.max_time=00:00:00:15",
+        "callbacks.time_budget.measure_steps=3",
+        "trainer.enable_progress_bar=false",
+    ]
+    started = time.monotonic()
+    result = run_script("train.py", [*_tiny(shapes_root, *budget), f"hydra.run.dir={run_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (run_dir / "train.log").read_text()
+    assert (
+        "trainer.max_time=00:00:00:15 from the command line ends the run: trainer.max_epochs=4 that the configs" in log
+    )
+    planned = int(re.search(r"time budget: .* training ends at step (\d+), the learning-rate schedule sized", log)[1])
+    rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
+    trained = [int(row["step"]) for row in rows if row.get("train/loss")]
+    validated = [(int(row["step"]), float(row["val/map"])) for row in rows if row.get("val/map")][:-1]  # in training
+    assert 0 < max(trained) <= planned  # stopped at the plan, or before it at the deadline
+    assert validated[-1][0] >= max(trained)  # the last validation scored the final weights
+    saved = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    best = next(v for k, v in saved["callbacks"].items() if k.startswith("RunCheckpoint"))["best_model_score"]
+    assert float(best) == pytest.approx(max(score for _, score in validated))  # chosen from the whole run
+    assert time.monotonic() - started < 15 + 60  # the budget, and start-up and the final evaluation

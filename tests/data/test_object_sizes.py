@@ -11,7 +11,7 @@ from tasks.common.metadata import build_model
 from tasks.core.runner import build_datamodule, build_module
 from tasks.data.detection_index import DetectionIndex
 from tasks.data.doctor import WARNING
-from tasks.data.object_sizes import fit_anchor_base, input_sizes, size_findings
+from tasks.data.object_sizes import fit_anchor_base, fit_min_size, input_sizes, size_findings
 from tests.support import TINY_DETECTION, compose_config, shapes_overrides
 
 
@@ -54,3 +54,34 @@ def test_auto_anchors_are_fitted_to_the_training_boxes_and_travel_with_the_model
     assert module.model.rpn.anchor_generator.sizes == expected
     assert module.inference["model"]["anchor_base"] == base
     assert build_model(module.inference).rpn.anchor_generator.sizes == expected  # what predict rebuilds
+
+
+def test_an_automatic_input_size_keeps_the_images_resolution_up_to_the_cap() -> None:
+    index = _index([(6000, 4000), (800, 600), (640, 480)], [[0, 0, 10, 10]] * 3)
+    assert fit_min_size(index, max_size=640, resize_longest=None, tile_size=None) == 600  # the median shorter side
+    assert fit_min_size(index, max_size=500, resize_longest=None, tile_size=None) == 500  # at most the cap
+    # the data's shrink first (6000x4000 -> 1000x667, 800x600 and 640x480 unchanged): median of 667, 600, 480
+    assert fit_min_size(index, max_size=2000, resize_longest=1000, tile_size=None) == 600
+    assert fit_min_size(index, max_size=2000, resize_longest=None, tile_size=512) == 512  # tiles of 512 px
+
+
+def test_an_automatic_input_size_travels_with_the_model(shapes_root: Path, tmp_path: Path) -> None:
+    tiny = [o for o in TINY_DETECTION if not o.startswith(("task.model.min_size", "task.model.max_size"))]
+    overrides = ["backbone=resnet18", *tiny, *shapes_overrides(shapes_root), "task.model.min_size=auto",
+                 "task.model.max_size=48", "task.model.anchor_sizes=auto"]  # fmt: skip
+    cfg = compose_config(overrides, tmp_path)
+    module = build_module(cfg, build_datamodule(cfg))
+    assert module.model.transform.min_size == (48,)  # the 64 px shapes, capped at 48
+    assert module.inference["model"]["min_size"] == 48
+    assert build_model(module.inference).transform.min_size == (48,)  # what predict rebuilds
+    # the anchors are fitted to the boxes at that size: three quarters of their size at 64 px
+    sizes = input_sizes(build_datamodule(cfg).training_index(), min_size=48, max_size=48, resize_longest=None)
+    assert module.inference["model"]["anchor_base"] == round(float(np.quantile(sizes, 0.1)))
+
+
+@pytest.mark.parametrize("dataset", ["yolo", "voc_folder", "coco_custom"])
+def test_a_user_s_own_data_gets_the_from_scratch_recipe(dataset: str, tmp_path: Path) -> None:
+    cfg = compose_config([f"dataset={dataset}", "dataset.root=/data/mine"], tmp_path)
+    assert (cfg.task.model.min_size, cfg.task.model.anchor_sizes, cfg.task.model.fpn_norm) == ("auto", "auto", "bn")
+    assert (cfg.task.module.optimizer.name, cfg.backbone.name) == ("adamw", "resnet18")
+    assert compose_config([f"dataset={dataset}", "dataset.root=/d", "~recipe"], tmp_path).task.model.min_size == 800

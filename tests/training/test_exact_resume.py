@@ -133,3 +133,25 @@ def test_a_tiled_run_resumes_exactly(shapes_root: Path, tmp_path: Path) -> None:
     assert losses == expected
     whole, resumed = (_weights(tmp_path / run / "checkpoints" / "last.ckpt") for run in ("whole", "resumed"))
     assert all(torch.equal(whole[name], resumed[name]) for name in whole)
+
+
+@pytest.mark.slow
+def test_a_run_with_the_weights_average_resumes_exactly(shapes_root: Path, tmp_path: Path) -> None:
+    """With callbacks.ema on, a run stopped after step 7 and resumed from step 6 ends with the uninterrupted
+    run's average (best.ckpt's weights) and training weights (current_model_state), bit for bit."""
+    ema = ["callbacks.ema.enabled=true", "callbacks.ema.ramp_updates=4", "trainer.max_epochs=-1", "trainer.max_steps=9",
+           "trainer.val_check_interval=4"]  # fmt: skip
+    train(_config(shapes_root, tmp_path / "whole", 0, *ema))
+    with pytest.raises(Crash):
+        train(_config(shapes_root, tmp_path / "stopped", 0, *ema, *CRASH))
+    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 6
+    train(_config(shapes_root, tmp_path / "resumed", 0, *ema, f"ckpt_path={last}"))
+    whole, resumed = (
+        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        for run in ("whole", "resumed")
+    )
+    assert whole["global_step"] == resumed["global_step"] == 9
+    for key in ("state_dict", "current_model_state"):  # the average, and the weights training goes on from
+        assert all(torch.equal(whole[key][name], resumed[key][name]) for name in whole[key]), key
+    assert not all(torch.equal(whole["state_dict"][n], whole["current_model_state"][n]) for n in whole["state_dict"])
