@@ -375,7 +375,8 @@ def test_split_summary_counts_images_boxes_and_classes(layouts: dict[str, Path],
 @pytest.mark.slow
 def test_check_dataset_ends_with_a_line_per_split(layouts: dict[str, Path], tmp_path: Path) -> None:
     args = ["task=detection", "dataset=yolo", f"dataset.root={layouts['yolo']}", "dataset.num_workers=0",
-            "task.model.min_size=64", "task.model.max_size=64", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+            "task.model.min_size=64", "task.model.max_size=64", "task.model.anchor_sizes=[32,64,128,256,512]",
+            f"hydra.run.dir={tmp_path}"]  # fmt: skip
     result = run_script("check_dataset.py", args)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
