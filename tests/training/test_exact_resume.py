@@ -116,18 +116,24 @@ def test_validations_are_moved_between_optimizer_steps() -> None:
     align_validation_to_accumulation(_trainer(8, 48, per_epoch=None))
 
 
+def _whole_stopped_resumed(shapes_root: Path, tmp_path: Path, workers: int, extra: list[str]) -> None:
+    """Runs ``whole`` (uninterrupted, no workers), ``stopped`` (crashed after step 7, its last.ckpt of step 6)
+    and ``resumed`` (from that checkpoint) with ``extra`` overrides under ``tmp_path``."""
+    train(_config(shapes_root, tmp_path / "whole", 0, *extra))
+    with pytest.raises(Crash):
+        train(_config(shapes_root, tmp_path / "stopped", workers, *extra, *CRASH))
+    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 6
+    train(_config(shapes_root, tmp_path / "resumed", workers, *extra, f"ckpt_path={last}"))
+
+
 @pytest.mark.slow
 def test_a_tiled_run_resumes_exactly(shapes_root: Path, tmp_path: Path) -> None:
     """Tiles (4 of 48 px per 64 px image) augmented by scale jitter: two runs with one seed train on the
     same tiles, and one stopped after step 7 and resumed with loader workers continues exactly."""
     tiled = ["dataset.tile.size=48", "dataset.tile.keep_empty=1.0", "dataset.augment=scale_jitter",
              "trainer.max_epochs=-1", "trainer.max_steps=9", "trainer.val_check_interval=4"]  # fmt: skip
-    train(_config(shapes_root, tmp_path / "whole", 0, *tiled))
-    with pytest.raises(Crash):
-        train(_config(shapes_root, tmp_path / "stopped", 2, *tiled, *CRASH))
-    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 6
-    train(_config(shapes_root, tmp_path / "resumed", 2, *tiled, f"ckpt_path={last}"))
+    _whole_stopped_resumed(shapes_root, tmp_path, 2, tiled)
     expected, losses = _losses(tmp_path / "whole"), _losses(tmp_path / "stopped", tmp_path / "resumed")
     assert sorted(expected) == sorted(losses) == list(range(9))
     assert losses == expected
@@ -141,12 +147,7 @@ def test_a_run_with_the_weights_average_resumes_exactly(shapes_root: Path, tmp_p
     run's average (best.ckpt's weights) and training weights (current_model_state), bit for bit."""
     ema = ["callbacks.ema.enabled=true", "callbacks.ema.ramp_updates=4", "trainer.max_epochs=-1", "trainer.max_steps=9",
            "trainer.val_check_interval=4"]  # fmt: skip
-    train(_config(shapes_root, tmp_path / "whole", 0, *ema))
-    with pytest.raises(Crash):
-        train(_config(shapes_root, tmp_path / "stopped", 0, *ema, *CRASH))
-    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 6
-    train(_config(shapes_root, tmp_path / "resumed", 0, *ema, f"ckpt_path={last}"))
+    _whole_stopped_resumed(shapes_root, tmp_path, 0, ema)
     whole, resumed = (
         torch.load(tmp_path / run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
         for run in ("whole", "resumed")
