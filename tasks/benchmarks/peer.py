@@ -84,7 +84,7 @@ def train_suite(root: Path, minutes: float, run: Path, extra: list[str]) -> tupl
 
 
 def train_peer(python: Path, root: Path, minutes: float, run: Path) -> tuple[float, Path]:
-    names = json.loads(json.dumps(_names(root)))
+    names = _names(root)
     data = run / "data.yaml"
     run.mkdir(parents=True, exist_ok=True)
     data.write_text(
